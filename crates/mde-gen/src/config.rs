@@ -1,0 +1,202 @@
+//! TOML configuration of a generation run: the teacher endpoint, the runner's limits and budgets,
+//! the prompt template and the post-processing options.
+//!
+//! ```toml
+//! [teacher]
+//! base_url = "http://127.0.0.1:8000/v1"   # OpenAI, vLLM, Ollama (/v1), llama.cpp server
+//! model = "gpt-4"
+//! api_key_env = "OPENAI_API_KEY"          # the key is read from this env var, never printed
+//! timeout_s = 120
+//!
+//! [runner]
+//! concurrency = 16
+//! max_attempts = 8
+//! max_total_tokens = 2_000_000
+//! max_cost = 50.0
+//! price_prompt_per_1k = 0.03
+//! price_completion_per_1k = 0.06
+//! ```
+use crate::error::{GenError, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Which wire dialect the teacher speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TeacherKind {
+    /// OpenAI-compatible `/chat/completions` (OpenAI, vLLM, Ollama, llama.cpp server).
+    #[default]
+    Openai,
+    /// Azure OpenAI (deployment + api-version in the URL, `api-key` header).
+    Azure,
+}
+
+/// Teacher endpoint settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TeacherConfig {
+    pub kind: TeacherKind,
+    /// API base including the version path, e.g. `https://api.openai.com/v1`.
+    pub base_url: String,
+    pub model: String,
+    /// Name of the environment variable holding the API key. Missing/empty variable: no key
+    /// (local servers). The key itself never appears in configs, logs or summaries.
+    pub api_key_env: Option<String>,
+    /// Per-request HTTP timeout (whole request, connect to last byte).
+    pub timeout_s: f64,
+    /// Connect timeout.
+    pub connect_timeout_s: f64,
+    /// Send the query image (`image_url` part, base64 data URL for local files). The original
+    /// sent text only, so this is off by default.
+    pub vision: bool,
+    /// Directory that `GenQuery::image_path` is relative to (vision only).
+    pub image_root: Option<PathBuf>,
+    /// Azure deployment id and API version (kind = "azure").
+    pub azure_deployment: Option<String>,
+    pub azure_api_version: Option<String>,
+    /// Sampling settings (defaults: the original's 0.7 / 0.9 / 800 / ["###"]).
+    pub temperature: f32,
+    pub top_p: f32,
+    pub max_tokens: u32,
+    pub stop: Vec<String>,
+}
+
+impl Default for TeacherConfig {
+    fn default() -> Self {
+        Self {
+            kind: TeacherKind::Openai,
+            base_url: "https://api.openai.com/v1".into(),
+            model: "gpt-4".into(),
+            api_key_env: Some("OPENAI_API_KEY".into()),
+            timeout_s: 120.0,
+            connect_timeout_s: 10.0,
+            vision: false,
+            image_root: None,
+            azure_deployment: None,
+            azure_api_version: None,
+            temperature: 0.7,
+            top_p: 0.9,
+            max_tokens: 800,
+            stop: vec!["###".into()],
+        }
+    }
+}
+
+impl TeacherConfig {
+    /// Sets the request's sampling settings from this config.
+    pub fn apply_sampling(&self, req: &mut mde_core::teacher::TeacherRequest) {
+        req.temperature = self.temperature;
+        req.top_p = self.top_p;
+        req.max_tokens = self.max_tokens;
+        req.stop = self.stop.clone();
+    }
+}
+
+/// Runner limits, retry policy and budgets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunnerConfig {
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    /// Attempts per query (first try included) before the query is recorded as failed.
+    pub max_attempts: u32,
+    /// Exponential backoff: base * 2^(attempt-1), capped, times a jitter factor in [0.5, 1].
+    pub backoff_base_s: f64,
+    pub backoff_max_s: f64,
+    /// Upper bound on a server's Retry-After that we honour (longer waits are clamped).
+    pub retry_after_max_s: f64,
+    /// Runner-side timeout per attempt (a guard around the client's own timeout).
+    pub request_timeout_s: f64,
+    /// Stop starting new requests once prompt+completion tokens reach this.
+    pub max_total_tokens: Option<u64>,
+    /// Stop starting new requests once the cost reaches this (same currency as the prices).
+    pub max_cost: Option<f64>,
+    pub price_prompt_per_1k: f64,
+    pub price_completion_per_1k: f64,
+    /// Show an indicatif progress bar on stderr.
+    pub progress: bool,
+    /// Seed of the backoff jitter (None: from entropy).
+    pub jitter_seed: Option<u64>,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 8,
+            max_attempts: 8,
+            backoff_base_s: 1.0,
+            backoff_max_s: 60.0,
+            retry_after_max_s: 300.0,
+            request_timeout_s: 150.0,
+            max_total_tokens: None,
+            max_cost: None,
+            price_prompt_per_1k: 0.0,
+            price_completion_per_1k: 0.0,
+            progress: true,
+            jitter_seed: None,
+        }
+    }
+}
+
+/// Prompt template selection.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PromptConfig {
+    /// Generation template file; None: the embedded `configs/prompts/generate_v1.txt`.
+    pub generate_template: Option<PathBuf>,
+    /// Send the prompt as a system message instead of a user message.
+    pub as_system: bool,
+}
+
+/// Whole `--teacher CONFIG.toml` file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GenConfig {
+    pub teacher: TeacherConfig,
+    pub runner: RunnerConfig,
+    pub prompt: PromptConfig,
+    pub postprocess: crate::postprocess::PostprocessConfig,
+}
+
+impl GenConfig {
+    /// Reads a TOML config; errors name the file. Relative template paths are resolved against
+    /// the config file's directory.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| GenError::Config { path: path.into(), msg: e.to_string() })?;
+        let mut cfg: GenConfig =
+            toml::from_str(&text).map_err(|e| GenError::Config { path: path.into(), msg: e.to_string() })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        if let Some(t) = &cfg.prompt.generate_template {
+            if t.is_relative() && !t.exists() {
+                cfg.prompt.generate_template = Some(base.join(t));
+            }
+        }
+        cfg.validate().map_err(|msg| GenError::Config { path: path.into(), msg })?;
+        Ok(cfg)
+    }
+
+    /// Checks value ranges; returns a message naming the bad key.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let r = &self.runner;
+        if r.concurrency == 0 {
+            return Err("runner.concurrency must be >= 1".into());
+        }
+        if r.max_attempts == 0 {
+            return Err("runner.max_attempts must be >= 1".into());
+        }
+        if !(self.teacher.timeout_s > 0.0) || !(r.request_timeout_s > 0.0) {
+            return Err("teacher.timeout_s and runner.request_timeout_s must be > 0".into());
+        }
+        if r.backoff_base_s < 0.0 || r.backoff_max_s < 0.0 || r.retry_after_max_s < 0.0 {
+            return Err("runner backoff settings must be >= 0".into());
+        }
+        if self.teacher.model.is_empty() {
+            return Err("teacher.model must not be empty".into());
+        }
+        if self.teacher.kind == TeacherKind::Azure && self.teacher.azure_deployment.is_none() {
+            return Err("teacher.azure_deployment is required when teacher.kind = \"azure\"".into());
+        }
+        Ok(())
+    }
+}

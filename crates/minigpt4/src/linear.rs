@@ -1,0 +1,241 @@
+//! A linear layer (`y = x Wᵀ + b`, torch layout `W: [out, in]`) with optional LoRA adapter and
+//! optional trainable base weights.
+//!
+//! LoRA follows PEFT: `y = base(x) + B(A(dropout(x))) * alpha / r`, with `A: [r, in]` and
+//! `B: [out, r]` held as candle [`Var`]s. The LoRA branch always runs in f32 (as MiniGPT-4/
+//! DataEngine do under fp16 autocast for the adapter) and is cast back to the base dtype.
+
+use std::sync::Mutex;
+
+use candle_core::{DType, Module, Tensor, Var};
+use candle_nn::VarBuilder;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::{Error, Result};
+
+/// A LoRA adapter attached to a [`Linear`].
+#[derive(Debug)]
+pub struct LoraAdapter {
+    /// `[r, in]`, f32.
+    pub a: Var,
+    /// `[out, r]`, f32.
+    pub b: Var,
+    /// `alpha / r`.
+    pub scale: f64,
+    /// Dropout probability on the adapter input (training only).
+    pub dropout: f32,
+    rng: Mutex<ChaCha8Rng>,
+}
+
+impl LoraAdapter {
+    /// Adapter from given A/B tensors (converted to f32 Vars).
+    pub fn from_tensors(
+        a: &Tensor,
+        b: &Tensor,
+        alpha: f64,
+        dropout: f32,
+        seed: u64,
+    ) -> Result<Self> {
+        let (r, _in) = a.dims2()?;
+        let (_out, r2) = b.dims2()?;
+        if r != r2 {
+            return Err(Error::Mismatch(format!(
+                "LoRA A is {:?} but B is {:?}: ranks differ",
+                a.dims(),
+                b.dims()
+            )));
+        }
+        Ok(Self {
+            a: Var::from_tensor(&a.to_dtype(DType::F32)?)?,
+            b: Var::from_tensor(&b.to_dtype(DType::F32)?)?,
+            scale: alpha / r as f64,
+            dropout,
+            rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
+        })
+    }
+
+    /// PEFT default init: A ~ kaiming_uniform(a=sqrt 5) = U(-1/sqrt(in), 1/sqrt(in)) drawn from a
+    /// seeded ChaCha8 stream (not torch's generator: values differ from PEFT, the law is the
+    /// same), B = 0.
+    pub fn peft_init(
+        in_features: usize,
+        out_features: usize,
+        r: usize,
+        alpha: f64,
+        dropout: f32,
+        seed: u64,
+        device: &candle_core::Device,
+    ) -> Result<Self> {
+        let bound = 1.0 / (in_features as f64).sqrt();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let vals: Vec<f32> = (0..r * in_features)
+            .map(|_| rng.random_range(-bound..bound) as f32)
+            .collect();
+        let a = Tensor::from_vec(vals, (r, in_features), device)?;
+        let b = Tensor::zeros((out_features, r), DType::F32, device)?;
+        Self::from_tensors(&a, &b, alpha, dropout, seed.wrapping_add(0x9e37_79b9))
+    }
+
+    /// Rank r.
+    pub fn rank(&self) -> usize {
+        self.a.as_tensor().dim(0).unwrap_or(0)
+    }
+
+    /// `B A * scale` as `[out, in]` f32.
+    pub fn delta_weight(&self) -> Result<Tensor> {
+        Ok((self.b.as_tensor().matmul(self.a.as_tensor())? * self.scale)?)
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut xf = x.to_dtype(DType::F32)?;
+        if train && self.dropout > 0.0 {
+            let n = xf.elem_count();
+            let keep = 1.0 - self.dropout;
+            let mask: Vec<f32> = {
+                let mut rng = self
+                    .rng
+                    .lock()
+                    .map_err(|_| Error::Invalid("poisoned rng".into()))?;
+                (0..n)
+                    .map(|_| {
+                        if rng.random::<f32>() < keep {
+                            1.0 / keep
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect()
+            };
+            let mask = Tensor::from_vec(mask, xf.shape(), xf.device())?;
+            xf = (xf * mask)?;
+        }
+        let h = matmul_t(&xf, self.a.as_tensor())?;
+        let h = matmul_t(&h, self.b.as_tensor())?;
+        Ok((h * self.scale)?)
+    }
+}
+
+/// `x [.., in] @ w[out, in]ᵀ` for 2D/3D/4D `x`, reshaping to 2D so the gemm sees one matrix.
+pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let inp = *dims
+        .last()
+        .ok_or_else(|| Error::Invalid("matmul on a scalar".into()))?;
+    let rows: usize = dims[..dims.len() - 1].iter().product();
+    let out = w.dim(0)?;
+    let x2 = x.reshape((rows, inp))?;
+    let y = x2.matmul(&w.t()?)?;
+    let mut od = dims.clone();
+    *od.last_mut().unwrap() = out;
+    Ok(y.reshape(od)?)
+}
+
+/// Linear layer with optional LoRA and optional trainable weights.
+#[derive(Debug)]
+pub struct Linear {
+    /// `[out, in]`. When trainable this is `weight_var.as_tensor()` (same storage).
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    /// Set by [`Linear::make_trainable`].
+    pub weight_var: Option<Var>,
+    pub bias_var: Option<Var>,
+    pub lora: Option<LoraAdapter>,
+}
+
+impl Linear {
+    pub fn from_weights(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self {
+            weight,
+            bias,
+            weight_var: None,
+            bias_var: None,
+            lora: None,
+        }
+    }
+
+    /// Loads `weight` (and `bias` when `bias` is true) with shape checks.
+    pub fn new(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
+        let w = vb.get((out_dim, in_dim), "weight")?;
+        let b = if bias {
+            Some(vb.get(out_dim, "bias")?)
+        } else {
+            None
+        };
+        Ok(Self::from_weights(w, b))
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.weight.dim(1).unwrap_or(0)
+    }
+    pub fn out_features(&self) -> usize {
+        self.weight.dim(0).unwrap_or(0)
+    }
+
+    /// Turns weight and bias into [`Var`]s (gradients reach them); returns them.
+    pub fn make_trainable(&mut self) -> Result<(Var, Option<Var>)> {
+        if self.weight_var.is_none() {
+            let v = Var::from_tensor(&self.weight)?;
+            self.weight = v.as_tensor().clone();
+            self.weight_var = Some(v);
+            if let Some(b) = &self.bias {
+                let bv = Var::from_tensor(b)?;
+                self.bias = Some(bv.as_tensor().clone());
+                self.bias_var = Some(bv);
+            }
+        }
+        Ok((self.weight_var.clone().unwrap(), self.bias_var.clone()))
+    }
+
+    /// Attaches a LoRA adapter after checking its shapes.
+    pub fn set_lora(&mut self, lora: LoraAdapter) -> Result<()> {
+        let (r, i) = lora.a.as_tensor().dims2()?;
+        let (o, r2) = lora.b.as_tensor().dims2()?;
+        if i != self.in_features() || o != self.out_features() || r != r2 {
+            return Err(Error::Mismatch(format!(
+                "LoRA A {:?} / B {:?} do not fit a linear layer {}->{}",
+                [r, i],
+                [o, r2],
+                self.in_features(),
+                self.out_features()
+            )));
+        }
+        self.lora = Some(lora);
+        Ok(())
+    }
+
+    /// `W += B A * scale` and drops the adapter.
+    pub fn merge(&mut self) -> Result<()> {
+        if let Some(l) = self.lora.take() {
+            let dt = self.weight.dtype();
+            let w = (self.weight.to_dtype(DType::F32)? + l.delta_weight()?)?.to_dtype(dt)?;
+            match &self.weight_var {
+                Some(v) => v.set(&w)?,
+                None => self.weight = w,
+            }
+        }
+        Ok(())
+    }
+
+    /// Forward; `train` enables LoRA dropout.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut y = matmul_t(x, &self.weight)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        if let Some(l) = &self.lora {
+            let d = l.forward(x, train)?.to_dtype(y.dtype())?;
+            y = (y + d)?;
+        }
+        Ok(y)
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_t(xs, false).map_err(|e| match e {
+            Error::Candle(c) => c,
+            other => candle_core::Error::Msg(other.to_string()),
+        })
+    }
+}

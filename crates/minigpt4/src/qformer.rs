@@ -1,0 +1,149 @@
+//! BLIP-2 Q-Former, query path only (what MiniGPT-4 runs), in HF naming (`qformer.*`,
+//! `query_tokens`).
+//!
+//! `LayerNorm(query_tokens)`, then per layer: self-attention (+residual, LayerNorm), on layers
+//! `i % cross_attention_frequency == 0` cross-attention to the image tokens (+residual,
+//! LayerNorm), then the query FFN `intermediate_query`/`output_query` (+residual, LayerNorm).
+//! Post-LN BERT, exact GELU, eval mode (no dropout); the image mask is all ones (no mask).
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+
+use crate::config::QFormerConfig;
+use crate::error::Result;
+use crate::linear::Linear;
+use crate::vision::LayerNorm;
+
+#[derive(Debug)]
+struct MultiHeadAttention {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    dense: Linear,
+    norm: LayerNorm,
+    num_heads: usize,
+}
+
+impl MultiHeadAttention {
+    /// `vb` points at `attention` or `crossattention`.
+    fn new(cfg: &QFormerConfig, kv_dim: usize, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let a = vb.pp("attention");
+        Ok(Self {
+            query: Linear::new(h, h, true, a.pp("query"))?,
+            key: Linear::new(kv_dim, h, true, a.pp("key"))?,
+            value: Linear::new(kv_dim, h, true, a.pp("value"))?,
+            dense: Linear::new(h, h, true, vb.pp("output.dense"))?,
+            norm: LayerNorm::new(h, cfg.layer_norm_eps, vb.pp("output.LayerNorm"))?,
+            num_heads: cfg.num_attention_heads,
+        })
+    }
+
+    fn split(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, n, d) = x.dims3()?;
+        Ok(x.reshape((b, n, self.num_heads, d / self.num_heads))?
+            .transpose(1, 2)?
+            .contiguous()?)
+    }
+
+    fn forward(&self, hidden: &Tensor, kv: &Tensor) -> Result<Tensor> {
+        let (b, n, d) = hidden.dims3()?;
+        let hd = d / self.num_heads;
+        let q = self.split(&self.query.forward_t(hidden, false)?)?;
+        let k = self.split(&self.key.forward_t(kv, false)?)?;
+        let v = self.split(&self.value.forward_t(kv, false)?)?;
+        let scores = (q.matmul(&k.t()?.contiguous()?)? / (hd as f64).sqrt())?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
+        let out = self.dense.forward_t(&ctx, false)?;
+        self.norm.forward(&(out + hidden)?)
+    }
+}
+
+#[derive(Debug)]
+struct QFormerLayer {
+    attention: MultiHeadAttention,
+    crossattention: Option<MultiHeadAttention>,
+    intermediate: Linear,
+    output: Linear,
+    output_norm: LayerNorm,
+}
+
+impl QFormerLayer {
+    fn new(cfg: &QFormerConfig, idx: usize, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let cross =
+            cfg.cross_attention_frequency > 0 && idx.is_multiple_of(cfg.cross_attention_frequency);
+        Ok(Self {
+            attention: MultiHeadAttention::new(cfg, h, vb.pp("attention"))?,
+            crossattention: if cross {
+                Some(MultiHeadAttention::new(
+                    cfg,
+                    cfg.encoder_hidden_size,
+                    vb.pp("crossattention"),
+                )?)
+            } else {
+                None
+            },
+            intermediate: Linear::new(
+                h,
+                cfg.intermediate_size,
+                true,
+                vb.pp("intermediate_query.dense"),
+            )?,
+            output: Linear::new(cfg.intermediate_size, h, true, vb.pp("output_query.dense"))?,
+            output_norm: LayerNorm::new(h, cfg.layer_norm_eps, vb.pp("output_query.LayerNorm"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, image: &Tensor) -> Result<Tensor> {
+        let mut x = self.attention.forward(x, x)?;
+        if let Some(c) = &self.crossattention {
+            x = c.forward(&x, image)?;
+        }
+        let h = self.intermediate.forward_t(&x, false)?.gelu_erf()?;
+        let h = self.output.forward_t(&h, false)?;
+        self.output_norm.forward(&(h + x)?)
+    }
+}
+
+/// Q-Former with its learned query tokens.
+#[derive(Debug)]
+pub struct QFormer {
+    pub cfg: QFormerConfig,
+    /// `[1, num_query_tokens, hidden]`.
+    pub query_tokens: Tensor,
+    layernorm: LayerNorm,
+    layers: Vec<QFormerLayer>,
+}
+
+impl QFormer {
+    /// `vb` is the BLIP-2 root: reads `query_tokens` and `qformer.*`.
+    pub fn new(cfg: &QFormerConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let q = vb.pp("qformer");
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| QFormerLayer::new(cfg, i, q.pp(format!("encoder.layer.{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            query_tokens: vb.get((1, cfg.num_query_tokens, h), "query_tokens")?,
+            layernorm: LayerNorm::new(h, cfg.layer_norm_eps, q.pp("layernorm"))?,
+            layers,
+        })
+    }
+
+    /// `image_embeds: [B, N, encoder_hidden]` (after ln_vision) -> `[B, num_query, hidden]`.
+    pub fn forward(&self, image_embeds: &Tensor) -> Result<Tensor> {
+        let b = image_embeds.dim(0)?;
+        let image = image_embeds.to_dtype(self.query_tokens.dtype())?;
+        let q =
+            self.query_tokens
+                .broadcast_as((b, self.cfg.num_query_tokens, self.cfg.hidden_size))?;
+        let mut x = self.layernorm.forward(&q.contiguous()?)?;
+        for l in &self.layers {
+            x = l.forward(&x, &image)?;
+        }
+        Ok(x)
+    }
+}

@@ -1,0 +1,177 @@
+//! EVA ViT-g vision tower of MiniGPT-4 (+ `ln_vision`), in HF BLIP-2 naming
+//! (`vision_model.*`; LAVIS names are mapped onto it by `weights.rs`).
+//!
+//! Pre-LN blocks `x + attn(norm1(x))`, `x + mlp(norm2(x))`; a `qkv` projection whose bias is
+//! `[q_bias, 0, v_bias]`; queries scaled by `head_dim^-0.5`; exact (erf) GELU; no final norm
+//! inside the ViT. `ln_vision` (HF `post_layernorm`) uses eps 1e-5 by default.
+
+use candle_core::{DType, Module, Tensor, D};
+use candle_nn::VarBuilder;
+
+use crate::config::VisionConfig;
+use crate::error::Result;
+use crate::linear::Linear;
+
+/// LayerNorm with explicit eps (fused kernel; the vision side is frozen).
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(dim, "weight")?,
+            bias: vb.get(dim, "bias")?,
+            eps,
+        })
+    }
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = x.contiguous()?;
+        Ok(candle_nn::ops::layer_norm(
+            &x,
+            &self.weight,
+            &self.bias,
+            self.eps as f32,
+        )?)
+    }
+}
+
+#[derive(Debug)]
+struct Attention {
+    qkv: Linear,
+    projection: Linear,
+    num_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.hidden_size;
+        Ok(Self {
+            qkv: Linear::new(d, 3 * d, true, vb.pp("qkv"))?,
+            projection: Linear::new(d, d, true, vb.pp("projection"))?,
+            num_heads: cfg.num_attention_heads,
+            head_dim: d / cfg.num_attention_heads,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, n, d) = x.dims3()?;
+        let qkv = self.qkv.forward_t(x, false)?;
+        let qkv = qkv
+            .reshape((b, n, 3, self.num_heads, self.head_dim))?
+            .permute((2, 0, 3, 1, 4))?;
+        let q = (qkv.get(0)?.contiguous()? * (self.head_dim as f64).powf(-0.5))?;
+        let k = qkv.get(1)?.contiguous()?;
+        let v = qkv.get(2)?.contiguous()?;
+        let attn = q.matmul(&k.t()?.contiguous()?)?;
+        let attn = candle_nn::ops::softmax_last_dim(&attn)?;
+        let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
+        self.projection.forward_t(&out, false)
+    }
+}
+
+#[derive(Debug)]
+struct Block {
+    norm1: LayerNorm,
+    attn: Attention,
+    norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Block {
+    fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.hidden_size;
+        Ok(Self {
+            norm1: LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("layer_norm1"))?,
+            attn: Attention::new(cfg, vb.pp("self_attn"))?,
+            norm2: LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("layer_norm2"))?,
+            fc1: Linear::new(d, cfg.intermediate_size, true, vb.pp("mlp.fc1"))?,
+            fc2: Linear::new(cfg.intermediate_size, d, true, vb.pp("mlp.fc2"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = (x + self.attn.forward(&self.norm1.forward(x)?)?)?;
+        let h = self
+            .fc1
+            .forward_t(&self.norm2.forward(&x)?, false)?
+            .gelu_erf()?;
+        let h = self.fc2.forward_t(&h, false)?;
+        Ok((x + h)?)
+    }
+}
+
+/// The ViT plus `ln_vision`.
+#[derive(Debug)]
+pub struct VisionModel {
+    pub cfg: VisionConfig,
+    class_embedding: Tensor,
+    position_embedding: Tensor,
+    patch_weight: Tensor,
+    patch_bias: Tensor,
+    blocks: Vec<Block>,
+    /// MiniGPT-4's `ln_vision` (HF `post_layernorm`).
+    pub ln_vision: LayerNorm,
+}
+
+impl VisionModel {
+    /// `vb` points at `vision_model` (HF naming).
+    pub fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let emb = vb.pp("embeddings");
+        let blocks = (0..cfg.num_hidden_layers)
+            .map(|i| Block::new(cfg, vb.pp(format!("encoder.layers.{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            class_embedding: emb.get((1, 1, d), "class_embedding")?,
+            position_embedding: emb.get((1, cfg.seq_len(), d), "position_embedding")?,
+            patch_weight: emb.get(
+                (d, 3, cfg.patch_size, cfg.patch_size),
+                "patch_embedding.weight",
+            )?,
+            patch_bias: emb.get(d, "patch_embedding.bias")?,
+            blocks,
+            ln_vision: LayerNorm::new(d, cfg.ln_vision_eps, vb.pp("post_layernorm"))?,
+        })
+    }
+
+    /// ViT output before `ln_vision`: `[B, 3, S, S] -> [B, 1 + (S/p)^2, D]`.
+    pub fn forward_pre_ln(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let dt = self.patch_weight.dtype();
+        // The patch conv runs in f32: candle's CPU conv2d has no bf16 matmul, and the conv is a
+        // negligible share of the work.
+        let x = pixel_values.to_dtype(DType::F32)?;
+        let w = self.patch_weight.to_dtype(DType::F32)?;
+        let x = x.conv2d(&w, 0, self.cfg.patch_size, 1, 1)?;
+        let x = x.broadcast_add(&self.patch_bias.to_dtype(DType::F32)?.reshape((1, (), 1, 1))?)?;
+        let x = x.to_dtype(dt)?;
+        let b = x.dim(0)?;
+        // [B, D, gh, gw] -> [B, gh*gw, D], patches in row-major order.
+        let x = x.flatten_from(2)?.transpose(1, 2)?;
+        let cls = self
+            .class_embedding
+            .broadcast_as((b, 1, x.dim(D::Minus1)?))?;
+        let mut x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.position_embedding)?;
+        for blk in &self.blocks {
+            x = blk.forward(&x)?;
+        }
+        Ok(x)
+    }
+
+    /// ViT output after `ln_vision`: the Q-Former's `encoder_hidden_states`.
+    pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        self.ln_vision.forward(&self.forward_pre_ln(pixel_values)?)
+    }
+}
+
+impl Module for VisionModel {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        VisionModel::forward(self, xs).map_err(|e| candle_core::Error::Msg(e.to_string()))
+    }
+}
