@@ -21,7 +21,10 @@ fn peak_rss_mb() -> f64 {
 fn generate(path: &std::path::Path, n_images: usize, n_ann: usize) -> anyhow::Result<()> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
-    write!(w, r#"{{"info": {{"description": "generated", "year": 2017}}, "licenses": [{{"id": 1, "name": "x", "url": "y"}}], "images": ["#)?;
+    write!(
+        w,
+        r#"{{"info": {{"description": "generated", "year": 2017}}, "licenses": [{{"id": 1, "name": "x", "url": "y"}}], "images": ["#
+    )?;
     for i in 0..n_images {
         let sep = if i == 0 { "" } else { ", " };
         write!(
@@ -60,7 +63,10 @@ fn generate(path: &std::path::Path, n_images: usize, n_ann: usize) -> anyhow::Re
     write!(w, r#"], "categories": ["#)?;
     for c in 1..=80 {
         let sep = if c == 1 { "" } else { ", " };
-        write!(w, r#"{sep}{{"supercategory": "thing", "id": {c}, "name": "category{c}"}}"#)?;
+        write!(
+            w,
+            r#"{sep}{{"supercategory": "thing", "id": {c}, "name": "category{c}"}}"#
+        )?;
     }
     write!(w, "]}}")?;
     w.flush()?;
@@ -75,18 +81,37 @@ fn main() -> anyhow::Result<()> {
         let db = AnnotationDb::load_instances(path)?;
         let secs = t.elapsed().as_secs_f64();
         let objects: usize = db.ids().iter().map(|id| db.object_count(*id)).sum();
-        println!("loaded {} images, {objects} objects in {secs:.2}s; peak RSS {:.0} MB", db.len(), peak_rss_mb());
+        println!(
+            "loaded {} images, {objects} objects in {secs:.2}s; peak RSS {:.0} MB",
+            db.len(),
+            peak_rss_mb()
+        );
         return Ok(());
     }
-    let n_images: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(118_287);
-    let n_ann: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(860_001);
+    let n_images: usize = args
+        .get(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(118_287);
+    let n_ann: usize = args
+        .get(2)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(860_001);
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("instances_generated.json");
     let t = Instant::now();
     generate(&path, n_images, n_ann)?;
     let size = std::fs::metadata(&path)?.len();
-    println!("generated {} MB in {:.1}s", size / 1_000_000, t.elapsed().as_secs_f64());
-    let out = std::process::Command::new(std::env::current_exe()?).arg("--load").arg(&path).output()?;
+    println!(
+        "generated {} MB in {:.1}s",
+        size / 1_000_000,
+        t.elapsed().as_secs_f64()
+    );
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .arg("--load")
+        .arg(&path)
+        .output()?;
     print!("{}", String::from_utf8_lossy(&out.stdout));
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
     anyhow::ensure!(out.status.success(), "loader failed");

@@ -47,7 +47,13 @@ pub struct ClassifierConfig {
 
 impl Default for ClassifierConfig {
     fn default() -> Self {
-        Self { batch_size: 50, max_attempts: 3, template: DEFAULT_TEMPLATE.into(), temperature: 0.7, max_tokens: 2048 }
+        Self {
+            batch_size: 50,
+            max_attempts: 3,
+            template: DEFAULT_TEMPLATE.into(),
+            temperature: 0.7,
+            max_tokens: 2048,
+        }
     }
 }
 
@@ -124,19 +130,31 @@ impl Classifier {
     pub fn new(taxonomy: Taxonomy, cfg: ClassifierConfig) -> Result<Self> {
         for slot in ["{types}", "{questions}"] {
             if !cfg.template.contains(slot) {
-                return Err(AbsError::Input(format!("classification template lacks the {slot} slot")));
+                return Err(AbsError::Input(format!(
+                    "classification template lacks the {slot} slot"
+                )));
             }
         }
         if cfg.batch_size == 0 || cfg.max_attempts == 0 {
-            return Err(AbsError::Input("batch_size and max_attempts must be at least 1".into()));
+            return Err(AbsError::Input(
+                "batch_size and max_attempts must be at least 1".into(),
+            ));
         }
         let tax_key = taxonomy_key(&taxonomy);
-        Ok(Self { taxonomy, tax_key, cfg, cache: None })
+        Ok(Self {
+            taxonomy,
+            tax_key,
+            cfg,
+            cache: None,
+        })
     }
 
     /// Uses (creating or resuming) a JSONL cache of labels.
     pub fn with_cache(mut self, path: impl AsRef<Path>) -> Result<Self> {
-        self.cache = Some(JsonlStore::open(path.as_ref().to_path_buf(), |r: &ClassificationRecord| r.key.clone())?);
+        self.cache = Some(JsonlStore::open(
+            path.as_ref().to_path_buf(),
+            |r: &ClassificationRecord| r.key.clone(),
+        )?);
         Ok(self)
     }
 
@@ -163,7 +181,13 @@ impl Classifier {
         let qs: Vec<String> = questions
             .iter()
             .enumerate()
-            .map(|(i, q)| format!("{}. {}", i + 1, q.split_whitespace().collect::<Vec<_>>().join(" ")))
+            .map(|(i, q)| {
+                format!(
+                    "{}. {}",
+                    i + 1,
+                    q.split_whitespace().collect::<Vec<_>>().join(" ")
+                )
+            })
             .collect();
         self.cfg
             .template
@@ -175,27 +199,52 @@ impl Classifier {
     /// Parses a reply for a batch of `n` questions into type ids, strictly: `n` non-empty lines
     /// `N. (k) Name` with N = 1..n in order, k a valid type number and Name naming type k.
     pub fn parse_reply(&self, reply: &str, n: usize) -> std::result::Result<Vec<String>, String> {
-        let lines: Vec<&str> = reply.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        let lines: Vec<&str> = reply
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
         if lines.len() != n {
             return Err(format!("expected {n} lines, got {}", lines.len()));
         }
         let mut out = Vec::with_capacity(n);
         for (i, line) in lines.iter().enumerate() {
             let bad = |why: &str| format!("line {} {line:?}: {why}", i + 1);
-            let (num, rest) = line.split_once('.').ok_or_else(|| bad("expected \"N. (k) Type\""))?;
-            let num: usize = num.trim().parse().map_err(|_| bad("expected a question number before '.'"))?;
+            let (num, rest) = line
+                .split_once('.')
+                .ok_or_else(|| bad("expected \"N. (k) Type\""))?;
+            let num: usize = num
+                .trim()
+                .parse()
+                .map_err(|_| bad("expected a question number before '.'"))?;
             if num != i + 1 {
                 return Err(bad(&format!("expected question number {}", i + 1)));
             }
             let rest = rest.trim_start();
-            let rest = rest.strip_prefix('(').ok_or_else(|| bad("expected \"(k)\" after the number"))?;
-            let (k, name) = rest.split_once(')').ok_or_else(|| bad("unclosed \"(k)\""))?;
-            let k: usize = k.trim().parse().map_err(|_| bad("type number is not a number"))?;
-            let by_num = self.taxonomy.by_number(k).ok_or_else(|| bad(&format!("type number {k} is out of range")))?;
+            let rest = rest
+                .strip_prefix('(')
+                .ok_or_else(|| bad("expected \"(k)\" after the number"))?;
+            let (k, name) = rest
+                .split_once(')')
+                .ok_or_else(|| bad("unclosed \"(k)\""))?;
+            let k: usize = k
+                .trim()
+                .parse()
+                .map_err(|_| bad("type number is not a number"))?;
+            let by_num = self
+                .taxonomy
+                .by_number(k)
+                .ok_or_else(|| bad(&format!("type number {k} is out of range")))?;
             let name = name.trim().trim_end_matches('.').trim();
-            let by_name = self.taxonomy.lookup(name).ok_or_else(|| bad(&format!("unknown type {name:?}")))?;
+            let by_name = self
+                .taxonomy
+                .lookup(name)
+                .ok_or_else(|| bad(&format!("unknown type {name:?}")))?;
             if by_name.id != by_num.id {
-                return Err(bad(&format!("type number {k} is {:?} but the name says {name:?}", by_num.name)));
+                return Err(bad(&format!(
+                    "type number {k} is {:?} but the name says {name:?}",
+                    by_num.name
+                )));
             }
             out.push(by_num.id.clone());
         }
@@ -203,7 +252,11 @@ impl Classifier {
     }
 
     /// Labels distinct questions (cache first, then the teacher in batches).
-    pub async fn classify_questions(&mut self, teacher: &dyn Teacher, questions: &[String]) -> Result<ClassifyReport> {
+    pub async fn classify_questions(
+        &mut self,
+        teacher: &dyn Teacher,
+        questions: &[String],
+    ) -> Result<ClassifyReport> {
         let mut report = ClassifyReport::default();
         // Index the cache once (records() is a Vec; a lookup per question would be quadratic).
         let cache_map: HashMap<&str, &ClassificationRecord> = self
@@ -238,18 +291,29 @@ impl Classifier {
                 stop: vec![],
                 task: TeacherTask::Classify {
                     questions: batch.to_vec(),
-                    types: self.taxonomy.names().into_iter().map(String::from).collect(),
+                    types: self
+                        .taxonomy
+                        .names()
+                        .into_iter()
+                        .map(String::from)
+                        .collect(),
                 },
                 ..Default::default()
             };
-            let mut failure = BatchFailure { questions: batch.to_vec(), ..Default::default() };
+            let mut failure = BatchFailure {
+                questions: batch.to_vec(),
+                ..Default::default()
+            };
             let mut labels = None;
             for _ in 0..self.cfg.max_attempts {
                 report.calls += 1;
                 failure.attempts += 1;
                 match teacher.complete(&req).await {
                     Err(e) if !e.retryable => {
-                        return Err(AbsError::Teacher { teacher: teacher.name(), message: e.message });
+                        return Err(AbsError::Teacher {
+                            teacher: teacher.name(),
+                            message: e.message,
+                        });
                     }
                     Err(e) => failure.errors.push(format!("teacher error: {}", e.message)),
                     Ok(reply) => match self.parse_reply(&reply.text, batch.len()) {
@@ -287,9 +351,21 @@ impl Classifier {
 
     /// Fills `question_type` of the bad cases that lack one. Cases of failed batches stay
     /// untyped (see `failures`).
-    pub async fn classify_bad_cases(&mut self, teacher: &dyn Teacher, cases: &mut [BadCase]) -> Result<ClassifyReport> {
-        let untyped = |c: &BadCase| c.question_type.as_deref().is_none_or(|t| t.trim().is_empty());
-        let questions: Vec<String> = cases.iter().filter(|c| untyped(c)).map(|c| c.question.clone()).collect();
+    pub async fn classify_bad_cases(
+        &mut self,
+        teacher: &dyn Teacher,
+        cases: &mut [BadCase],
+    ) -> Result<ClassifyReport> {
+        let untyped = |c: &BadCase| {
+            c.question_type
+                .as_deref()
+                .is_none_or(|t| t.trim().is_empty())
+        };
+        let questions: Vec<String> = cases
+            .iter()
+            .filter(|c| untyped(c))
+            .map(|c| c.question.clone())
+            .collect();
         let mut report = self.classify_questions(teacher, &questions).await?;
         report.already_typed = cases.len() - questions.len();
         for c in cases.iter_mut().filter(|c| untyped(c)) {

@@ -76,7 +76,8 @@ fn open_json<T: for<'de> Deserialize<'de>>(path: &Path, expected: &str) -> Resul
     let file = File::open(path).map_err(|e| mde_core::CoreError::io(path, e))?;
     // A large buffer keeps the per-byte reader overhead low on a 450 MB file.
     let reader = BufReader::with_capacity(1 << 20, file);
-    serde_json::from_reader(reader).map_err(|e| AbsError::invalid(path, format!("expected {expected} ({e})")))
+    serde_json::from_reader(reader)
+        .map_err(|e| AbsError::invalid(path, format!("expected {expected} ({e})")))
 }
 
 impl AnnotationDb {
@@ -92,7 +93,10 @@ impl AnnotationDb {
     /// Loads a COCO `instances_*.json` (images, annotations, categories), skipping segmentations.
     pub fn load_instances(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let inst: LeanInstances = open_json(path, "a COCO instances file with images, annotations and categories")?;
+        let inst: LeanInstances = open_json(
+            path,
+            "a COCO instances file with images, annotations and categories",
+        )?;
         let mut db = AnnotationDb::default();
         for c in inst.categories {
             db.categories.insert(c.id, c.name);
@@ -104,11 +108,17 @@ impl AnnotationDb {
             if !db.categories.contains_key(&a.category_id) {
                 return Err(AbsError::invalid(
                     path,
-                    format!("annotations[{i}]: category_id {} is not in categories", a.category_id),
+                    format!(
+                        "annotations[{i}]: category_id {} is not in categories",
+                        a.category_id
+                    ),
                 ));
             }
             let Some(img) = db.images.get_mut(&a.image_id) else {
-                return Err(AbsError::invalid(path, format!("annotations[{i}]: image_id {} is not in images", a.image_id)));
+                return Err(AbsError::invalid(
+                    path,
+                    format!("annotations[{i}]: image_id {} is not in images", a.image_id),
+                ));
             };
             img.objects.push((a.category_id, a.bbox));
         }
@@ -128,11 +138,20 @@ impl AnnotationDb {
             return Ok(());
         }
         if im.width == 0 || im.height == 0 {
-            return Err(AbsError::invalid(path, format!("image {}: width and height must be positive", im.id)));
+            return Err(AbsError::invalid(
+                path,
+                format!("image {}: width and height must be positive", im.id),
+            ));
         }
         self.images.insert(
             im.id,
-            ImageRecord { id: im.id, file_name: im.file_name, width: im.width, height: im.height, ..Default::default() },
+            ImageRecord {
+                id: im.id,
+                file_name: im.file_name,
+                width: im.width,
+                height: im.height,
+                ..Default::default()
+            },
         );
         Ok(())
     }
@@ -141,12 +160,18 @@ impl AnnotationDb {
     /// instances file are an error (the two files should describe the same split).
     pub fn add_captions_file(&mut self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        let caps: LeanCaptions = open_json(path, "a COCO captions file with annotations [{image_id, caption}]")?;
+        let caps: LeanCaptions = open_json(
+            path,
+            "a COCO captions file with annotations [{image_id, caption}]",
+        )?;
         for (i, c) in caps.annotations.into_iter().enumerate() {
             let Some(img) = self.images.get_mut(&c.image_id) else {
                 return Err(AbsError::invalid(
                     path,
-                    format!("annotations[{i}]: image_id {} is not in the instances file", c.image_id),
+                    format!(
+                        "annotations[{i}]: image_id {} is not in the instances file",
+                        c.image_id
+                    ),
                 ));
             };
             img.captions.push(c.caption.trim().to_string());
@@ -161,7 +186,10 @@ impl AnnotationDb {
     }
 
     /// Builds the database from in-memory COCO structures (e.g. the synthetic world's).
-    pub fn from_coco(instances: &coco::Instances, captions: Option<&coco::Captions>) -> Result<Self> {
+    pub fn from_coco(
+        instances: &coco::Instances,
+        captions: Option<&coco::Captions>,
+    ) -> Result<Self> {
         let mut db = AnnotationDb::default();
         let here = Path::new("<instances>");
         for c in &instances.categories {
@@ -170,22 +198,36 @@ impl AnnotationDb {
         for im in &instances.images {
             db.add_image(
                 here,
-                LeanImage { id: im.id, file_name: im.file_name.clone(), width: im.width, height: im.height },
+                LeanImage {
+                    id: im.id,
+                    file_name: im.file_name.clone(),
+                    width: im.width,
+                    height: im.height,
+                },
             )?;
         }
         for (i, a) in instances.annotations.iter().enumerate() {
             if !db.categories.contains_key(&a.category_id) {
-                return Err(AbsError::invalid(here, format!("annotations[{i}]: unknown category_id {}", a.category_id)));
+                return Err(AbsError::invalid(
+                    here,
+                    format!("annotations[{i}]: unknown category_id {}", a.category_id),
+                ));
             }
             let Some(img) = db.images.get_mut(&a.image_id) else {
-                return Err(AbsError::invalid(here, format!("annotations[{i}]: unknown image_id {}", a.image_id)));
+                return Err(AbsError::invalid(
+                    here,
+                    format!("annotations[{i}]: unknown image_id {}", a.image_id),
+                ));
             };
             img.objects.push((a.category_id, a.bbox.map(|v| v as f32)));
         }
         if let Some(caps) = captions {
             for (i, c) in caps.annotations.iter().enumerate() {
                 let Some(img) = db.images.get_mut(&c.image_id) else {
-                    return Err(AbsError::invalid("<captions>", format!("annotations[{i}]: unknown image_id {}", c.image_id)));
+                    return Err(AbsError::invalid(
+                        "<captions>",
+                        format!("annotations[{i}]: unknown image_id {}", c.image_id),
+                    ));
                 };
                 img.captions.push(c.caption.trim().to_string());
             }
@@ -224,7 +266,9 @@ impl AnnotationDb {
     /// The image's objects with boxes as (x1, y1, x2, y2) normalised by width/height and rounded
     /// to 3 decimals, as the released sampler gives them to the teacher.
     pub fn boxes(&self, id: u64) -> Vec<ObjectBox> {
-        let Some(r) = self.images.get(&id) else { return vec![] };
+        let Some(r) = self.images.get(&id) else {
+            return vec![];
+        };
         let (w, h) = (r.width as f64, r.height as f64);
         r.objects
             .iter()
@@ -232,7 +276,12 @@ impl AnnotationDb {
                 let [x, y, bw, bh] = b.map(|v| v as f64);
                 ObjectBox {
                     category: self.categories.get(cat).cloned().unwrap_or_default(),
-                    bbox: [round3(x / w), round3(y / h), round3((x + bw) / w), round3((y + bh) / h)],
+                    bbox: [
+                        round3(x / w),
+                        round3(y / h),
+                        round3((x + bw) / w),
+                        round3((y + bh) / h),
+                    ],
                 }
             })
             .collect()
@@ -240,7 +289,17 @@ impl AnnotationDb {
 }
 
 fn round3(x: f64) -> f64 {
-    mde_core::io::round_to(x, 3)
+    py_round(x, 3)
+}
+
+/// Rounds like Python's `round(x, n)`: to the nearest n-decimal value of the exact binary
+/// number, ties to even (0.0625 -> 0.062, 0.1235 -> 0.123). `(x * 1000).round() / 1000` differs
+/// on such values; Rust's fixed-precision formatting rounds exactly like Python.
+pub fn py_round(x: f64, decimals: usize) -> f64 {
+    if !x.is_finite() {
+        return x;
+    }
+    format!("{x:.decimals$}").parse().unwrap_or(x)
 }
 
 /// Formats a float the way Python's `repr` prints a value rounded to a few decimals
@@ -280,6 +339,11 @@ mod tests {
         assert_eq!(py_float(0.5), "0.5");
         assert_eq!(py_float(round3(2.0 / 3.0)), "0.667");
         assert_eq!(py_float(0.0), "0.0");
+        // Python: round(0.0625, 3) == 0.062, round(0.1235, 3) == 0.123, round(1.0005, 3) == 1.0
+        assert_eq!(py_round(0.0625, 3), 0.062);
+        assert_eq!(py_round(0.1235, 3), 0.123);
+        assert_eq!(py_round(1.0005, 3), 1.0);
+        assert_eq!(py_round(2.675, 2), 2.67);
     }
 
     #[test]
@@ -310,11 +374,17 @@ mod tests {
         let b = db.boxes(7);
         assert_eq!(render_box(&b[0]), "car: [0.1, 0.1, 0.6, 0.6]");
         assert_eq!(render_box(&b[1]), "car: [0.0, 0.0, 1.0, 1.0]");
-        assert_eq!(render_captions(&db.image(7).unwrap().captions), "A car.\nCars");
+        assert_eq!(
+            render_captions(&db.image(7).unwrap().captions),
+            "A car.\nCars"
+        );
 
         let bad = dir.path().join("bad.json");
         std::fs::write(&bad, r#"{"images": [], "annotations": [{"image_id": 1, "category_id": 3, "bbox": [0,0,1,1]}], "categories": [{"id": 3, "name": "car"}]}"#).unwrap();
         let err = AnnotationDb::load_instances(&bad).unwrap_err().to_string();
-        assert!(err.contains("bad.json") && err.contains("annotations[0]"), "{err}");
+        assert!(
+            err.contains("bad.json") && err.contains("annotations[0]"),
+            "{err}"
+        );
     }
 }

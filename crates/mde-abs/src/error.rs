@@ -26,7 +26,10 @@ pub enum AbsError {
 
 impl AbsError {
     pub(crate) fn invalid(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
-        AbsError::Invalid { path: path.into(), msg: msg.into() }
+        AbsError::Invalid {
+            path: path.into(),
+            msg: msg.into(),
+        }
     }
 }
 

@@ -40,7 +40,10 @@ pub struct EncodeExamples<'a, E: ImageEncoder + ?Sized>(pub &'a E);
 
 impl<E: ImageEncoder + ?Sized> ExampleImages for EncodeExamples<'_, E> {
     fn example_embedding(&self, case: &BadCase) -> Result<Option<Vec<f32>>> {
-        let rows = self.0.embed(std::slice::from_ref(&case.image)).map_err(|e| AbsError::Encoder(e.to_string()))?;
+        let rows = self
+            .0
+            .embed(std::slice::from_ref(&case.image))
+            .map_err(|e| AbsError::Encoder(e.to_string()))?;
         Ok(rows.into_iter().next())
     }
 }
@@ -91,10 +94,16 @@ impl ImageIndex {
     /// instead of being normalised again (which can move them by an ulp).
     fn with_rows(ids: Vec<u64>, embeddings: &Tensor, keep_unit_rows: bool) -> Result<Self> {
         let (n, d) = embeddings.dims2().map_err(|_| {
-            AbsError::Input(format!("embeddings must be a [N, d] matrix, got shape {:?}", embeddings.dims()))
+            AbsError::Input(format!(
+                "embeddings must be a [N, d] matrix, got shape {:?}",
+                embeddings.dims()
+            ))
         })?;
         if n != ids.len() {
-            return Err(AbsError::Input(format!("{} ids for {n} embedding rows", ids.len())));
+            return Err(AbsError::Input(format!(
+                "{} ids for {n} embedding rows",
+                ids.len()
+            )));
         }
         if d == 0 {
             return Err(AbsError::Input("embedding width is 0".into()));
@@ -102,27 +111,48 @@ impl ImageIndex {
         let x = embeddings.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
         let finite = x.abs()?.max_keepdim(1)?.flatten_all()?.to_vec1::<f32>()?;
         if let Some(row) = finite.iter().position(|v| !v.is_finite()) {
-            return Err(AbsError::Input(format!("embedding row {row} (id {}) is not finite", ids[row])));
+            return Err(AbsError::Input(format!(
+                "embedding row {row} (id {}) is not finite",
+                ids[row]
+            )));
         }
         let mut position = HashMap::with_capacity(n);
         for (i, id) in ids.iter().enumerate() {
             if position.insert(*id, i).is_some() {
-                return Err(AbsError::Input(format!("image id {id} appears twice in the index")));
+                return Err(AbsError::Input(format!(
+                    "image id {id} appears twice in the index"
+                )));
             }
         }
         let unit = keep_unit_rows && {
-            let norms = x.sqr()?.sum_keepdim(1)?.sqrt()?.flatten_all()?.to_vec1::<f32>()?;
+            let norms = x
+                .sqr()?
+                .sum_keepdim(1)?
+                .sqrt()?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
             norms.iter().all(|v| (v - 1.0).abs() < 1e-4)
         };
-        let embeddings = if unit { x.contiguous()? } else { l2_normalise(&x)?.contiguous()? };
-        Ok(Self { ids, embeddings, position })
+        let embeddings = if unit {
+            x.contiguous()?
+        } else {
+            l2_normalise(&x)?.contiguous()?
+        };
+        Ok(Self {
+            ids,
+            embeddings,
+            position,
+        })
     }
 
     /// Builds an index from rows (e.g. collected from an [`ImageEncoder`]).
     pub fn from_rows(ids: Vec<u64>, rows: &[Vec<f32>]) -> Result<Self> {
         let d = rows.first().map_or(0, |r| r.len());
         if let Some((i, r)) = rows.iter().enumerate().find(|(_, r)| r.len() != d) {
-            return Err(AbsError::Input(format!("embedding row {i} has width {}, expected {d}", r.len())));
+            return Err(AbsError::Input(format!(
+                "embedding row {i} has width {}, expected {d}",
+                r.len()
+            )));
         }
         let flat: Vec<f32> = rows.iter().flatten().copied().collect();
         let t = Tensor::from_vec(flat, (rows.len(), d), &Device::Cpu)?;
@@ -140,9 +170,15 @@ impl ImageIndex {
         let mut rows = Vec::with_capacity(images.len());
         for chunk in images.chunks(batch.max(1)) {
             let refs: Vec<ImageRef> = chunk.iter().map(|(_, r)| r.clone()).collect();
-            let out = encoder.embed(&refs).map_err(|e| AbsError::Encoder(e.to_string()))?;
+            let out = encoder
+                .embed(&refs)
+                .map_err(|e| AbsError::Encoder(e.to_string()))?;
             if out.len() != chunk.len() {
-                return Err(AbsError::Encoder(format!("{} rows returned for {} images", out.len(), chunk.len())));
+                return Err(AbsError::Encoder(format!(
+                    "{} rows returned for {} images",
+                    out.len(),
+                    chunk.len()
+                )));
             }
             rows.extend(out);
             progress(rows.len());
@@ -157,17 +193,30 @@ impl ImageIndex {
         let ids: Vec<i64> = self
             .ids
             .iter()
-            .map(|&id| i64::try_from(id).map_err(|_| AbsError::Input(format!("image id {id} does not fit in i64"))))
+            .map(|&id| {
+                i64::try_from(id)
+                    .map_err(|_| AbsError::Input(format!("image id {id} does not fit in i64")))
+            })
             .collect::<Result<_>>()?;
         let n = ids.len();
         let mut map = HashMap::new();
-        map.insert(IDS_TENSOR.to_string(), Tensor::from_vec(ids, n, &Device::Cpu)?);
+        map.insert(
+            IDS_TENSOR.to_string(),
+            Tensor::from_vec(ids, n, &Device::Cpu)?,
+        );
         map.insert(EMBEDDINGS_TENSOR.to_string(), self.embeddings.clone());
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(|e| mde_core::CoreError::io(dir, e))?;
-        let name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-        candle_core::safetensors::save(&map, &tmp).map_err(|e| AbsError::invalid(&tmp, e.to_string()))?;
+        candle_core::safetensors::save(&map, &tmp)
+            .map_err(|e| AbsError::invalid(&tmp, e.to_string()))?;
         std::fs::rename(&tmp, path).map_err(|e| mde_core::CoreError::io(path, e))?;
         Ok(())
     }
@@ -176,7 +225,8 @@ impl ImageIndex {
     /// `ids` vector and a float `embeddings` matrix).
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let map = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| AbsError::invalid(path, e.to_string()))?;
+        let map = candle_core::safetensors::load(path, &Device::Cpu)
+            .map_err(|e| AbsError::invalid(path, e.to_string()))?;
         let get = |name: &str| {
             map.get(name).ok_or_else(|| {
                 AbsError::invalid(path, format!("missing tensor {name:?} (expected {IDS_TENSOR:?} and {EMBEDDINGS_TENSOR:?})"))
@@ -184,11 +234,27 @@ impl ImageIndex {
         };
         let ids_t = get(IDS_TENSOR)?;
         let ids: Vec<u64> = match ids_t.dtype() {
-            DType::I64 => ids_t.flatten_all()?.to_vec1::<i64>()?.into_iter().map(|v| v as u64).collect(),
-            DType::U32 => ids_t.flatten_all()?.to_vec1::<u32>()?.into_iter().map(u64::from).collect(),
-            other => return Err(AbsError::invalid(path, format!("tensor {IDS_TENSOR:?} has dtype {other:?}, expected i64"))),
+            DType::I64 => ids_t
+                .flatten_all()?
+                .to_vec1::<i64>()?
+                .into_iter()
+                .map(|v| v as u64)
+                .collect(),
+            DType::U32 => ids_t
+                .flatten_all()?
+                .to_vec1::<u32>()?
+                .into_iter()
+                .map(u64::from)
+                .collect(),
+            other => {
+                return Err(AbsError::invalid(
+                    path,
+                    format!("tensor {IDS_TENSOR:?} has dtype {other:?}, expected i64"),
+                ))
+            }
         };
-        Self::with_rows(ids, get(EMBEDDINGS_TENSOR)?, true).map_err(|e| AbsError::invalid(path, e.to_string()))
+        Self::with_rows(ids, get(EMBEDDINGS_TENSOR)?, true)
+            .map_err(|e| AbsError::invalid(path, e.to_string()))
     }
 
     pub fn len(&self) -> usize {
@@ -230,14 +296,15 @@ impl ImageIndex {
     pub fn scores(&self, queries: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
         let d = self.dim();
         if let Some((i, q)) = queries.iter().enumerate().find(|(_, q)| q.len() != d) {
-            return Err(AbsError::Input(format!("query {i} has width {}, the index has {d}", q.len())));
+            return Err(AbsError::Input(format!(
+                "query {i} has width {}, the index has {d}",
+                q.len()
+            )));
         }
         let flat: Vec<f32> = queries.iter().flatten().copied().collect();
         let q = Tensor::from_vec(flat, (queries.len(), d), &Device::Cpu)?;
         let q = l2_normalise(&q)?;
-        // [N, d] x [d, B] keeps the big matrix in its contiguous row-major layout (the fast
-        // gemm path, also for B = 1); the small [N, B] result is transposed afterwards.
-        let s = if std::env::var_os("MDE_ABS_OLD").is_some() { q.matmul(&self.embeddings.t()?)? } else { self.embeddings.matmul(&q.t()?)?.t()?.contiguous()? };
+        let s = q.matmul(&self.embeddings.t()?)?;
         Ok(s.to_vec2::<f32>()?)
     }
 
@@ -255,14 +322,20 @@ impl ImageIndex {
 
     /// [`ImageIndex::top_k_batch`] for one query.
     pub fn top_k(&self, query: &[f32], k: usize) -> Result<Vec<(usize, f32)>> {
-        Ok(self.top_k_batch(&[query.to_vec()], k)?.pop().unwrap_or_default())
+        Ok(self
+            .top_k_batch(&[query.to_vec()], k)?
+            .pop()
+            .unwrap_or_default())
     }
 }
 
 /// Indices of the `k` largest values, best first; NaN ranks last; ties by index.
 fn top_k_of(scores: &[f32], k: usize) -> Vec<(usize, f32)> {
     let cmp = |a: &(usize, f32), b: &(usize, f32)| {
-        let (x, y) = (if a.1.is_nan() { f32::NEG_INFINITY } else { a.1 }, if b.1.is_nan() { f32::NEG_INFINITY } else { b.1 });
+        let (x, y) = (
+            if a.1.is_nan() { f32::NEG_INFINITY } else { a.1 },
+            if b.1.is_nan() { f32::NEG_INFINITY } else { b.1 },
+        );
         y.total_cmp(&x).then(a.0.cmp(&b.0))
     };
     let mut v: Vec<(usize, f32)> = scores.iter().copied().enumerate().collect();

@@ -51,4 +51,7 @@ pub use coco::{render_box, render_boxes, render_captions, AnnotationDb, ImageRec
 pub use error::{AbsError, Result};
 pub use index::{EncodeExamples, ExampleImages, FirstOf, ImageEncoder, ImageIndex};
 pub use pool::{BadCasePool, PoolReport};
-pub use sampler::{allocate, render_example, sample, Allocation, SampleInputs, SampleReport, SamplerConfig, Strategy};
+pub use sampler::{
+    allocate, render_example, sample, Allocation, SampleInputs, SampleReport, SamplerConfig,
+    Strategy,
+};

@@ -27,12 +27,19 @@ impl BadCasePool {
     /// number) and stored under the canonical id; a type the taxonomy lacks is an error naming
     /// the case. Untyped cases and cases whose answer index is out of range are left out and
     /// listed in the report.
-    pub fn new(cases: impl IntoIterator<Item = BadCase>, taxonomy: &Taxonomy) -> Result<(Self, PoolReport)> {
+    pub fn new(
+        cases: impl IntoIterator<Item = BadCase>,
+        taxonomy: &Taxonomy,
+    ) -> Result<(Self, PoolReport)> {
         let mut pool = BadCasePool::default();
         let mut report = PoolReport::default();
         for mut case in cases {
             report.total += 1;
-            let Some(t) = case.question_type.as_deref().filter(|t| !t.trim().is_empty()) else {
+            let Some(t) = case
+                .question_type
+                .as_deref()
+                .filter(|t| !t.trim().is_empty())
+            else {
                 report.untyped.push(case.id.clone());
                 continue;
             };
@@ -67,7 +74,10 @@ impl BadCasePool {
 
     /// Number of cases per type.
     pub fn counts(&self) -> BTreeMap<String, usize> {
-        self.by_type.iter().map(|(k, v)| (k.clone(), v.len())).collect()
+        self.by_type
+            .iter()
+            .map(|(k, v)| (k.clone(), v.len()))
+            .collect()
     }
 
     pub fn len(&self) -> usize {

@@ -19,13 +19,14 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::str::FromStr;
 
-/// How query counts are allocated to types.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// How query counts are allocated to types. The default is the released `ErrorRate`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Strategy {
     /// Every eligible type equally likely.
     Uniform,
     /// P ∝ error rate (the released behaviour).
+    #[default]
     ErrorRate,
     /// P ∝ max(0, err − chance_err)^power with chance_err = 1 − 1/n_choices; types at or below
     /// chance are skipped (a type the model answers at chance may be unlearnable; see
@@ -33,12 +34,6 @@ pub enum Strategy {
     ChanceDiscounted { power: f64 },
     /// P ∝ exp(err / temperature).
     Softmax { temperature: f64 },
-}
-
-impl Default for Strategy {
-    fn default() -> Self {
-        Strategy::ErrorRate
-    }
 }
 
 impl FromStr for Strategy {
@@ -51,12 +46,17 @@ impl FromStr for Strategy {
             None => (s.trim(), None),
         };
         let num = |what: &str| -> std::result::Result<f64, String> {
-            let a = arg.ok_or_else(|| format!("strategy {name:?} needs a {what}, e.g. {name}:1.0"))?;
-            let v: f64 = a.parse().map_err(|_| format!("strategy {name:?}: {what} {a:?} is not a number"))?;
+            let a =
+                arg.ok_or_else(|| format!("strategy {name:?} needs a {what}, e.g. {name}:1.0"))?;
+            let v: f64 = a
+                .parse()
+                .map_err(|_| format!("strategy {name:?}: {what} {a:?} is not a number"))?;
             if v.is_finite() && v > 0.0 {
                 Ok(v)
             } else {
-                Err(format!("strategy {name:?}: {what} must be positive, got {a}"))
+                Err(format!(
+                    "strategy {name:?}: {what} must be positive, got {a}"
+                ))
             }
         };
         match name.to_ascii_lowercase().replace('-', "_").as_str() {
@@ -144,19 +144,29 @@ fn most_common_choice_count(cases: &[BadCase]) -> usize {
     }
     // Highest count wins; ties go to the larger number of choices (BTreeMap order + max_by_key
     // returns the last maximum).
-    counts.into_iter().max_by_key(|(_, n)| *n).map_or(0, |(k, _)| k)
+    counts
+        .into_iter()
+        .max_by_key(|(_, n)| *n)
+        .map_or(0, |(k, _)| k)
 }
 
 /// Computes P(type) for the pool under `cfg` (strategy, floor, min_cases). Weight keys are
 /// resolved through the taxonomy (id, name or number).
-pub fn allocate(pool: &BadCasePool, weights: &TypeWeights, taxonomy: &Taxonomy, cfg: &SamplerConfig) -> Result<Allocation> {
+pub fn allocate(
+    pool: &BadCasePool,
+    weights: &TypeWeights,
+    taxonomy: &Taxonomy,
+    cfg: &SamplerConfig,
+) -> Result<Allocation> {
     let mut skipped = BTreeMap::new();
     let mut err_rate: BTreeMap<String, f64> = BTreeMap::new();
     for (k, w) in &weights.weights {
         match taxonomy.lookup(k) {
             Some(t) => {
                 if !w.is_finite() || *w < 0.0 {
-                    return Err(AbsError::Input(format!("weight of type {k:?} must be a non-negative number, got {w}")));
+                    return Err(AbsError::Input(format!(
+                        "weight of type {k:?} must be a non-negative number, got {w}"
+                    )));
                 }
                 err_rate.insert(t.id.clone(), *w);
             }
@@ -166,14 +176,20 @@ pub fn allocate(pool: &BadCasePool, weights: &TypeWeights, taxonomy: &Taxonomy, 
         }
     }
     if !(cfg.floor >= 0.0 && cfg.floor.is_finite()) {
-        return Err(AbsError::Input(format!("floor must be a non-negative number, got {}", cfg.floor)));
+        return Err(AbsError::Input(format!(
+            "floor must be a non-negative number, got {}",
+            cfg.floor
+        )));
     }
     let mut raw: BTreeMap<String, f64> = BTreeMap::new();
     for t in pool.types() {
         let cases = pool.cases(t);
         let min = cfg.min_cases.max(cfg.n_examples);
         if cases.len() < min {
-            skipped.insert(t.to_string(), format!("{} bad case(s), fewer than {min}", cases.len()));
+            skipped.insert(
+                t.to_string(),
+                format!("{} bad case(s), fewer than {min}", cases.len()),
+            );
             continue;
         }
         let err = err_rate.get(t).copied();
@@ -186,18 +202,27 @@ pub fn allocate(pool: &BadCasePool, weights: &TypeWeights, taxonomy: &Taxonomy, 
             (Strategy::ErrorRate, Some(e)) => e,
             (Strategy::Softmax { temperature }, Some(e)) => {
                 if !(temperature > 0.0 && temperature.is_finite()) {
-                    return Err(AbsError::Input(format!("softmax temperature must be positive, got {temperature}")));
+                    return Err(AbsError::Input(format!(
+                        "softmax temperature must be positive, got {temperature}"
+                    )));
                 }
                 // exp is applied below after subtracting the max (stable); store the logit.
                 e / temperature
             }
             (Strategy::ChanceDiscounted { power }, Some(e)) => {
                 if !(power > 0.0 && power.is_finite()) {
-                    return Err(AbsError::Input(format!("chance-discount power must be positive, got {power}")));
+                    return Err(AbsError::Input(format!(
+                        "chance-discount power must be positive, got {power}"
+                    )));
                 }
-                let n = cfg.n_choices.unwrap_or_else(|| most_common_choice_count(cases));
+                let n = cfg
+                    .n_choices
+                    .unwrap_or_else(|| most_common_choice_count(cases));
                 if n < 2 {
-                    skipped.insert(t.to_string(), format!("cannot compute chance level from {n} choice(s)"));
+                    skipped.insert(
+                        t.to_string(),
+                        format!("cannot compute chance level from {n} choice(s)"),
+                    );
                     continue;
                 }
                 let chance_err = 1.0 - 1.0 / n as f64;
@@ -205,7 +230,10 @@ pub fn allocate(pool: &BadCasePool, weights: &TypeWeights, taxonomy: &Taxonomy, 
                 // A tiny tolerance so a rate rounded to 3 decimals (0.75 for 4 choices) counts
                 // as at chance.
                 if above <= 1e-9 {
-                    skipped.insert(t.to_string(), format!("error rate {e} at or below chance ({chance_err:.3})"));
+                    skipped.insert(
+                        t.to_string(),
+                        format!("error rate {e} at or below chance ({chance_err:.3})"),
+                    );
                     continue;
                 }
                 above.powf(power)
@@ -232,7 +260,10 @@ pub fn allocate(pool: &BadCasePool, weights: &TypeWeights, taxonomy: &Taxonomy, 
     });
     let total: f64 = raw.values().sum();
     let probabilities = raw.into_iter().map(|(t, w)| (t, w / total)).collect();
-    Ok(Allocation { probabilities, skipped })
+    Ok(Allocation {
+        probabilities,
+        skipped,
+    })
 }
 
 /// Everything the sampler reads.
@@ -332,9 +363,15 @@ pub fn example_of(case: &BadCase, type_id: &str) -> InContextExample {
 /// Builds up to `cfg.n_queries` queries. Seeded (ChaCha8) and reproducible: the same inputs and
 /// config give the same queries. Returns fewer queries, with `stop_reason` set, when the
 /// candidate images or the eligible types run out.
-pub fn sample(inputs: &SampleInputs<'_>, cfg: &SamplerConfig) -> Result<(Vec<GenQuery>, SampleReport)> {
+pub fn sample(
+    inputs: &SampleInputs<'_>,
+    cfg: &SamplerConfig,
+) -> Result<(Vec<GenQuery>, SampleReport)> {
     if !(0.0..=1.0).contains(&cfg.similar_ratio) {
-        return Err(AbsError::Input(format!("similar_ratio must be in 0..=1, got {}", cfg.similar_ratio)));
+        return Err(AbsError::Input(format!(
+            "similar_ratio must be in 0..=1, got {}",
+            cfg.similar_ratio
+        )));
     }
     if cfg.n_examples == 0 {
         return Err(AbsError::Input("n_examples must be at least 1".into()));
@@ -347,10 +384,12 @@ pub fn sample(inputs: &SampleInputs<'_>, cfg: &SamplerConfig) -> Result<(Vec<Gen
     }
     let mut quotas: BTreeMap<String, usize> = BTreeMap::new();
     for (k, q) in &cfg.quotas {
-        let t = inputs
-            .taxonomy
-            .lookup(k)
-            .ok_or_else(|| AbsError::Input(format!("quota for unknown type {k:?} (taxonomy {:?})", inputs.taxonomy.name)))?;
+        let t = inputs.taxonomy.lookup(k).ok_or_else(|| {
+            AbsError::Input(format!(
+                "quota for unknown type {k:?} (taxonomy {:?})",
+                inputs.taxonomy.name
+            ))
+        })?;
         quotas.insert(t.id.clone(), *q);
     }
     let allocation = allocate(inputs.pool, inputs.weights, inputs.taxonomy, cfg)?;
@@ -375,7 +414,11 @@ pub fn sample(inputs: &SampleInputs<'_>, cfg: &SamplerConfig) -> Result<(Vec<Gen
     let mut candidates = Candidates::new(cand_ids);
 
     // Active types with their (unnormalised) probabilities, in id order.
-    let mut active: Vec<(String, f64)> = allocation.probabilities.iter().map(|(t, p)| (t.clone(), *p)).collect();
+    let mut active: Vec<(String, f64)> = allocation
+        .probabilities
+        .iter()
+        .map(|(t, p)| (t.clone(), *p))
+        .collect();
     let mut per_type: BTreeMap<String, usize> = BTreeMap::new();
     active.retain(|(t, _)| quotas.get(t).is_none_or(|q| *q > 0));
 
@@ -442,7 +485,11 @@ pub fn sample(inputs: &SampleInputs<'_>, cfg: &SamplerConfig) -> Result<(Vec<Gen
                                 )));
                             }
                             let rows = idx.top_k(&e, cfg.top_k)?;
-                            Some(rows.into_iter().map(|(r, _)| idx.ids()[r]).collect::<Vec<u64>>())
+                            Some(
+                                rows.into_iter()
+                                    .map(|(r, _)| idx.ids()[r])
+                                    .collect::<Vec<u64>>(),
+                            )
                         }
                         None => None,
                     };
@@ -455,7 +502,10 @@ pub fn sample(inputs: &SampleInputs<'_>, cfg: &SamplerConfig) -> Result<(Vec<Gen
                 Some(top) => {
                     // Uniform among the acceptable top-K images = the release's "draw from top-K,
                     // reject, draw again", without its endless loop when none is acceptable.
-                    let ok: Vec<u64> = top.into_iter().filter(|id| candidates.contains(*id)).collect();
+                    let ok: Vec<u64> = top
+                        .into_iter()
+                        .filter(|id| candidates.contains(*id))
+                        .collect();
                     if ok.is_empty() {
                         report.fallback_top_k_exhausted += 1;
                     } else {
@@ -475,8 +525,14 @@ pub fn sample(inputs: &SampleInputs<'_>, cfg: &SamplerConfig) -> Result<(Vec<Gen
         } else {
             report.random += 1;
         }
-        let qt = inputs.taxonomy.by_id(&type_id).expect("pool types are taxonomy ids");
-        let rec = inputs.images.image(image_id).expect("candidates come from the db");
+        let qt = inputs
+            .taxonomy
+            .by_id(&type_id)
+            .expect("pool types are taxonomy ids");
+        let rec = inputs
+            .images
+            .image(image_id)
+            .expect("candidates come from the db");
         queries.push(GenQuery {
             id: format!("{}{:06}", cfg.id_prefix, i),
             question_type: type_id.clone(),
@@ -504,9 +560,17 @@ pub fn sample(inputs: &SampleInputs<'_>, cfg: &SamplerConfig) -> Result<(Vec<Gen
 /// `Question type: <type>`.
 pub fn render_example(ex: &InContextExample, type_label: &str) -> String {
     let letters = mde_core::records::CHOICE_LETTERS;
-    let choices: Vec<String> =
-        ex.choices.iter().enumerate().map(|(i, c)| format!("({}) {}", letters[i % letters.len()], c)).collect();
-    let answer = ex.choices.get(ex.answer_idx).map(|s| s.as_str()).unwrap_or("");
+    let choices: Vec<String> = ex
+        .choices
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("({}) {}", letters[i % letters.len()], c))
+        .collect();
+    let answer = ex
+        .choices
+        .get(ex.answer_idx)
+        .map(|s| s.as_str())
+        .unwrap_or("");
     format!(
         "Question: {}\nChoices: {}\nAnswer: The answer is ({}): {}.\nQuestion type: {}",
         ex.question,

@@ -7,13 +7,23 @@ use rand::{Rng, SeedableRng};
 
 fn random_rows(n: usize, d: usize, seed: u64) -> Vec<Vec<f32>> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    (0..n).map(|_| (0..d).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect()).collect()
+    (0..n)
+        .map(|_| (0..d).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect())
+        .collect()
 }
 
 fn naive_top_k(rows: &[Vec<f32>], q: &[f32], k: usize) -> Vec<(usize, f32)> {
     let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let mut s: Vec<(usize, f32)> =
-        rows.iter().enumerate().map(|(i, r)| (i, r.iter().zip(q).map(|(a, b)| a * b).sum::<f32>() / (norm(r) * norm(q)))).collect();
+    let mut s: Vec<(usize, f32)> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            (
+                i,
+                r.iter().zip(q).map(|(a, b)| a * b).sum::<f32>() / (norm(r) * norm(q)),
+            )
+        })
+        .collect();
     s.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     s.truncate(k);
     s
@@ -66,9 +76,16 @@ fn save_load_round_trip() {
     // Missing tensors and duplicate ids are clear errors naming the file.
     let other = dir.path().join("other.safetensors");
     let t = Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
-    candle_core::safetensors::save(&std::collections::HashMap::from([("embeddings".to_string(), t)]), &other).unwrap();
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([("embeddings".to_string(), t)]),
+        &other,
+    )
+    .unwrap();
     let err = ImageIndex::load(&other).unwrap_err().to_string();
-    assert!(err.contains("other.safetensors") && err.contains("\"ids\""), "{err}");
+    assert!(
+        err.contains("other.safetensors") && err.contains("\"ids\""),
+        "{err}"
+    );
     assert!(ImageIndex::from_rows(vec![1, 1], &[vec![1.0], vec![2.0]]).is_err());
     assert!(ImageIndex::from_rows(vec![1, 2], &[vec![1.0], vec![f32::NAN]]).is_err());
 }
@@ -91,18 +108,38 @@ impl ImageEncoder for HashEncoder {
 
 #[test]
 fn build_with_encoder_and_example_lookup() {
-    let images: Vec<(u64, ImageRef)> = (1..=20).map(|id| (id, ImageRef::Coco { image_id: id })).collect();
+    let images: Vec<(u64, ImageRef)> = (1..=20)
+        .map(|id| (id, ImageRef::Coco { image_id: id }))
+        .collect();
     let mut seen = vec![];
     let index = ImageIndex::build(&HashEncoder, &images, 6, |n| seen.push(n)).unwrap();
     assert_eq!(seen, [6, 12, 18, 20]);
-    let case = BadCase { id: "b".into(), image: ImageRef::Coco { image_id: 7 }, ..Default::default() };
+    let case = BadCase {
+        id: "b".into(),
+        image: ImageRef::Coco { image_id: 7 },
+        ..Default::default()
+    };
     let e = index.example_embedding(&case).unwrap().unwrap();
     assert_eq!(index.top_k(&e, 1).unwrap()[0].0, index.position(7).unwrap());
     let enc = mde_abs::EncodeExamples(&HashEncoder);
     let e2 = enc.example_embedding(&case).unwrap().unwrap();
-    assert_eq!(index.top_k(&e2, 1).unwrap()[0].0, index.position(7).unwrap());
-    let path_case = BadCase { image: ImageRef::Path { path: "x.jpg".into() }, ..Default::default() };
+    assert_eq!(
+        index.top_k(&e2, 1).unwrap()[0].0,
+        index.position(7).unwrap()
+    );
+    let path_case = BadCase {
+        image: ImageRef::Path {
+            path: "x.jpg".into(),
+        },
+        ..Default::default()
+    };
     assert!(index.example_embedding(&path_case).unwrap().is_none());
     assert!(enc.example_embedding(&path_case).is_err());
-    assert!(ImageIndex::build(&HashEncoder, &[(1, ImageRef::Path { path: "y".into() })], 4, |_| {}).is_err());
+    assert!(ImageIndex::build(
+        &HashEncoder,
+        &[(1, ImageRef::Path { path: "y".into() })],
+        4,
+        |_| {}
+    )
+    .is_err());
 }

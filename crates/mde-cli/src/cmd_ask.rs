@@ -137,6 +137,7 @@ pub fn run(args: Args) -> Result<()> {
         length_penalty: args.length_penalty,
         eos_token_ids: vec![tok.eos_id()],
         stop_sequences: tok.stop_sequences(),
+        stop_token_ids: tok.ids_containing_stop_text(),
         ..Default::default()
     };
     let mut so_far: Vec<u32> = Vec::new();

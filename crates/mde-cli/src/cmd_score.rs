@@ -176,8 +176,8 @@ fn score_mme(args: &Args) -> Result<Scored> {
                     json!({ "error": e.to_string() })
                 }
             };
-            if official.is_err() && vlm.is_err() {
-                bail!("MME: neither scorer could run (official: {}; VLMEvalKit: {})", official.unwrap_err(), vlm.unwrap_err());
+            if let (Err(a), Err(b)) = (&official, &vlm) {
+                bail!("MME: neither scorer could run (official: {a}; VLMEvalKit: {b})");
             }
             if missing > 0 {
                 md.push_str(&format!("\n**Warning:** {missing} question(s) without a prediction (scored as empty answers).\n"));

@@ -1,8 +1,179 @@
-//! Not implemented yet.
+//! `mde train --config TRAIN.toml --out DIR`: fine-tune MiniGPT-4 (fc, lora, lora+fc).
+//!
+//! TOML layout (see `configs/train-fixture.toml`):
+//!
+//! ```toml
+//! [model]            # same keys as `mde ask --config`: blip2, vicuna, projector, eva_vit, blip2_config
+//! blip2 = "..."
+//! vicuna = "..."
+//! dtype = "f32"      # optional: f32 | f16 | bf16
+//! cpu = true         # optional
+//! [train]            # mde_train::TrainConfig: mode, batch_size, accum_steps, max_epoch,
+//! mode = "lora+fc"   # iters_per_epoch, checkpoint_every, validate_every, seed, grad_clip,
+//!                    # image_mode, end_sym, max_txt_len, merge_at_end, [train.lora], [train.optim]
+//! [[datasets]]       # mde_train::data::DatasetSpec: name, path, format, image_root, image_pattern, kind, ratio
+//! [validation]       # optional DatasetSpec: held-out records, metric = mean loss (lower is better)
+//! ```
+//!
+//! Relative model paths are resolved against the config file's folder, dataset paths against
+//! `--data-dir` (default: the config's folder). Re-running with the same `--out` resumes from
+//! the newest checkpoint there.
 
-#[derive(clap::Args)]
-pub struct Args {}
+use std::path::{Path, PathBuf};
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("this command is not implemented yet")
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use mde_train::data::{load_dataset, DatasetSpec};
+use mde_train::trainer::{load_model, LossValidator};
+use mde_train::{RunOptions, TrainConfig, TrainDataset, Trainer, Validator};
+use minigpt4::model::ModelPaths;
+use serde::Deserialize;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Training TOML.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Run folder (checkpoints, metrics, final exports); resumes if it holds a checkpoint.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Folder that relative dataset paths are resolved against (default: the config's folder).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Stop after this many optimizer steps (total, including resumed ones), without a final
+    /// checkpoint: a time-boxed slice of a longer run.
+    #[arg(long)]
+    pub stop_after: Option<u64>,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+// No deny_unknown_fields here: serde does not support it together with flatten.
+#[derive(Debug, Deserialize)]
+struct ModelSection {
+    #[serde(flatten)]
+    paths: ModelPaths,
+    #[serde(default)]
+    dtype: Option<String>,
+    #[serde(default)]
+    cpu: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrainToml {
+    model: ModelSection,
+    #[serde(default)]
+    train: TrainConfig,
+    datasets: Vec<DatasetSpec>,
+    #[serde(default)]
+    validation: Option<DatasetSpec>,
+}
+
+fn parse_dtype(s: &str) -> Result<DType> {
+    Ok(match s {
+        "f32" | "float32" => DType::F32,
+        "f16" | "float16" | "fp16" => DType::F16,
+        "bf16" | "bfloat16" => DType::BF16,
+        other => bail!("model.dtype must be f32, f16 or bf16, got `{other}`"),
+    })
+}
+
+/// A relative path that exists next to the config wins; anything else (HF repo ids) is kept.
+fn resolve(base: &Path, p: &str) -> String {
+    let cand = base.join(p);
+    if Path::new(p).is_relative() && cand.exists() {
+        cand.display().to_string()
+    } else {
+        p.to_string()
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("reading {}", args.config.display()))?;
+    let cfg: TrainToml = toml::from_str(&text)
+        .with_context(|| format!("{}: bad training config", args.config.display()))?;
+    let cfg_dir = args
+        .config
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let data_dir = args.data_dir.clone().unwrap_or_else(|| cfg_dir.clone());
+    let mut paths = cfg.model.paths.clone();
+    if paths.blip2.is_empty() || paths.vicuna.is_empty() {
+        bail!("{}: [model] needs blip2 and vicuna", args.config.display());
+    }
+    paths.blip2 = resolve(&cfg_dir, &paths.blip2);
+    paths.vicuna = resolve(&cfg_dir, &paths.vicuna);
+    for p in [
+        &mut paths.projector,
+        &mut paths.eva_vit,
+        &mut paths.blip2_config,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        *p = resolve(&cfg_dir, p);
+    }
+    let dtype = parse_dtype(cfg.model.dtype.as_deref().unwrap_or("f32"))?;
+    let device = if cfg.model.cpu {
+        Device::Cpu
+    } else {
+        Device::cuda_if_available(0)?
+    };
+    let mut datasets = Vec::new();
+    for s in &cfg.datasets {
+        let records =
+            load_dataset(s, &data_dir).with_context(|| format!("dataset `{}`", s.name))?;
+        eprintln!("dataset {}: {} records", s.name, records.len());
+        datasets.push(TrainDataset {
+            name: s.name.clone(),
+            ratio: s.ratio,
+            records,
+        });
+    }
+    let (model, tok) = load_model(&paths, dtype, &device).context("loading MiniGPT-4")?;
+    let mut validator = match &cfg.validation {
+        Some(s) => Some(LossValidator {
+            records: load_dataset(s, &data_dir).context("validation dataset")?,
+            tok: tok.clone(),
+            end_sym: cfg.train.end_sym.clone(),
+            batch_size: cfg.train.batch_size,
+            max_txt_len: cfg.train.max_txt_len,
+        }),
+        None => None,
+    };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    mde_core::io::write_json(args.out.join("train-config.json"), &cfg.train)?;
+    let mut trainer = Trainer::new(model, tok, datasets, cfg.train.clone(), &args.out)?;
+    if let Some(d) = trainer.resumed_from() {
+        eprintln!("resuming from {} (step {})", d.display(), trainer.step());
+    }
+    let mut total = 0;
+    for g in trainer.group_summary() {
+        eprintln!(
+            "trainable group (weight decay {}): {} tensors, {} parameters",
+            g.weight_decay, g.tensors, g.parameters
+        );
+        total += g.parameters;
+    }
+    eprintln!("trainable parameters: {total}");
+    let v: Option<&mut dyn Validator> = validator.as_mut().map(|v| v as &mut dyn Validator);
+    let reports = trainer.run(
+        v,
+        RunOptions {
+            stop_after: args.stop_after,
+            progress: !args.quiet,
+        },
+    )?;
+    if let Some(r) = reports.last() {
+        eprintln!("step {}: loss {:.5} lr {:.3e}", r.step, r.loss, r.lr);
+    }
+    if trainer.step() >= cfg.train.total_steps() {
+        println!("{}", args.out.join("final").display());
+    }
+    Ok(())
 }

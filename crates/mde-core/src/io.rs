@@ -164,11 +164,15 @@ impl<T: Serialize + DeserializeOwned + Clone> JsonlStore<T> {
     }
 }
 
-/// Creates a JSON-serialisable string for a float the way Python's `round(x, n)` then `repr`
-/// would be read back: used for weights rounded to 3 decimals.
-pub fn round_to(x: f64, decimals: i32) -> f64 {
-    let p = 10f64.powi(decimals);
-    (x * p).round() / p
+/// Rounds like Python's `round(x, decimals)`: the exact binary value is rounded to the nearest
+/// decimal, exact ties to even (`round(0.0625, 3) == 0.062`). Used for the released 3-decimal
+/// weights and box coordinates.
+pub fn round_to(x: f64, decimals: usize) -> f64 {
+    if !x.is_finite() {
+        return x;
+    }
+    // Rust's float formatting rounds the exact value with ties-to-even, as CPython does.
+    format!("{x:.decimals$}").parse().unwrap_or(x)
 }
 
 #[cfg(test)]
@@ -212,6 +216,15 @@ mod tests {
         fs::write(&p, "{\"id\":\"a\",\"v\":1}\nnot json\n{\"id\":\"b\",\"v\":1}\n").unwrap();
         let err = read_jsonl::<R>(&p).unwrap_err().to_string();
         assert!(err.contains("bad.jsonl:2"), "{err}");
+    }
+
+    #[test]
+    fn round_to_matches_python() {
+        assert_eq!(round_to(0.0625, 3), 0.062);
+        assert_eq!(round_to(0.0635, 3), 0.064);
+        assert_eq!(round_to(2.675, 2), 2.67);
+        assert_eq!(round_to(0.375, 2), 0.38);
+        assert_eq!(round_to(2.0 / 3.0, 3), 0.667);
     }
 
     #[test]

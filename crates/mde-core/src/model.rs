@@ -42,7 +42,11 @@ use std::fmt;
 #[derive(Clone, PartialEq, Eq)]
 pub enum ImageInput {
     /// Decoded 8-bit RGB pixels, row-major, `data.len() == width * height * 3`.
-    Rgb { width: u32, height: u32, data: Vec<u8> },
+    Rgb {
+        width: u32,
+        height: u32,
+        data: Vec<u8>,
+    },
     /// An encoded image file (PNG, JPEG, ...) as read from disk or a base64 TSV field.
     Encoded { data: Vec<u8> },
 }
@@ -52,7 +56,11 @@ impl ImageInput {
     /// adapter's decoder reports anything else).
     pub fn validate(&self) -> Result<(), String> {
         match self {
-            ImageInput::Rgb { width, height, data } => {
+            ImageInput::Rgb {
+                width,
+                height,
+                data,
+            } => {
                 let want = *width as usize * *height as usize * 3;
                 if *width == 0 || *height == 0 || data.len() != want {
                     return Err(format!(
@@ -72,7 +80,11 @@ impl ImageInput {
 impl fmt::Debug for ImageInput {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ImageInput::Rgb { width, height, data } => {
+            ImageInput::Rgb {
+                width,
+                height,
+                data,
+            } => {
                 write!(f, "Rgb({width}x{height}, {} bytes)", data.len())
             }
             ImageInput::Encoded { data } => write!(f, "Encoded({} bytes)", data.len()),
@@ -121,7 +133,10 @@ pub struct EvalRequest {
 impl EvalRequest {
     /// The letter of choice `i`: `choice_letters[i]` when given, else A, B, C, ...
     pub fn letter(&self, i: usize) -> char {
-        self.choice_letters.get(i).copied().unwrap_or_else(|| (b'A' + (i % 26) as u8) as char)
+        self.choice_letters
+            .get(i)
+            .copied()
+            .unwrap_or_else(|| (b'A' + (i % 26) as u8) as char)
     }
 }
 
@@ -205,8 +220,20 @@ mod tests {
 
     #[test]
     fn rgb_size_is_checked() {
-        assert!(ImageInput::Rgb { width: 2, height: 1, data: vec![0; 6] }.validate().is_ok());
-        let err = ImageInput::Rgb { width: 2, height: 2, data: vec![0; 6] }.validate().unwrap_err();
+        assert!(ImageInput::Rgb {
+            width: 2,
+            height: 1,
+            data: vec![0; 6]
+        }
+        .validate()
+        .is_ok());
+        let err = ImageInput::Rgb {
+            width: 2,
+            height: 2,
+            data: vec![0; 6],
+        }
+        .validate()
+        .unwrap_err();
         assert!(err.contains("needs 12 bytes"), "{err}");
         assert!(ImageInput::Encoded { data: vec![] }.validate().is_err());
     }

@@ -120,7 +120,10 @@ fn normalise(s: &str) -> String {
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum TaxonomyFile {
-    Full { name: Option<String>, types: Vec<QuestionType> },
+    Full {
+        name: Option<String>,
+        types: Vec<QuestionType>,
+    },
     Bare(Vec<QuestionType>),
 }
 
@@ -128,9 +131,16 @@ impl Taxonomy {
     fn from_table(name: &str, table: &[(&str, &str, &str)]) -> Self {
         let types = table
             .iter()
-            .map(|(id, n, d)| QuestionType { id: id.to_string(), name: n.to_string(), definition: d.to_string() })
+            .map(|(id, n, d)| QuestionType {
+                id: id.to_string(),
+                name: n.to_string(),
+                definition: d.to_string(),
+            })
             .collect();
-        Taxonomy { name: name.to_string(), types }
+        Taxonomy {
+            name: name.to_string(),
+            types,
+        }
     }
 
     /// The 18 types of the released sampler (MMBench leaf abilities minus OCR, celebrity
@@ -177,13 +187,20 @@ impl Taxonomy {
             TaxonomyFile::Full { name, types } => (name, types),
             TaxonomyFile::Bare(types) => (None, types),
         };
-        let name = name.unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+        let name = name.unwrap_or_else(|| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
         Self::new(name, types).map_err(|msg| CoreError::invalid(path, msg))
     }
 
     /// Builds a taxonomy, checking that ids are non-empty and ids and names are unique (also
     /// after normalisation, so lookups are unambiguous). Empty names default to the id.
-    pub fn new(name: impl Into<String>, mut types: Vec<QuestionType>) -> std::result::Result<Self, String> {
+    pub fn new(
+        name: impl Into<String>,
+        mut types: Vec<QuestionType>,
+    ) -> std::result::Result<Self, String> {
         if types.is_empty() {
             return Err("taxonomy has no types".into());
         }
@@ -198,12 +215,19 @@ impl Taxonomy {
             for key in [normalise(&t.id), normalise(&t.name)] {
                 if let Some(prev) = seen.insert(key.clone(), i) {
                     if prev != i {
-                        return Err(format!("types #{} and #{} share the id/name {key:?}", prev + 1, i + 1));
+                        return Err(format!(
+                            "types #{} and #{} share the id/name {key:?}",
+                            prev + 1,
+                            i + 1
+                        ));
                     }
                 }
             }
         }
-        Ok(Taxonomy { name: name.into(), types })
+        Ok(Taxonomy {
+            name: name.into(),
+            types,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -241,10 +265,17 @@ impl Taxonomy {
             return Some(t);
         }
         let n = normalise(key);
-        if let Some(t) = self.types.iter().find(|t| normalise(&t.id) == n || normalise(&t.name) == n) {
+        if let Some(t) = self
+            .types
+            .iter()
+            .find(|t| normalise(&t.id) == n || normalise(&t.name) == n)
+        {
             return Some(t);
         }
-        key.trim().parse::<usize>().ok().and_then(|k| self.by_number(k))
+        key.trim()
+            .parse::<usize>()
+            .ok()
+            .and_then(|k| self.by_number(k))
     }
 
     /// Type ids in order.
@@ -267,7 +298,10 @@ mod tests {
         for t in [Taxonomy::mmbench_v1(), Taxonomy::seed_bench()] {
             let again = Taxonomy::new(t.name.clone(), t.types.clone()).unwrap();
             assert_eq!(again, t);
-            assert!(t.types.iter().all(|q| q.definition.ends_with('.') && q.id == normalise(&q.id)));
+            assert!(t
+                .types
+                .iter()
+                .all(|q| q.definition.ends_with('.') && q.id == normalise(&q.id)));
         }
         assert_eq!(Taxonomy::mmbench_v1().len(), 18);
         assert_eq!(Taxonomy::seed_bench().len(), 9);
@@ -307,6 +341,9 @@ mod tests {
         let bad2 = dir.path().join("shape.json");
         std::fs::write(&bad2, r#"{"types": 3}"#).unwrap();
         let err = Taxonomy::from_json_file(&bad2).unwrap_err().to_string();
-        assert!(err.contains("shape.json") && err.contains("expected"), "{err}");
+        assert!(
+            err.contains("shape.json") && err.contains("expected"),
+            "{err}"
+        );
     }
 }

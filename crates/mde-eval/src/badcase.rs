@@ -52,7 +52,13 @@ pub fn question_type_of(item: &BenchItem) -> Option<String> {
     item.question_type
         .clone()
         .filter(|s| nonempty(s))
-        .or_else(|| item.extra.get("question_type").and_then(|v| v.as_str()).filter(|s| nonempty(s)).map(str::to_string))
+        .or_else(|| {
+            item.extra
+                .get("question_type")
+                .and_then(|v| v.as_str())
+                .filter(|s| nonempty(s))
+                .map(str::to_string)
+        })
         .or_else(|| item.category.clone().filter(|s| nonempty(s)))
 }
 
@@ -62,7 +68,10 @@ fn choices_and_answer(item: &BenchItem) -> Result<(Vec<String>, usize), String> 
     if !item.choices.is_empty() {
         return match item.answer_idx {
             Some(i) if i < item.choices.len() => Ok((item.choices.clone(), i)),
-            Some(i) => Err(format!("answer index {i} out of range for {} choices", item.choices.len())),
+            Some(i) => Err(format!(
+                "answer index {i} out of range for {} choices",
+                item.choices.len()
+            )),
             None => Err("multiple-choice item without a correct answer index".into()),
         };
     }
@@ -77,7 +86,10 @@ fn choices_and_answer(item: &BenchItem) -> Result<(Vec<String>, usize), String> 
 /// What the model answered, for inspection: "(L) choice" when a choice was picked, else its text.
 fn model_answer(item: &BenchItem, pred: Option<&Prediction>) -> String {
     let Some(p) = pred else { return String::new() };
-    match p.choice_idx.and_then(|i| item.choices.get(i).map(|c| (i, c))) {
+    match p
+        .choice_idx
+        .and_then(|i| item.choices.get(i).map(|c| (i, c)))
+    {
         Some((i, c)) => format!("({}) {c}", CHOICE_LETTERS[i]),
         None => p.text.clone(),
     }
@@ -85,13 +97,20 @@ fn model_answer(item: &BenchItem, pred: Option<&Prediction>) -> String {
 
 /// Turns verdicts into bad cases and type weights. `verdicts` maps item id to "answered
 /// correctly"; items absent from it are not scored.
-pub fn mine_bad_cases(items: &[BenchItem], predictions: &[Prediction], verdicts: &HashMap<String, bool>) -> Mined {
-    let preds: HashMap<&str, &Prediction> = predictions.iter().map(|p| (p.id.as_str(), p)).collect();
+pub fn mine_bad_cases(
+    items: &[BenchItem],
+    predictions: &[Prediction],
+    verdicts: &HashMap<String, bool>,
+) -> Mined {
+    let preds: HashMap<&str, &Prediction> =
+        predictions.iter().map(|p| (p.id.as_str(), p)).collect();
     let mut seen = std::collections::HashSet::new();
     let mut out = Mined::default();
     let mut outcomes: Vec<(String, bool)> = Vec::new();
     for item in items {
-        let Some(&correct) = verdicts.get(&item.id) else { continue };
+        let Some(&correct) = verdicts.get(&item.id) else {
+            continue;
+        };
         if !seen.insert(item.id.as_str()) {
             continue;
         }
@@ -127,7 +146,10 @@ pub fn write_mined(dir: &Path, mined: &Mined) -> Result<(PathBuf, PathBuf), Core
     let bc = dir.join("bad_cases.jsonl");
     let mut text = Vec::new();
     for b in &mined.bad_cases {
-        serde_json::to_writer(&mut text, b).map_err(|e| CoreError::Json { path: bc.clone(), source: e })?;
+        serde_json::to_writer(&mut text, b).map_err(|e| CoreError::Json {
+            path: bc.clone(),
+            source: e,
+        })?;
         text.push(b'\n');
     }
     atomic_write(&bc, &text)?;
@@ -148,7 +170,9 @@ mod tests {
             question: format!("q{id}"),
             choices: vec!["a".into(), "b".into(), "c".into()],
             answer_idx: Some(2),
-            image: ImageRef::Path { path: format!("{id}.png") },
+            image: ImageRef::Path {
+                path: format!("{id}.png"),
+            },
             category: cat.map(str::to_string),
             ..Default::default()
         }
@@ -163,31 +187,60 @@ mod tests {
         let c = item("c", None);
         let d = item("d", Some("cat2"));
         let preds = vec![
-            Prediction { id: "a".into(), text: "A".into(), choice_idx: Some(0), ..Default::default() },
-            Prediction { id: "c".into(), text: "zzz".into(), ..Default::default() },
+            Prediction {
+                id: "a".into(),
+                text: "A".into(),
+                choice_idx: Some(0),
+                ..Default::default()
+            },
+            Prediction {
+                id: "c".into(),
+                text: "zzz".into(),
+                ..Default::default()
+            },
         ];
-        let verdicts: HashMap<String, bool> =
-            [("a", false), ("b", true), ("c", false)].iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let verdicts: HashMap<String, bool> = [("a", false), ("b", true), ("c", false)]
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
         let m = mine_bad_cases(&[a, b, c, d], &preds, &verdicts);
         assert_eq!(m.scored, 3);
-        assert_eq!(m.bad_cases.iter().map(|b| b.id.as_str()).collect::<Vec<_>>(), ["a", "c"]);
+        assert_eq!(
+            m.bad_cases
+                .iter()
+                .map(|b| b.id.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "c"]
+        );
         assert_eq!(m.bad_cases[0].question_type.as_deref(), Some("extra_type"));
         assert_eq!(m.bad_cases[0].model_answer, "(A) a");
         assert_eq!(m.bad_cases[0].answer_idx, 2);
         assert_eq!(m.bad_cases[1].question_type, None);
         assert_eq!(m.bad_cases[1].model_answer, "zzz");
-        assert_eq!(m.weights.weights.keys().collect::<Vec<_>>(), ["extra_type", "taxo"]);
+        assert_eq!(
+            m.weights.weights.keys().collect::<Vec<_>>(),
+            ["extra_type", "taxo"]
+        );
         assert_eq!(m.weights.weights["extra_type"], 1.0);
         assert_eq!(m.weights.weights["taxo"], 0.0);
     }
 
     #[test]
     fn yes_no_items_become_two_choice_cases() {
-        let it = BenchItem { id: "m".into(), answers: vec!["No".into()], category: Some("count".into()), ..Default::default() };
+        let it = BenchItem {
+            id: "m".into(),
+            answers: vec!["No".into()],
+            category: Some("count".into()),
+            ..Default::default()
+        };
         let m = mine_bad_cases(&[it], &[], &HashMap::from([("m".to_string(), false)]));
         assert_eq!(m.bad_cases[0].choices, ["Yes", "No"]);
         assert_eq!(m.bad_cases[0].answer_idx, 1);
-        let open = BenchItem { id: "o".into(), answers: vec!["blue".into()], ..Default::default() };
+        let open = BenchItem {
+            id: "o".into(),
+            answers: vec!["blue".into()],
+            ..Default::default()
+        };
         let m = mine_bad_cases(&[open], &[], &HashMap::from([("o".to_string(), false)]));
         assert!(m.bad_cases.is_empty());
         assert_eq!(m.skipped.len(), 1);
@@ -196,7 +249,11 @@ mod tests {
     #[test]
     fn written_files_read_back() {
         let dir = tempfile::tempdir().unwrap();
-        let m = mine_bad_cases(&[item("x", Some("t"))], &[], &HashMap::from([("x".to_string(), false)]));
+        let m = mine_bad_cases(
+            &[item("x", Some("t"))],
+            &[],
+            &HashMap::from([("x".to_string(), false)]),
+        );
         let (bc, w) = write_mined(dir.path(), &m).unwrap();
         let back: Vec<BadCase> = mde_core::io::read_jsonl(&bc).unwrap();
         assert_eq!(back, m.bad_cases);

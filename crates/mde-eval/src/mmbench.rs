@@ -147,7 +147,10 @@ impl McqDataset {
             .col("index")
             .ok_or_else(|| file_err(&path, "missing column `index`"))?;
         if t.col("question").is_none() {
-            return Err(file_err(&path, "missing column `question` (meta_q_map needs it)"));
+            return Err(file_err(
+                &path,
+                "missing column `question` (meta_q_map needs it)",
+            ));
         }
         let img_col = t.col("image");
         let rows: Vec<usize> = (0..t.nrows())
@@ -164,7 +167,12 @@ impl McqDataset {
                     order.push(k.as_str());
                 }
             }
-            let len_of = |r: usize| t.raw(r, ic).map(crate::matching::py_len).unwrap_or(0);
+            // Code points, but only counted when the byte length leaves doubt (<= 4 bytes each).
+            let len_of = |r: usize| match t.raw(r, ic) {
+                None => 0,
+                Some(s) if s.len() > 4 * 65 => s.len(),
+                Some(s) => crate::matching::py_len(s),
+            };
             for k in order {
                 let r = map[k];
                 let n = len_of(r);
@@ -598,18 +606,8 @@ impl PyVal {
     }
 }
 
-fn mean(hits: impl Iterator<Item = u8>) -> f64 {
-    let (mut s, mut n) = (0u64, 0u64);
-    for h in hits {
-        s += u64::from(h);
-        n += 1;
-    }
-    if n == 0 {
-        f64::NAN
-    } else {
-        s as f64 / n as f64
-    }
-}
+/// Per split: (sum of hits, rows).
+type SplitSums = Vec<(u64, u64)>;
 
 /// `report_acc(df)`: `split`, `Overall`, then per `l2-category` (abbreviated) and per `category`
 /// the mean hit per split. Splits are listed in sorted order (Python's set order is arbitrary).
@@ -627,23 +625,29 @@ pub fn report_acc(
     let mut splits: Vec<Option<String>> = split_keys.clone();
     splits.sort();
     splits.dedup();
+    // Row -> position of its split in `splits`; a NaN split never equals anything.
+    let split_of: Vec<Option<usize>> = split_keys
+        .iter()
+        .map(|k| k.as_ref().and_then(|_| splits.binary_search(k).ok()))
+        .collect();
+    let ns = splits.len();
+    let means = |acc: &[(u64, u64)]| -> Vec<AccValue> {
+        acc.iter()
+            .map(|&(s, n)| {
+                AccValue::Num(if n == 0 {
+                    f64::NAN
+                } else {
+                    s as f64 / n as f64
+                })
+            })
+            .collect()
+    };
     let mut columns: Vec<String> = vec!["split".into()];
     let mut values: Vec<Vec<AccValue>> = vec![splits
         .iter()
         .map(|s| AccValue::Text(s.clone().unwrap_or_else(|| "nan".into())))
         .collect()];
-    let per_split = |sel: &dyn Fn(usize) -> bool| -> Vec<AccValue> {
-        splits
-            .iter()
-            .map(|sp| {
-                AccValue::Num(mean(
-                    (0..hits.len())
-                        .filter(|&i| sp.is_some() && split_keys[i] == *sp && sel(i))
-                        .map(|i| hits[i]),
-                ))
-            })
-            .collect()
-    };
+    // A dict assignment: an existing name keeps its position and gets the new values.
     let set = |name: String,
                v: Vec<AccValue>,
                columns: &mut Vec<String>,
@@ -655,45 +659,56 @@ pub fn report_acc(
             values.push(v);
         }
     };
-    set(
-        "Overall".into(),
-        per_split(&|_| true),
-        &mut columns,
-        &mut values,
-    );
+    let mut overall = vec![(0u64, 0u64); ns];
+    for (i, &h) in hits.iter().enumerate() {
+        if let Some(sp) = split_of[i] {
+            overall[sp].0 += u64::from(h);
+            overall[sp].1 += 1;
+        }
+    }
+    set("Overall".into(), means(&overall), &mut columns, &mut values);
     for (gname, col) in [("l2-category", l2), ("category", category)] {
         let Some(col) = col else { continue };
         let vals = py_vals(col);
         let kind = vals.first().map(|v| v.kind).unwrap_or(ColumnKind::Str);
-        let keys: Vec<Option<String>> = vals.iter().map(PyVal::key).collect();
-        let mut distinct: Vec<&PyVal> = Vec::new();
-        for v in &vals {
-            if !distinct.iter().any(|d| d.key() == v.key()) || v.raw.is_none() {
-                distinct.push(v);
-            }
-        }
-        if vals.iter().any(|v| v.raw.is_none()) && distinct.len() > 1 {
+        if matches!(kind, ColumnKind::Str | ColumnKind::Bool)
+            && vals.iter().any(|v| v.raw.is_none())
+            && vals.iter().any(|v| v.raw.is_some())
+        {
             return Err(format!(
                 "column `{gname}` has a NaN value: the official report_acc raises TypeError when sorting it"
             ));
         }
-        match kind {
-            ColumnKind::Str => distinct.sort_by(|a, b| a.raw.cmp(&b.raw)),
-            _ => distinct.sort_by(|a, b| a.num().total_cmp(&b.num())),
+        // key -> (sort number, per-split sums)
+        let mut groups: HashMap<String, (f64, SplitSums)> = HashMap::new();
+        for (i, v) in vals.iter().enumerate() {
+            let key = v.key().unwrap_or_else(|| "nan".into());
+            let e = groups
+                .entry(key)
+                .or_insert_with(|| (v.num(), vec![(0, 0); ns]));
+            if let Some(sp) = split_of[i] {
+                if v.raw.is_some() {
+                    e.1[sp].0 += u64::from(hits[i]);
+                    e.1[sp].1 += 1;
+                }
+            }
         }
-        for d in distinct {
-            let key = d.key();
-            let name = key.clone().unwrap_or_else(|| "nan".into());
+        let mut distinct: Vec<(String, (f64, SplitSums))> = groups.into_iter().collect();
+        match kind {
+            // str keys are the raw text: Python's code-point order = byte order of UTF-8.
+            ColumnKind::Str => distinct.sort_by(|a, b| a.0.cmp(&b.0)),
+            _ => distinct.sort_by(|a, b| a.1 .0.total_cmp(&b.1 .0)),
+        }
+        for (name, (_, acc)) in distinct {
             let name = if kind == ColumnKind::Str {
                 mmb_abbr(&name).map(str::to_string).unwrap_or(name)
             } else {
                 name
             };
-            let v = per_split(&|i| key.is_some() && keys[i] == key);
-            set(name, v, &mut columns, &mut values);
+            set(name, means(&acc), &mut columns, &mut values);
         }
     }
-    let rows = (0..splits.len())
+    let rows = (0..ns)
         .map(|r| values.iter().map(|c| c[r].clone()).collect())
         .collect();
     Ok(AccTable { columns, rows })
@@ -878,7 +893,7 @@ fn column_cells<'a>(
 
 fn vanilla_eval(
     t: &Table,
-    rows: &[PredRow],
+    rows: &[&PredRow],
     cols: &HashMap<String, usize>,
     policy: &DuplicatePolicy,
 ) -> Result<VanillaResult, McqError> {
@@ -1069,7 +1084,7 @@ pub fn score_mmbench_tables(
 
     // PRINT_VANILLA: the prediction file re-read in file order, without lowercasing the columns.
     let file_order = {
-        let mut v: Vec<PredRow> = p.rows.clone();
+        let mut v: Vec<&PredRow> = p.rows.iter().collect();
         v.sort_by_key(|r| r.file_row);
         v
     };
@@ -1079,16 +1094,16 @@ pub fn score_mmbench_tables(
         .enumerate()
         .map(|(i, c)| (c.clone(), i))
         .collect();
-    let circ0_rows: Vec<PredRow> = match raw_cols.get("g_index") {
+    let circ0_rows: Vec<&PredRow> = match raw_cols.get("g_index") {
         Some(&c) => file_order
             .iter()
             .filter(|r| py_int(t, r.file_row, c) == Some(as_int(&r.index)))
-            .cloned()
+            .copied()
             .collect(),
         None => file_order
             .iter()
             .filter(|r| as_int(&r.index) as f64 <= 1e6)
-            .cloned()
+            .copied()
             .collect(),
     };
     let vanilla = VanillaPair {
@@ -1155,7 +1170,8 @@ pub fn score_vanilla_mcq_tables(
     opts: &McqOptions,
 ) -> Result<VanillaMcqReport, McqError> {
     let p = prepare(ds, preds, false, true, &opts.matching)?;
-    let result = vanilla_eval(&p.table, &p.rows, &p.cols, &opts.duplicates)?;
+    let refs: Vec<&PredRow> = p.rows.iter().collect();
+    let result = vanilla_eval(&p.table, &refs, &p.cols, &opts.duplicates)?;
     let rows = p
         .rows
         .iter()
@@ -1209,7 +1225,7 @@ mod tests {
     fn image_reference_must_exist() {
         let long = "x".repeat(65);
         let t = parse_tsv(&format!(
-            "index\tanswer\timage\n1\tA\t{long}\n1000001\tB\t1\n2\tA\t7\n"
+            "index\tquestion\tanswer\timage\n1\tq\tA\t{long}\n1000001\tq\tB\t1\n2\tq\tA\t7\n"
         ))
         .unwrap();
         let e = McqDataset::from_table(t).unwrap_err().to_string();

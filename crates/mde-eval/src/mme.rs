@@ -436,14 +436,16 @@ pub fn score_official_texts(
         let mut scores = 0.0f64;
         let mut lines_out = String::new();
         for task in list {
-            let (_, path, text) = files.iter().find(|(t, _, _)| t == task).ok_or_else(|| {
-                MmeError::Invalid {
-                    path: PathBuf::from(format!("{task}.txt")),
-                    msg: format!(
+            let (_, path, text) =
+                files
+                    .iter()
+                    .find(|(t, _, _)| t == task)
+                    .ok_or_else(|| MmeError::Invalid {
+                        path: PathBuf::from(format!("{task}.txt")),
+                        msg: format!(
                         "missing result file for task {task} (calculation.py needs all 14 tasks)"
                     ),
-                }
-            })?;
+                    })?;
             let lines = python_readlines(text);
             let (score, its, ws) = score_official_task(task, path, &lines)?;
             scores += score.score;

@@ -91,7 +91,9 @@ impl FromStr for Benchmark {
             "mme" => Ok(Benchmark::Mme),
             "aokvqa" => Ok(Benchmark::Aokvqa),
             "seedbench" | "seed" => Ok(Benchmark::SeedBench),
-            _ => Err(format!("unknown benchmark {s:?} (expected mmbench, mme, aokvqa or seedbench)")),
+            _ => Err(format!(
+                "unknown benchmark {s:?} (expected mmbench, mme, aokvqa or seedbench)"
+            )),
         }
     }
 }
@@ -155,7 +157,9 @@ impl RunConfig {
         match (self.benchmark, self.method) {
             (Benchmark::MMBench, _) => PromptStyle::MMBench,
             (Benchmark::Mme, _) => PromptStyle::Mme,
-            (Benchmark::Aokvqa, Method::Rank) => PromptStyle::AokvqaRank { released_quirks: self.released_quirks },
+            (Benchmark::Aokvqa, Method::Rank) => PromptStyle::AokvqaRank {
+                released_quirks: self.released_quirks,
+            },
             (Benchmark::Aokvqa, Method::Generate) => PromptStyle::Chat,
             (Benchmark::SeedBench, Method::Rank) => PromptStyle::SeedRank,
             // Generation on SEED asks with MMBench's option listing and extracts a letter.
@@ -193,7 +197,11 @@ pub enum RunError {
     #[error(transparent)]
     Store(#[from] CoreError),
     #[error("item {id}: image {what}: {msg}")]
-    Image { id: String, what: String, msg: String },
+    Image {
+        id: String,
+        what: String,
+        msg: String,
+    },
     #[error("item {id}: {msg}")]
     Item { id: String, msg: String },
     #[error("batch starting at item {first_id}: {source}")]
@@ -230,7 +238,11 @@ impl ImageLoader {
 
     /// The image bytes of `item`.
     pub fn load(&self, item: &BenchItem) -> Result<ImageInput, RunError> {
-        let err = |what: String, msg: String| RunError::Image { id: item.id.clone(), what, msg };
+        let err = |what: String, msg: String| RunError::Image {
+            id: item.id.clone(),
+            what,
+            msg,
+        };
         match &item.image {
             ImageRef::Base64 { data } => {
                 let clean: String = data.chars().filter(|c| !c.is_whitespace()).collect();
@@ -246,7 +258,9 @@ impl ImageLoader {
                 let resolved = match &self.root {
                     Some(root) => resolve_with_extensions(root, path, &["jpg", "png", "jpeg"])
                         .map_err(|e| err(path.clone(), e.to_string()))?,
-                    None if path.is_empty() => return Err(err("path".into(), "empty image path".into())),
+                    None if path.is_empty() => {
+                        return Err(err("path".into(), "empty image path".into()))
+                    }
                     None => PathBuf::from(path),
                 };
                 read_image_file(&resolved).map_err(|msg| err(resolved.display().to_string(), msg))
@@ -260,7 +274,11 @@ impl ImageLoader {
                 };
                 let name = format!("{image_id:012}.jpg");
                 let mut tried = Vec::new();
-                let split = item.extra.get("split").and_then(|v| v.as_str()).map(str::to_string);
+                let split = item
+                    .extra
+                    .get("split")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string);
                 let mut cands: Vec<String> = Vec::new();
                 if let Some(s) = split {
                     cands.push(format!("{s}2017/{name}"));
@@ -272,15 +290,21 @@ impl ImageLoader {
                 cands.push(format!("{image_id}.jpg"));
                 cands.push(format!("{image_id}.png"));
                 for c in cands {
-                    let p = crate::paths::resolve_in_root(root, &c).map_err(|e| err(c.clone(), e.to_string()))?;
+                    let p = crate::paths::resolve_in_root(root, &c)
+                        .map_err(|e| err(c.clone(), e.to_string()))?;
                     if p.is_file() {
-                        return read_image_file(&p).map_err(|msg| err(p.display().to_string(), msg));
+                        return read_image_file(&p)
+                            .map_err(|msg| err(p.display().to_string(), msg));
                     }
                     tried.push(c);
                 }
                 Err(err(
                     format!("COCO id {image_id}"),
-                    format!("not found under {} (tried {})", root.display(), tried.join(", ")),
+                    format!(
+                        "not found under {} (tried {})",
+                        root.display(),
+                        tried.join(", ")
+                    ),
                 ))
             }
         }
@@ -311,7 +335,10 @@ pub struct RunOutcome {
 impl RunOutcome {
     /// Predictions keyed by item id.
     pub fn by_id(&self) -> HashMap<String, Prediction> {
-        self.predictions.iter().map(|p| (p.id.clone(), p.clone())).collect()
+        self.predictions
+            .iter()
+            .map(|p| (p.id.clone(), p.clone()))
+            .collect()
     }
 }
 
@@ -344,10 +371,19 @@ pub fn run_predictions<M: EvalModel + ?Sized>(
 ) -> Result<RunOutcome, RunError> {
     cfg.check()?;
     let selected = select_items(items, cfg);
-    let mut store: JsonlStore<Prediction> = JsonlStore::open(store_path, |p: &Prediction| p.id.clone())?;
-    let pending: Vec<&BenchItem> = selected.iter().copied().filter(|it| !store.contains(&it.id)).collect();
+    let mut store: JsonlStore<Prediction> =
+        JsonlStore::open(store_path, |p: &Prediction| p.id.clone())?;
+    let pending: Vec<&BenchItem> = selected
+        .iter()
+        .copied()
+        .filter(|it| !store.contains(&it.id))
+        .collect();
     let resumed = selected.len() - pending.len();
-    let batch = cfg.batch_size.unwrap_or(usize::MAX).min(model.max_batch()).max(1);
+    let batch = cfg
+        .batch_size
+        .unwrap_or(usize::MAX)
+        .min(model.max_batch())
+        .max(1);
     let style = cfg.style();
 
     let pb = if cfg.progress {
@@ -364,7 +400,11 @@ pub fn run_predictions<M: EvalModel + ?Sized>(
         indicatif::ProgressBar::hidden()
     };
     if resumed > 0 {
-        tracing::info!("{}: {resumed} of {} items already predicted, resuming", store_path.display(), selected.len());
+        tracing::info!(
+            "{}: {resumed} of {} items already predicted, resuming",
+            store_path.display(),
+            selected.len()
+        );
     }
 
     let mut new = 0;
@@ -377,16 +417,30 @@ pub fn run_predictions<M: EvalModel + ?Sized>(
         let first_id = chunk[0].id.clone();
         let preds: Vec<Prediction> = match cfg.method {
             Method::Generate => {
-                let texts = model.generate(&reqs).map_err(|source| RunError::Model { first_id: first_id.clone(), source })?;
+                let texts = model.generate(&reqs).map_err(|source| RunError::Model {
+                    first_id: first_id.clone(),
+                    source,
+                })?;
                 batches += 1;
                 check_len(&first_id, texts.len(), chunk.len(), "answers")?;
-                chunk.iter().zip(texts).map(|(it, t)| generated_prediction(it, &t, cfg)).collect()
+                chunk
+                    .iter()
+                    .zip(texts)
+                    .map(|(it, t)| generated_prediction(it, &t, cfg))
+                    .collect()
             }
             Method::Rank => {
-                let scores = model.rank(&reqs).map_err(|source| RunError::Model { first_id: first_id.clone(), source })?;
+                let scores = model.rank(&reqs).map_err(|source| RunError::Model {
+                    first_id: first_id.clone(),
+                    source,
+                })?;
                 batches += 1;
                 check_len(&first_id, scores.len(), chunk.len(), "score lists")?;
-                chunk.iter().zip(scores).map(|(it, s)| ranked_prediction(it, s, cfg)).collect::<Result<_, _>>()?
+                chunk
+                    .iter()
+                    .zip(scores)
+                    .map(|(it, s)| ranked_prediction(it, s, cfg))
+                    .collect::<Result<_, _>>()?
             }
         };
         for p in &preds {
@@ -397,9 +451,18 @@ pub fn run_predictions<M: EvalModel + ?Sized>(
     }
     pb.finish_and_clear();
 
-    let by_id: HashMap<&str, &Prediction> = store.records().iter().map(|p| (p.id.as_str(), p)).collect();
-    let predictions = selected.iter().filter_map(|it| by_id.get(it.id.as_str()).map(|p| (*p).clone())).collect();
-    Ok(RunOutcome { predictions, new, resumed, batches })
+    let by_id: HashMap<&str, &Prediction> =
+        store.records().iter().map(|p| (p.id.as_str(), p)).collect();
+    let predictions = selected
+        .iter()
+        .filter_map(|it| by_id.get(it.id.as_str()).map(|p| (*p).clone()))
+        .collect();
+    Ok(RunOutcome {
+        predictions,
+        new,
+        resumed,
+        batches,
+    })
 }
 
 fn check_len(first_id: &str, got: usize, want: usize, what: &str) -> Result<(), RunError> {
@@ -412,12 +475,23 @@ fn check_len(first_id: &str, got: usize, want: usize, what: &str) -> Result<(), 
     Ok(())
 }
 
-fn build_request(item: &BenchItem, style: PromptStyle, cfg: &RunConfig, images: &ImageLoader) -> Result<EvalRequest, RunError> {
+fn build_request(
+    item: &BenchItem,
+    style: PromptStyle,
+    cfg: &RunConfig,
+    images: &ImageLoader,
+) -> Result<EvalRequest, RunError> {
     if cfg.method == Method::Rank && item.choices.is_empty() {
-        return Err(RunError::Item { id: item.id.clone(), msg: "ranking needs choices, the item has none".into() });
+        return Err(RunError::Item {
+            id: item.id.clone(),
+            msg: "ranking needs choices, the item has none".into(),
+        });
     }
     if item.choices.len() > CHOICE_LETTERS.len() {
-        return Err(RunError::Item { id: item.id.clone(), msg: format!("{} choices (at most 26)", item.choices.len()) });
+        return Err(RunError::Item {
+            id: item.id.clone(),
+            msg: format!("{} choices (at most 26)", item.choices.len()),
+        });
     }
     let image = images.load(item)?;
     Ok(EvalRequest {
@@ -439,7 +513,9 @@ pub fn choice_letters(item: &BenchItem) -> Vec<char> {
         .get("choice_letters")
         .and_then(|v| v.as_str())
         .map(|s| s.chars().collect())
-        .filter(|v: &Vec<char>| v.len() == item.choices.len() && v.iter().all(|c| c.is_ascii_uppercase()));
+        .filter(|v: &Vec<char>| {
+            v.len() == item.choices.len() && v.iter().all(|c| c.is_ascii_uppercase())
+        });
     given.unwrap_or_else(|| CHOICE_LETTERS[..item.choices.len().min(26)].to_vec())
 }
 
@@ -450,23 +526,43 @@ fn generated_prediction(item: &BenchItem, raw: &str, cfg: &RunConfig) -> Predict
     };
     let letters = choice_letters(item);
     let choice_idx = single_letter(&text).and_then(|c| letters.iter().position(|&l| l == c));
-    Prediction { id: item.id.clone(), text, choice_idx, scores: Vec::new() }
+    Prediction {
+        id: item.id.clone(),
+        text,
+        choice_idx,
+        scores: Vec::new(),
+    }
 }
 
-fn ranked_prediction(item: &BenchItem, scores: Vec<f32>, cfg: &RunConfig) -> Result<Prediction, RunError> {
+fn ranked_prediction(
+    item: &BenchItem,
+    scores: Vec<f32>,
+    cfg: &RunConfig,
+) -> Result<Prediction, RunError> {
     if scores.len() != item.choices.len() {
         return Err(RunError::Item {
             id: item.id.clone(),
-            msg: format!("model returned {} scores for {} choices", scores.len(), item.choices.len()),
+            msg: format!(
+                "model returned {} scores for {} choices",
+                scores.len(),
+                item.choices.len()
+            ),
         });
     }
-    let idx = argmin(&scores)
-        .ok_or_else(|| RunError::Item { id: item.id.clone(), msg: "every choice scored NaN".into() })?;
+    let idx = argmin(&scores).ok_or_else(|| RunError::Item {
+        id: item.id.clone(),
+        msg: "every choice scored NaN".into(),
+    })?;
     let text = match cfg.benchmark {
         Benchmark::Aokvqa => aokvqa_answer(&item.choices[idx], cfg.released_quirks),
         _ => choice_letters(item)[idx].to_string(),
     };
-    Ok(Prediction { id: item.id.clone(), text, choice_idx: Some(idx), scores })
+    Ok(Prediction {
+        id: item.id.clone(),
+        text,
+        choice_idx: Some(idx),
+        scores,
+    })
 }
 
 /// `Some(c)` when `text` is exactly one capital letter.
@@ -526,19 +622,27 @@ pub fn aokvqa_answer(choice: &str, released_quirks: bool) -> String {
 // ------------------------------------------------------------------------------------------------
 
 fn load_err(path: &Path) -> impl Fn(String) -> RunError + '_ {
-    move |msg| RunError::Load { path: path.to_path_buf(), msg }
+    move |msg| RunError::Load {
+        path: path.to_path_buf(),
+        msg,
+    }
 }
 
 /// Whether a SEED-Bench data file is VLMEvalKit's `SEEDBench_IMG.tsv` (else the official JSON).
 fn is_tsv(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("tsv"))
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("tsv"))
 }
 
 /// Loads a benchmark's items with the loaders of this crate:
 /// MMBench `MMBench_DEV_EN.tsv` (VLMEvalKit layout, circular copies included); MME `MME.tsv`, the
 /// official template folder or the release folder; A-OKVQA `aokvqa_v1p0_<split>.json`;
 /// SEED-Bench `SEED-Bench.json` (image dimensions 1-9) or `SEEDBench_IMG.tsv`.
-pub fn load_items(benchmark: Benchmark, data: &Path, image_root: Option<&Path>) -> Result<Vec<BenchItem>, RunError> {
+pub fn load_items(
+    benchmark: Benchmark,
+    data: &Path,
+    image_root: Option<&Path>,
+) -> Result<Vec<BenchItem>, RunError> {
     let e = load_err(data);
     match benchmark {
         Benchmark::MMBench => Ok(crate::mmbench::McqDataset::load(data)
@@ -549,10 +653,15 @@ pub fn load_items(benchmark: Benchmark, data: &Path, image_root: Option<&Path>) 
             let qs = crate::aokvqa::load_aokvqa(data).map_err(|x| e(x.to_string()))?;
             Ok(crate::aokvqa::to_bench_items(&qs))
         }
-        Benchmark::SeedBench if is_tsv(data) => crate::seedbench::load_seed_tsv(data).map_err(|x| e(x.to_string())),
+        Benchmark::SeedBench if is_tsv(data) => {
+            crate::seedbench::load_seed_tsv(data).map_err(|x| e(x.to_string()))
+        }
         Benchmark::SeedBench => {
             let ann = crate::seedbench::load_seed_json(data).map_err(|x| e(x.to_string()))?;
-            Ok(crate::seedbench::to_bench_items(&ann, &crate::seedbench::SeedTask::Image))
+            Ok(crate::seedbench::to_bench_items(
+                &ann,
+                &crate::seedbench::SeedTask::Image,
+            ))
         }
     }
 }
@@ -565,21 +674,36 @@ pub fn write_vlmevalkit_mcq_predictions(
     out: &Path,
     predictions: &HashMap<&str, &Prediction>,
 ) -> Result<(), RunError> {
-    let ds = crate::mmbench::McqDataset::load(dataset_tsv).map_err(|x| load_err(dataset_tsv)(x.to_string()))?;
+    let ds = crate::mmbench::McqDataset::load(dataset_tsv)
+        .map_err(|x| load_err(dataset_tsv)(x.to_string()))?;
     let t = &ds.table;
-    let keep: Vec<usize> = (0..t.columns.len()).filter(|&c| t.columns[c] != "image").collect();
+    let keep: Vec<usize> = (0..t.columns.len())
+        .filter(|&c| t.columns[c] != "image")
+        .collect();
     let mut cols: Vec<String> = keep.iter().map(|&c| t.columns[c].clone()).collect();
     cols.push("prediction".into());
     let mut rows = Vec::new();
     for (i, &r) in ds.rows.iter().enumerate() {
-        let Some(p) = predictions.get(ds.index[i].to_string().as_str()) else { continue };
-        let mut row: Vec<Option<String>> =
-            keep.iter().map(|&c| if t.is_na(r, c) { None } else { Some(t.py_str(r, c)) }).collect();
+        let Some(p) = predictions.get(ds.index[i].to_string().as_str()) else {
+            continue;
+        };
+        let mut row: Vec<Option<String>> = keep
+            .iter()
+            .map(|&c| {
+                if t.is_na(r, c) {
+                    None
+                } else {
+                    Some(t.py_str(r, c))
+                }
+            })
+            .collect();
         row.push(Some(p.text.clone()));
         rows.push(row);
     }
-    crate::tsv::write_tsv_quote_all(out, &cols, &rows)
-        .map_err(|x| RunError::Write { path: out.to_path_buf(), msg: x.to_string() })
+    crate::tsv::write_tsv_quote_all(out, &cols, &rows).map_err(|x| RunError::Write {
+        path: out.to_path_buf(),
+        msg: x.to_string(),
+    })
 }
 
 /// The A-OKVQA split of the items (`val` for `val2017/...` images), default `val`.
@@ -605,7 +729,8 @@ fn aokvqa_split(items: &[BenchItem]) -> String {
 /// - SEED-Bench: `predictions.jsonl` (`{"question_id", "prediction"}` lines), plus
 ///   `predictions.tsv` when the data is VLMEvalKit's `SEEDBench_IMG.tsv`.
 ///
-/// `data` is the benchmark file the items were loaded from; `items` the evaluated items.
+/// `data` is the benchmark file the items were loaded from; `items` the evaluated items. Items
+/// without a prediction are left out of every file.
 pub fn write_official_predictions(
     benchmark: Benchmark,
     data: &Path,
@@ -613,12 +738,20 @@ pub fn write_official_predictions(
     items: &[BenchItem],
     predictions: &[Prediction],
 ) -> Result<Vec<PathBuf>, RunError> {
-    let by_id: HashMap<&str, &Prediction> = predictions.iter().map(|p| (p.id.as_str(), p)).collect();
+    let by_id: HashMap<&str, &Prediction> =
+        predictions.iter().map(|p| (p.id.as_str(), p)).collect();
     let werr = |path: &Path| {
         let path = path.to_path_buf();
-        move |e: String| RunError::Write { path: path.clone(), msg: e }
+        move |e: String| RunError::Write {
+            path: path.clone(),
+            msg: e,
+        }
     };
-    let answered: Vec<BenchItem> = items.iter().filter(|it| by_id.contains_key(it.id.as_str())).cloned().collect();
+    let answered: Vec<BenchItem> = items
+        .iter()
+        .filter(|it| by_id.contains_key(it.id.as_str()))
+        .cloned()
+        .collect();
     let mut written = Vec::new();
     match benchmark {
         Benchmark::MMBench => {
@@ -627,11 +760,14 @@ pub fn write_official_predictions(
             written.push(path);
         }
         Benchmark::Mme => {
-            let responses: HashMap<String, String> =
-                predictions.iter().map(|p| (p.id.clone(), p.text.clone())).collect();
+            let responses: HashMap<String, String> = predictions
+                .iter()
+                .map(|p| (p.id.clone(), p.text.clone()))
+                .collect();
             let dir = out_dir.join("results");
             written.extend(
-                crate::mme::write_official_results(&dir, &answered, &responses).map_err(|e| werr(&dir)(e.to_string()))?,
+                crate::mme::write_official_results(&dir, &answered, &responses)
+                    .map_err(|e| werr(&dir)(e.to_string()))?,
             );
             let tsv = out_dir.join("predictions.tsv");
             crate::mme::write_vlmevalkit_predictions(&tsv, &answered, &responses)
@@ -644,10 +780,14 @@ pub fn write_official_predictions(
                 .iter()
                 .map(|it| {
                     let t = by_id[it.id.as_str()].text.clone();
-                    (it.id.clone(), crate::aokvqa::AokvqaPrediction::new(Some(t.clone()), Some(t)))
+                    (
+                        it.id.clone(),
+                        crate::aokvqa::AokvqaPrediction::new(Some(t.clone()), Some(t)),
+                    )
                 })
                 .collect();
-            crate::aokvqa::write_predictions(&path, &preds).map_err(|e| werr(&path)(e.to_string()))?;
+            crate::aokvqa::write_predictions(&path, &preds)
+                .map_err(|e| werr(&path)(e.to_string()))?;
             written.push(path);
         }
         Benchmark::SeedBench => {
@@ -659,7 +799,8 @@ pub fn write_official_predictions(
                     prediction: by_id[it.id.as_str()].text.clone(),
                 })
                 .collect();
-            crate::seedbench::write_predictions(&path, &preds).map_err(|e| werr(&path)(e.to_string()))?;
+            crate::seedbench::write_predictions(&path, &preds)
+                .map_err(|e| werr(&path)(e.to_string()))?;
             written.push(path);
             if is_tsv(data) {
                 let tsv = out_dir.join("predictions.tsv");
@@ -684,7 +825,8 @@ pub struct Scored {
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> serde_json::Value {
-    serde_json::to_value(v).unwrap_or_else(|e| serde_json::json!({"error": format!("cannot serialise report: {e}")}))
+    serde_json::to_value(v)
+        .unwrap_or_else(|e| serde_json::json!({"error": format!("cannot serialise report: {e}")}))
 }
 
 /// Scores the files written by [`write_official_predictions`] with this crate's official-identical
@@ -700,56 +842,119 @@ pub fn score_predictions(
 ) -> Result<Scored, RunError> {
     let serr = |path: &Path| {
         let path = path.to_path_buf();
-        move |e: String| RunError::Load { path: path.clone(), msg: format!("scoring failed: {e}") }
+        move |e: String| RunError::Load {
+            path: path.clone(),
+            msg: format!("scoring failed: {e}"),
+        }
     };
     let selected: HashSet<&str> = items.iter().map(|it| it.id.as_str()).collect();
     match benchmark {
         Benchmark::MMBench => {
             let pred_file = out_dir.join("predictions.tsv");
-            let r = crate::mmbench::score_mmbench(data, &pred_file, &crate::mmbench::McqOptions::default())
-                .map_err(|e| serr(&pred_file)(e.to_string()))?;
-            let verdicts = r.circular.groups.iter().map(|(g, v)| (g.to_string(), v.hit == 1)).collect();
-            Ok(Scored { json: to_json(&r), markdown: r.to_markdown(), verdicts })
+            let r = crate::mmbench::score_mmbench(
+                data,
+                &pred_file,
+                &crate::mmbench::McqOptions::default(),
+            )
+            .map_err(|e| serr(&pred_file)(e.to_string()))?;
+            let verdicts = r
+                .circular
+                .groups
+                .iter()
+                .map(|(g, v)| (g.to_string(), v.hit == 1))
+                .collect();
+            Ok(Scored {
+                json: to_json(&r),
+                markdown: r.to_markdown(),
+                verdicts,
+            })
         }
         Benchmark::Mme => score_mme(out_dir, items, predictions),
         Benchmark::Aokvqa => {
             let pred_file = out_dir.join(format!("predictions_{}.json", aokvqa_split(items)));
             let mut ds = crate::aokvqa::load_aokvqa(data).map_err(|e| serr(data)(e.to_string()))?;
             ds.retain(|q| selected.contains(q.question_id.as_str()));
-            let preds = crate::aokvqa::read_predictions(&pred_file).map_err(|e| serr(&pred_file)(e.to_string()))?;
-            let name = pred_file.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            let r = crate::aokvqa::score(&ds, &preds, &name).map_err(|e| serr(&pred_file)(e.to_string()))?;
-            let verdicts = r.items.iter().map(|i| (i.question_id.clone(), i.mc_item_acc_x100 == 100.0)).collect();
-            Ok(Scored { json: to_json(&r), markdown: r.to_markdown(), verdicts })
+            let preds = crate::aokvqa::read_predictions(&pred_file)
+                .map_err(|e| serr(&pred_file)(e.to_string()))?;
+            let name = pred_file
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let r = crate::aokvqa::score(&ds, &preds, &name)
+                .map_err(|e| serr(&pred_file)(e.to_string()))?;
+            let verdicts = r
+                .items
+                .iter()
+                .map(|i| (i.question_id.clone(), i.mc_item_acc_x100 == 100.0))
+                .collect();
+            Ok(Scored {
+                json: to_json(&r),
+                markdown: r.to_markdown(),
+                verdicts,
+            })
         }
         Benchmark::SeedBench if is_tsv(data) => {
             let pred_file = out_dir.join("predictions.tsv");
-            let r = crate::seedbench::score_vlmevalkit(data, &pred_file, &crate::mmbench::McqOptions::default())
-                .map_err(|e| serr(&pred_file)(e.to_string()))?;
-            let verdicts = r.items.iter().map(|i| (i.index.clone(), i.hit == 1)).collect();
-            Ok(Scored { json: to_json(&r), markdown: r.to_markdown(), verdicts })
+            let r = crate::seedbench::score_vlmevalkit(
+                data,
+                &pred_file,
+                &crate::mmbench::McqOptions::default(),
+            )
+            .map_err(|e| serr(&pred_file)(e.to_string()))?;
+            let verdicts = r
+                .items
+                .iter()
+                .map(|i| (i.index.clone(), i.hit == 1))
+                .collect();
+            Ok(Scored {
+                json: to_json(&r),
+                markdown: r.to_markdown(),
+                verdicts,
+            })
         }
         Benchmark::SeedBench => {
             let pred_file = out_dir.join("predictions.jsonl");
-            let mut ann = crate::seedbench::load_seed_json(data).map_err(|e| serr(data)(e.to_string()))?;
-            ann.questions.retain(|q| selected.contains(q.question_id.as_str()));
-            let preds = crate::seedbench::read_predictions(&pred_file).map_err(|e| serr(&pred_file)(e.to_string()))?;
-            let r = crate::seedbench::score_official(&ann, &preds, &crate::seedbench::SeedTask::Image)
+            let mut ann =
+                crate::seedbench::load_seed_json(data).map_err(|e| serr(data)(e.to_string()))?;
+            ann.questions
+                .retain(|q| selected.contains(q.question_id.as_str()));
+            let preds = crate::seedbench::read_predictions(&pred_file)
                 .map_err(|e| serr(&pred_file)(e.to_string()))?;
-            let verdicts = r.items.iter().map(|i| (i.question_id.clone(), i.correct)).collect();
-            Ok(Scored { json: to_json(&r), markdown: r.to_markdown(), verdicts })
+            let r =
+                crate::seedbench::score_official(&ann, &preds, &crate::seedbench::SeedTask::Image)
+                    .map_err(|e| serr(&pred_file)(e.to_string()))?;
+            let verdicts = r
+                .items
+                .iter()
+                .map(|i| (i.question_id.clone(), i.correct))
+                .collect();
+            Ok(Scored {
+                json: to_json(&r),
+                markdown: r.to_markdown(),
+                verdicts,
+            })
         }
     }
 }
 
-fn score_mme(out_dir: &Path, items: &[BenchItem], predictions: &[Prediction]) -> Result<Scored, RunError> {
+fn score_mme(
+    out_dir: &Path,
+    items: &[BenchItem],
+    predictions: &[Prediction],
+) -> Result<Scored, RunError> {
     let results = out_dir.join("results");
-    let serr = |path: &Path, e: String| RunError::Load { path: path.to_path_buf(), msg: format!("scoring failed: {e}") };
+    let serr = |path: &Path, e: String| RunError::Load {
+        path: path.to_path_buf(),
+        msg: format!("scoring failed: {e}"),
+    };
     let answered: HashSet<&str> = predictions.iter().map(|p| p.id.as_str()).collect();
     // Line k of <task>.txt is the k-th answered item of that task (write_official_results order).
     let mut ids_by_task: HashMap<String, Vec<String>> = HashMap::new();
     for it in items.iter().filter(|it| answered.contains(it.id.as_str())) {
-        ids_by_task.entry(it.category.clone().unwrap_or_default()).or_default().push(it.id.clone());
+        ids_by_task
+            .entry(it.category.clone().unwrap_or_default())
+            .or_default()
+            .push(it.id.clone());
     }
     let verdicts_of = |official: &[crate::mme::MmeOfficialItem]| -> HashMap<String, bool> {
         official
@@ -762,15 +967,23 @@ fn score_mme(out_dir: &Path, items: &[BenchItem], predictions: &[Prediction]) ->
     };
     let complete = crate::mme::all_tasks().all(|t| ids_by_task.contains_key(t));
     if complete {
-        let r = crate::mme::score_official_dir(&results).map_err(|e| serr(&results, e.to_string()))?;
+        let r =
+            crate::mme::score_official_dir(&results).map_err(|e| serr(&results, e.to_string()))?;
         let tsv = out_dir.join("predictions.tsv");
         let (vlm_json, vlm_md) = match crate::mme::score_vlmevalkit(&tsv) {
             Ok(v) => (to_json(&v), v.to_markdown()),
-            Err(e) => (serde_json::json!({"error": e.to_string()}), format!("VLMEvalKit MME scoring failed: {e}\n")),
+            Err(e) => (
+                serde_json::json!({"error": e.to_string()}),
+                format!("VLMEvalKit MME scoring failed: {e}\n"),
+            ),
         };
         let verdicts = verdicts_of(&r.items);
         let markdown = format!("{}\n{}", r.to_markdown(), vlm_md);
-        return Ok(Scored { json: serde_json::json!({"official": to_json(&r), "vlmevalkit": vlm_json}), markdown, verdicts });
+        return Ok(Scored {
+            json: serde_json::json!({"official": to_json(&r), "vlmevalkit": vlm_json}),
+            markdown,
+            verdicts,
+        });
     }
     // Partial run: calculation.py needs all 14 files, so score the tasks present one by one.
     let mut tasks = Vec::new();
@@ -783,8 +996,8 @@ fn score_mme(out_dir: &Path, items: &[BenchItem], predictions: &[Prediction]) ->
         let path = results.join(format!("{task}.txt"));
         let text = std::fs::read_to_string(&path).map_err(|e| serr(&path, e.to_string()))?;
         let lines = crate::mme::python_readlines(&text);
-        let (score, its, _) =
-            crate::mme::score_official_task(task, &path, &lines).map_err(|e| serr(&path, e.to_string()))?;
+        let (score, its, _) = crate::mme::score_official_task(task, &path, &lines)
+            .map_err(|e| serr(&path, e.to_string()))?;
         rows.push(vec![
             task.to_string(),
             crate::report::py_float_repr(score.score),
@@ -800,7 +1013,11 @@ fn score_mme(out_dir: &Path, items: &[BenchItem], predictions: &[Prediction]) ->
         tasks.len(),
         crate::report::markdown_table(&["task", "score", "acc", "acc+"], &rows)
     );
-    Ok(Scored { json: serde_json::json!({"partial": true, "tasks": tasks, "items": all_items}), markdown, verdicts })
+    Ok(Scored {
+        json: serde_json::json!({"partial": true, "tasks": tasks, "items": all_items}),
+        markdown,
+        verdicts,
+    })
 }
 
 #[cfg(test)]
@@ -827,7 +1044,12 @@ mod tests {
 
     #[test]
     fn benchmark_names_parse() {
-        for b in [Benchmark::MMBench, Benchmark::Mme, Benchmark::Aokvqa, Benchmark::SeedBench] {
+        for b in [
+            Benchmark::MMBench,
+            Benchmark::Mme,
+            Benchmark::Aokvqa,
+            Benchmark::SeedBench,
+        ] {
             assert_eq!(b.as_str().parse::<Benchmark>().unwrap(), b);
         }
         assert_eq!("A-OKVQA".parse::<Benchmark>().unwrap(), Benchmark::Aokvqa);

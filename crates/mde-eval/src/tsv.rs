@@ -94,7 +94,10 @@ pub enum ColumnKind {
 pub struct Table {
     /// Column names after pandas' header handling (`Unnamed: i`, duplicate `x.1`).
     pub columns: Vec<String>,
-    cells: Vec<Option<String>>,
+    /// The file text followed by the unescaped copies of fields that needed unescaping.
+    buf: String,
+    /// Per cell, a byte range of `buf`; `NA_CELL` = NaN.
+    cells: Vec<(usize, usize)>,
     /// 1-based line number (in the file) where each data row starts.
     lines: Vec<usize>,
     kinds: Vec<ColumnKind>,
@@ -118,11 +121,16 @@ impl Table {
     }
     /// True when the cell is NaN.
     pub fn is_na(&self, row: usize, col: usize) -> bool {
-        self.cells[row * self.columns.len() + col].is_none()
+        self.cells[row * self.columns.len() + col].0 == NA_CELL.0
     }
     /// The cell's text as written (unquoted); `None` = NaN.
     pub fn raw(&self, row: usize, col: usize) -> Option<&str> {
-        self.cells[row * self.columns.len() + col].as_deref()
+        let (a, b) = self.cells[row * self.columns.len() + col];
+        if a == NA_CELL.0 {
+            None
+        } else {
+            Some(&self.buf[a..b])
+        }
     }
     /// The inferred dtype of a column.
     pub fn kind(&self, col: usize) -> ColumnKind {
@@ -198,56 +206,78 @@ pub fn read_tsv(path: &Path) -> Result<Table, TsvError> {
 pub fn parse_tsv(text: &str) -> Result<Table, TsvError> {
     let src = PathBuf::from("<string>");
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut fields: Vec<(usize, usize)> = Vec::new();
     let mut tok = Tokenizer {
+        extra: String::new(),
         s: text.as_bytes(),
         text,
         pos: 0,
         line: 1,
     };
-    let Some((_, header)) = tok.next_record().map_err(|(line, msg)| TsvError::Parse {
-        path: src.clone(),
-        line,
-        msg,
-    })?
+    let Some(_) = tok
+        .next_record(&mut fields)
+        .map_err(|(line, msg)| TsvError::Parse {
+            path: src.clone(),
+            line,
+            msg,
+        })?
     else {
         return Err(TsvError::Invalid {
             path: src,
             msg: "No columns to parse from file".into(),
         });
     };
+    let header: Vec<String> = fields
+        .iter()
+        .map(|&(a, b)| tok.field(a, b).to_string())
+        .collect();
     let columns = header_names(header);
     let ncols = columns.len();
-    let mut cells: Vec<Option<String>> = Vec::new();
+    let mut cells: Vec<(usize, usize)> = Vec::new();
     let mut lines = Vec::new();
-    while let Some((line, rec)) = tok.next_record().map_err(|(line, msg)| TsvError::Parse {
-        path: src.clone(),
-        line,
-        msg,
-    })? {
-        if rec.len() > ncols {
+    while let Some(line) = tok
+        .next_record(&mut fields)
+        .map_err(|(line, msg)| TsvError::Parse {
+            path: src.clone(),
+            line,
+            msg,
+        })?
+    {
+        if fields.len() > ncols {
             return Err(TsvError::Parse {
                 path: src,
                 line,
                 msg: format!(
                     "Error tokenizing data. Expected {ncols} fields, saw {}",
-                    rec.len()
+                    fields.len()
                 ),
             });
         }
-        let n = rec.len();
-        cells.extend(
-            rec.into_iter()
-                .map(|f| if is_na_string(&f) { None } else { Some(f) }),
-        );
-        cells.extend(std::iter::repeat_n(None, ncols - n));
+        let n = fields.len();
+        cells.extend(fields.iter().map(|&(a, b)| {
+            if is_na_string(tok.field(a, b)) {
+                NA_CELL
+            } else {
+                (a, b)
+            }
+        }));
+        cells.extend(std::iter::repeat_n(NA_CELL, ncols - n));
         lines.push(line);
     }
     let nrows = lines.len();
+    let mut buf = String::with_capacity(text.len() + tok.extra.len());
+    buf.push_str(text);
+    buf.push_str(&tok.extra);
+    let cell = |r: usize, c: usize| {
+        let (a, b) = cells[r * ncols + c];
+        (a != NA_CELL.0).then(|| &buf[a..b])
+    };
     let kinds = (0..ncols)
-        .map(|c| infer_kind((0..nrows).map(|r| cells[r * ncols + c].as_deref())))
+        .map(|c| infer_kind((0..nrows).map(|r| cell(r, c))))
         .collect();
     Ok(Table {
         columns,
+        buf,
         cells,
         lines,
         kinds,
@@ -435,17 +465,33 @@ pub fn py_float_repr(v: f64) -> String {
 
 /// The pandas C tokenizer state machine, reduced to what `sep='\t'` with default options uses.
 struct Tokenizer<'a> {
+    extra: String,
     s: &'a [u8],
     text: &'a str,
     pos: usize,
     line: usize,
 }
 
-type TokResult = Result<Option<(usize, Vec<String>)>, (usize, String)>;
+type TokResult = Result<Option<usize>, (usize, String)>;
+
+/// Marks a NaN cell.
+const NA_CELL: (usize, usize) = (usize::MAX, 0);
 
 impl Tokenizer<'_> {
-    /// Next record (start line, fields); blank and space-only lines are skipped.
-    fn next_record(&mut self) -> TokResult {
+    /// A field's text: ranges past the input point into `extra` (unescaped copies).
+    fn field(&self, a: usize, b: usize) -> &str {
+        let n = self.text.len();
+        if a >= n {
+            &self.extra[a - n..b - n]
+        } else {
+            &self.text[a..b]
+        }
+    }
+
+    /// Next record (start line; fields as byte ranges into `fields`); blank and space-only lines
+    /// are skipped.
+    fn next_record(&mut self, fields: &mut Vec<(usize, usize)>) -> TokResult {
+        fields.clear();
         let s = self.s;
         // Skip blank lines (pandas `skip_blank_lines=True`; whitespace-only lines count as blank).
         loop {
@@ -476,12 +522,13 @@ impl Tokenizer<'_> {
             }
         }
         let start_line = self.line;
-        let mut fields = Vec::new();
         loop {
             // START_FIELD
             if self.pos < s.len() && s[self.pos] == b'"' {
                 // quoted field
+                // Unescaped text is only built when the field has `""` or text after the quote.
                 let mut buf = String::new();
+                let mut escaped = false;
                 let mut p = self.pos + 1;
                 let mut seg = p;
                 loop {
@@ -493,12 +540,16 @@ impl Tokenizer<'_> {
                     }
                     match s[p] {
                         b'"' => {
-                            buf.push_str(&self.text[seg..p]);
                             if p + 1 < s.len() && s[p + 1] == b'"' {
+                                escaped = true;
+                                buf.push_str(&self.text[seg..p]);
                                 buf.push('"');
                                 p += 2;
                                 seg = p;
                             } else {
+                                if escaped {
+                                    buf.push_str(&self.text[seg..p]);
+                                }
                                 p += 1;
                                 break;
                             }
@@ -521,20 +572,29 @@ impl Tokenizer<'_> {
                 while p < s.len() && !matches!(s[p], b'\t' | b'\n' | b'\r') {
                     p += 1;
                 }
-                buf.push_str(&self.text[rest..p]);
-                fields.push(buf);
+                if escaped || rest < p {
+                    if !escaped {
+                        buf.push_str(&self.text[self.pos + 1..rest - 1]);
+                    }
+                    buf.push_str(&self.text[rest..p]);
+                    let off = self.text.len() + self.extra.len();
+                    self.extra.push_str(&buf);
+                    fields.push((off, off + buf.len()));
+                } else {
+                    fields.push((self.pos + 1, rest - 1));
+                }
                 self.pos = p;
             } else {
                 let mut p = self.pos;
                 while p < s.len() && !matches!(s[p], b'\t' | b'\n' | b'\r') {
                     p += 1;
                 }
-                fields.push(self.text[self.pos..p].to_string());
+                fields.push((self.pos, p));
                 self.pos = p;
             }
             // end of field
             if self.pos >= s.len() {
-                return Ok(Some((start_line, fields)));
+                return Ok(Some(start_line));
             }
             match s[self.pos] {
                 b'\t' => {
@@ -543,7 +603,7 @@ impl Tokenizer<'_> {
                 b'\n' => {
                     self.pos += 1;
                     self.line += 1;
-                    return Ok(Some((start_line, fields)));
+                    return Ok(Some(start_line));
                 }
                 _ => {
                     // '\r' or "\r\n"
@@ -552,7 +612,7 @@ impl Tokenizer<'_> {
                         self.pos += 1;
                     }
                     self.line += 1;
-                    return Ok(Some((start_line, fields)));
+                    return Ok(Some(start_line));
                 }
             }
         }
@@ -663,9 +723,12 @@ fn write_checked(
 impl Table {
     /// All rows as raw cells (`None` = NaN), e.g. to write the table back.
     pub fn raw_rows(&self) -> Vec<Vec<Option<String>>> {
-        self.cells
-            .chunks(self.columns.len().max(1))
-            .map(|c| c.to_vec())
+        (0..self.nrows)
+            .map(|r| {
+                (0..self.ncols())
+                    .map(|c| self.raw(r, c).map(str::to_string))
+                    .collect()
+            })
             .collect()
     }
 }

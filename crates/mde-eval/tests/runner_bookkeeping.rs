@@ -9,7 +9,8 @@ use mde_core::model::{EvalModel, EvalRequest, ImageInput, ModelError, PromptStyl
 use mde_core::records::{BadCase, Prediction, TypeWeights};
 use mde_eval::badcase::{mine_bad_cases, write_mined};
 use mde_eval::runner::{
-    load_items, run_predictions, score_predictions, write_official_predictions, Benchmark, ImageLoader, RunConfig,
+    load_items, run_predictions, score_predictions, write_official_predictions, Benchmark,
+    ImageLoader, RunConfig,
 };
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -30,11 +31,18 @@ struct Oracle {
 
 impl Oracle {
     fn new(max_batch: usize) -> Self {
-        Oracle { max_batch, ..Default::default() }
+        Oracle {
+            max_batch,
+            ..Default::default()
+        }
     }
 
     fn pick(r: &EvalRequest) -> usize {
-        let right = r.choices.iter().position(|c| c.starts_with("right")).unwrap_or(0);
+        let right = r
+            .choices
+            .iter()
+            .position(|c| c.starts_with("right"))
+            .unwrap_or(0);
         if r.question.contains("tricky") {
             (right + 1) % r.choices.len()
         } else {
@@ -43,14 +51,22 @@ impl Oracle {
     }
 
     fn account(&mut self, reqs: &[EvalRequest]) -> Result<(), ModelError> {
-        assert!(!reqs.is_empty() && reqs.len() <= self.max_batch, "batch of {} (max {})", reqs.len(), self.max_batch);
+        assert!(
+            !reqs.is_empty() && reqs.len() <= self.max_batch,
+            "batch of {} (max {})",
+            reqs.len(),
+            self.max_batch
+        );
         if let Some(limit) = self.fail_after_items {
             if self.answered + reqs.len() > limit {
                 return Err(ModelError::Backend("simulated crash".into()));
             }
         }
         for r in reqs {
-            r.image.validate().map_err(|m| ModelError::InvalidInput { id: r.id.clone(), msg: m })?;
+            r.image.validate().map_err(|m| ModelError::InvalidInput {
+                id: r.id.clone(),
+                msg: m,
+            })?;
             assert!(matches!(r.image, ImageInput::Encoded { .. }));
             self.seen.push(r.id.clone());
             self.styles.insert(format!("{:?}", r.style));
@@ -77,7 +93,11 @@ impl EvalModel for Oracle {
                 if r.choices.is_empty() {
                     // Yes/no: answer yes when the question says so, with a trailing newline the
                     // official file format must not see.
-                    return if r.question.contains("say-yes") { "Yes\nindeed".into() } else { "No".into() };
+                    return if r.question.contains("say-yes") {
+                        "Yes\nindeed".into()
+                    } else {
+                        "No".into()
+                    };
                 }
                 let i = Self::pick(r);
                 if r.question.contains("wordy") {
@@ -94,7 +114,9 @@ impl EvalModel for Oracle {
             .iter()
             .map(|r| {
                 let best = Self::pick(r);
-                (0..r.choices.len()).map(|i| if i == best { 0.5 } else { 2.0 + i as f32 }).collect()
+                (0..r.choices.len())
+                    .map(|i| if i == best { 0.5 } else { 2.0 + i as f32 })
+                    .collect()
             })
             .collect())
     }
@@ -116,8 +138,14 @@ fn b64(bytes: &[u8]) -> String {
 
 /// Writes an MMBench TSV (VLMEvalKit layout) with circular copies; returns (path, main questions
 /// and whether the oracle gets each group right).
-fn write_mmbench(dir: &Path) -> Result<(std::path::PathBuf, Vec<(i64, bool, String)>)> {
-    let mut lines = vec!["index\tquestion\thint\tA\tB\tC\tD\tanswer\tcategory\timage\tl2-category\tsplit".to_string()];
+/// (main index, answered right by the oracle, category) of each main question.
+type Mains = Vec<(i64, bool, String)>;
+
+fn write_mmbench(dir: &Path) -> Result<(std::path::PathBuf, Mains)> {
+    let mut lines = vec![
+        "index\tquestion\thint\tA\tB\tC\tD\tanswer\tcategory\timage\tl2-category\tsplit"
+            .to_string(),
+    ];
     let mut mains = Vec::new();
     let cats = ["counting", "color", "counting", "position", "color"];
     for q in 0..5i64 {
@@ -126,8 +154,17 @@ fn write_mmbench(dir: &Path) -> Result<(std::path::PathBuf, Vec<(i64, bool, Stri
             3 => "Describe the wordy scene".to_string(),
             _ => format!("Question number {q}?"),
         };
-        let hint = if q % 2 == 0 { format!("hint {q}") } else { String::new() };
-        let opts = vec![format!("right answer {q}"), format!("wrong a{q}"), format!("wrong b{q}"), format!("wrong c{q}")];
+        let hint = if q % 2 == 0 {
+            format!("hint {q}")
+        } else {
+            String::new()
+        };
+        let opts = vec![
+            format!("right answer {q}"),
+            format!("wrong a{q}"),
+            format!("wrong b{q}"),
+            format!("wrong c{q}"),
+        ];
         let rot = (q as usize) % 4; // main question's correct letter position
         let mut base = opts.clone();
         base.rotate_right(rot);
@@ -136,13 +173,21 @@ fn write_mmbench(dir: &Path) -> Result<(std::path::PathBuf, Vec<(i64, bool, Stri
             o.rotate_left(k);
             let idx = q + (k as i64) * 1_000_000;
             let ans = (b'A' + o.iter().position(|x| x.starts_with("right")).unwrap() as u8) as char;
-            let image = if k == 0 { b64(&image_bytes(&format!("mm{q}"))) } else { q.to_string() };
+            let image = if k == 0 {
+                b64(&image_bytes(&format!("mm{q}")))
+            } else {
+                q.to_string()
+            };
             lines.push(format!(
                 "{idx}\t{question}\t{hint}\t{}\t{}\t{}\t{}\t{ans}\t{}\t{image}\tperception\tdev",
                 o[0], o[1], o[2], o[3], cats[q as usize]
             ));
         }
-        mains.push((q, !question.contains("tricky"), cats[q as usize].to_string()));
+        mains.push((
+            q,
+            !question.contains("tricky"),
+            cats[q as usize].to_string(),
+        ));
     }
     let path = dir.join("MMBench_DEV_EN.tsv");
     std::fs::write(&path, lines.join("\n") + "\n")?;
@@ -159,17 +204,34 @@ fn mmbench_generation_scoring_and_bad_cases() -> Result<()> {
     let mut model = Oracle::new(3);
     let mut cfg = RunConfig::new(Benchmark::MMBench);
     cfg.batch_size = Some(8); // the model's max_batch (3) wins
-    let run = run_predictions(&mut model, &items, &out.join("predictions.jsonl"), &cfg, &ImageLoader::new(None))?;
+    let run = run_predictions(
+        &mut model,
+        &items,
+        &out.join("predictions.jsonl"),
+        &cfg,
+        &ImageLoader::new(None),
+    )?;
     assert_eq!(run.new, items.len());
     assert_eq!(run.batches, items.len().div_ceil(3));
-    assert_eq!(model.styles, HashSet::from([format!("{:?}", PromptStyle::MMBench)]));
+    assert_eq!(
+        model.styles,
+        HashSet::from([format!("{:?}", PromptStyle::MMBench)])
+    );
     // Hints reach the model only when present; the empty hint is NaN in the TSV.
     let r0 = model.requests.iter().find(|r| r.id == "0").unwrap();
     assert_eq!(r0.hint.as_deref(), Some("hint 0"));
-    assert!(model.requests.iter().find(|r| r.id == "1").unwrap().hint.is_none());
+    assert!(model
+        .requests
+        .iter()
+        .find(|r| r.id == "1")
+        .unwrap()
+        .hint
+        .is_none());
     // OpenCompass post-processing: "L. text###..." gives the letter; free text stays text.
     for p in &run.predictions {
-        let wordy = items.iter().any(|i| i.id == p.id && i.question.contains("wordy"));
+        let wordy = items
+            .iter()
+            .any(|i| i.id == p.id && i.question.contains("wordy"));
         if wordy {
             // The released character-set strip of "</Img>" eats the leading "I".
             assert!(p.text.starts_with("believe it is right answer"), "{p:?}");
@@ -180,14 +242,23 @@ fn mmbench_generation_scoring_and_bad_cases() -> Result<()> {
         }
     }
 
-    let files = write_official_predictions(Benchmark::MMBench, &data, &out, &items, &run.predictions)?;
+    let files =
+        write_official_predictions(Benchmark::MMBench, &data, &out, &items, &run.predictions)?;
     assert_eq!(files, vec![out.join("predictions.tsv")]);
     let head = std::fs::read_to_string(&files[0])?;
-    assert!(head.starts_with("\"index\"\t\"question\"\t\"hint\"\t\"A\""), "{}", &head[..80]);
+    assert!(
+        head.starts_with("\"index\"\t\"question\"\t\"hint\"\t\"A\""),
+        "{}",
+        &head[..80]
+    );
     assert!(!head.lines().next().unwrap().contains("\"image\""));
     let scored = score_predictions(Benchmark::MMBench, &data, &out, &items, &run.predictions)?;
     for (q, right, _) in &mains {
-        assert_eq!(scored.verdicts.get(&q.to_string()), Some(right), "group {q}");
+        assert_eq!(
+            scored.verdicts.get(&q.to_string()),
+            Some(right),
+            "group {q}"
+        );
     }
     assert_eq!(scored.verdicts.len(), mains.len());
 
@@ -216,11 +287,18 @@ fn write_aokvqa(dir: &Path, n: usize) -> Result<(std::path::PathBuf, std::path::
     let mut qs = Vec::new();
     for i in 0..n {
         let image_id = 1000 + i as u64;
-        std::fs::write(root.join(format!("val2017/{image_id:012}.jpg")), image_bytes(&format!("a{i}")))?;
+        std::fs::write(
+            root.join(format!("val2017/{image_id:012}.jpg")),
+            image_bytes(&format!("a{i}")),
+        )?;
         let correct = i % 4;
         let mut choices: Vec<String> = (0..4).map(|k| format!("wrong {i}.{k}")).collect();
         choices[correct] = format!("right {i}");
-        let q = if i % 3 == 1 { format!("tricky question {i}?") } else { format!("question {i}?") };
+        let q = if i % 3 == 1 {
+            format!("tricky question {i}?")
+        } else {
+            format!("question {i}?")
+        };
         qs.push(serde_json::json!({
             "split": "val", "image_id": image_id, "question_id": format!("q{i}"), "question": q,
             "choices": choices, "correct_choice_idx": correct,
@@ -244,10 +322,16 @@ fn aokvqa_ranking_resumes_without_redo_or_duplicates() -> Result<()> {
     let cfg = RunConfig::new(Benchmark::Aokvqa);
 
     // First run crashes in the third batch (batches of 2: 4 items saved).
-    let mut m1 = Oracle { fail_after_items: Some(5), ..Oracle::new(2) };
+    let mut m1 = Oracle {
+        fail_after_items: Some(5),
+        ..Oracle::new(2)
+    };
     let err = run_predictions(&mut m1, &items, &store, &cfg, &images).unwrap_err();
     assert!(err.to_string().contains("simulated crash"), "{err}");
-    assert!(err.to_string().contains("q4"), "error names the batch's first item: {err}");
+    assert!(
+        err.to_string().contains("q4"),
+        "error names the batch's first item: {err}"
+    );
     assert_eq!(m1.seen.len(), 4);
     let saved: Vec<Prediction> = mde_core::io::read_jsonl(&store)?;
     assert_eq!(saved.len(), 4);
@@ -265,11 +349,25 @@ fn aokvqa_ranking_resumes_without_redo_or_duplicates() -> Result<()> {
     assert_eq!(run.new, n - 4);
     assert_eq!(m2.seen.len(), n - 4, "nothing is asked twice");
     assert!(m1.seen.iter().all(|id| !m2.seen.contains(id)));
-    assert_eq!(m2.styles, HashSet::from([format!("{:?}", PromptStyle::AokvqaRank { released_quirks: true })]));
+    assert_eq!(
+        m2.styles,
+        HashSet::from([format!(
+            "{:?}",
+            PromptStyle::AokvqaRank {
+                released_quirks: true
+            }
+        )])
+    );
     let all: Vec<Prediction> = mde_core::io::read_jsonl(&store)?;
     assert_eq!(all.len(), n, "no duplicate lines");
     assert_eq!(all.iter().map(|p| &p.id).collect::<HashSet<_>>().len(), n);
-    assert_eq!(run.predictions.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), items.iter().map(|i| i.id.as_str()).collect::<Vec<_>>());
+    assert_eq!(
+        run.predictions
+            .iter()
+            .map(|p| p.id.as_str())
+            .collect::<Vec<_>>(),
+        items.iter().map(|i| i.id.as_str()).collect::<Vec<_>>()
+    );
 
     // A third run has nothing to do.
     let mut m3 = Oracle::new(3);
@@ -281,11 +379,15 @@ fn aokvqa_ranking_resumes_without_redo_or_duplicates() -> Result<()> {
         let idx = p.choice_idx.unwrap();
         assert_eq!(p.scores.len(), 4);
         // Released post-processing: lowercase, cut at the first ".".
-        assert_eq!(p.text, it.choices[idx].to_lowercase().split('.').next().unwrap());
+        assert_eq!(
+            p.text,
+            it.choices[idx].to_lowercase().split('.').next().unwrap()
+        );
     }
 
     let out = dir.path().join("run");
-    let files = write_official_predictions(Benchmark::Aokvqa, &data, &out, &items, &run.predictions)?;
+    let files =
+        write_official_predictions(Benchmark::Aokvqa, &data, &out, &items, &run.predictions)?;
     assert_eq!(files, vec![out.join("predictions_val.json")]);
     let scored = score_predictions(Benchmark::Aokvqa, &data, &out, &items, &run.predictions)?;
     let expect_right: Vec<bool> = (0..n).map(|i| i % 3 != 1).collect();
@@ -294,11 +396,17 @@ fn aokvqa_ranking_resumes_without_redo_or_duplicates() -> Result<()> {
     }
     let mc = scored.json["MC"].as_f64().unwrap();
     let n_right = expect_right.iter().filter(|r| **r).count();
-    assert!((mc - n_right as f64 / n as f64 * 100.0).abs() < 1e-9, "MC {mc}");
+    assert!(
+        (mc - n_right as f64 / n as f64 * 100.0).abs() < 1e-9,
+        "MC {mc}"
+    );
     // DA skips the one difficult question.
     let da = scored.json["DA"].as_f64().unwrap();
     let da_right = (0..n).filter(|&i| i != 5 && expect_right[i]).count();
-    assert!((da - da_right as f64 / (n - 1) as f64 * 100.0).abs() < 1e-9, "DA {da}");
+    assert!(
+        (da - da_right as f64 / (n - 1) as f64 * 100.0).abs() < 1e-9,
+        "DA {da}"
+    );
 
     // A-OKVQA carries no question type: bad cases without type, no weights.
     let mined = mine_bad_cases(&items, &run.predictions, &scored.verdicts);
@@ -317,24 +425,57 @@ fn limit_and_missing_images_are_reported() -> Result<()> {
     cfg.limit = Some(3);
     let mut m = Oracle::new(4);
     let store = dir.path().join("p.jsonl");
-    let run = run_predictions(&mut m, &items, &store, &cfg, &ImageLoader::new(Some(root.clone())))?;
+    let run = run_predictions(
+        &mut m,
+        &items,
+        &store,
+        &cfg,
+        &ImageLoader::new(Some(root.clone())),
+    )?;
     assert_eq!(run.predictions.len(), 3);
     // Limited runs are scored on the evaluated items only.
     let out = dir.path().join("o");
-    write_official_predictions(Benchmark::Aokvqa, &data, &out, &items[..3], &run.predictions)?;
-    let scored = score_predictions(Benchmark::Aokvqa, &data, &out, &items[..3], &run.predictions)?;
+    write_official_predictions(
+        Benchmark::Aokvqa,
+        &data,
+        &out,
+        &items[..3],
+        &run.predictions,
+    )?;
+    let scored = score_predictions(
+        Benchmark::Aokvqa,
+        &data,
+        &out,
+        &items[..3],
+        &run.predictions,
+    )?;
     assert_eq!(scored.json["questions"], 3);
 
     std::fs::remove_file(root.join("val2017/000000001004.jpg"))?;
     cfg.limit = None;
-    let err = run_predictions(&mut Oracle::new(4), &items, &store, &cfg, &ImageLoader::new(Some(root))).unwrap_err();
+    let err = run_predictions(
+        &mut Oracle::new(4),
+        &items,
+        &store,
+        &cfg,
+        &ImageLoader::new(Some(root)),
+    )
+    .unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("q4") && msg.contains("000000001004.jpg"), "{msg}");
+    assert!(
+        msg.contains("q4") && msg.contains("000000001004.jpg"),
+        "{msg}"
+    );
     // An image reference escaping the root is refused.
     let mut evil = items[0].clone();
     evil.id = "evil".into();
-    evil.image = mde_core::records::ImageRef::Path { path: "../../etc/passwd".into() };
-    let err = ImageLoader::new(Some(dir.path().join("coco"))).load(&evil).unwrap_err().to_string();
+    evil.image = mde_core::records::ImageRef::Path {
+        path: "../../etc/passwd".into(),
+    };
+    let err = ImageLoader::new(Some(dir.path().join("coco")))
+        .load(&evil)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("evil") && err.contains("escapes"), "{err}");
     Ok(())
 }
@@ -355,7 +496,10 @@ fn mme_generation_writes_official_results_and_scores_all_tasks() -> Result<()> {
             for (k, gt) in ["Yes", "No"].iter().enumerate() {
                 // The oracle says yes exactly for "say-yes" questions; make some of them wrong.
                 let say_yes = (t + img + k) % 3 != 0;
-                let q = format!("Is this {task} {img}/{k} {}? Please answer yes or no.", if say_yes { "say-yes" } else { "plain" });
+                let q = format!(
+                    "Is this {task} {img}/{k} {}? Please answer yes or no.",
+                    if say_yes { "say-yes" } else { "plain" }
+                );
                 text.push_str(&format!("{name}\t{q}\t{gt}\n"));
                 let line = img * 2 + k + 1;
                 expected.insert(format!("{task}/{line}"), (*gt == "Yes") == say_yes);
@@ -367,7 +511,13 @@ fn mme_generation_writes_official_results_and_scores_all_tasks() -> Result<()> {
     assert_eq!(items.len(), expected.len());
     let out = dir.path().join("run");
     let mut m = Oracle::new(5);
-    let run = run_predictions(&mut m, &items, &out.join("predictions.jsonl"), &RunConfig::new(Benchmark::Mme), &ImageLoader::new(Some(images)))?;
+    let run = run_predictions(
+        &mut m,
+        &items,
+        &out.join("predictions.jsonl"),
+        &RunConfig::new(Benchmark::Mme),
+        &ImageLoader::new(Some(images)),
+    )?;
     assert_eq!(m.styles, HashSet::from([format!("{:?}", PromptStyle::Mme)]));
     let files = write_official_predictions(Benchmark::Mme, &tmpl, &out, &items, &run.predictions)?;
     assert!(files.contains(&out.join("results/OCR.txt")));
@@ -377,9 +527,16 @@ fn mme_generation_writes_official_results_and_scores_all_tasks() -> Result<()> {
     let scored = score_predictions(Benchmark::Mme, &tmpl, &out, &items, &run.predictions)?;
     assert_eq!(scored.verdicts, expected);
     assert!(scored.json["official"]["perception_total"].is_number());
-    assert!(scored.json["vlmevalkit"]["score"].is_object(), "{}", scored.json["vlmevalkit"]);
+    assert!(
+        scored.json["vlmevalkit"]["score"].is_object(),
+        "{}",
+        scored.json["vlmevalkit"]
+    );
     let mined = mine_bad_cases(&items, &run.predictions, &scored.verdicts);
-    assert_eq!(mined.bad_cases.len(), expected.values().filter(|v| !**v).count());
+    assert_eq!(
+        mined.bad_cases.len(),
+        expected.values().filter(|v| !**v).count()
+    );
     assert_eq!(mined.weights.weights.len(), 14);
     Ok(())
 }
@@ -389,7 +546,10 @@ fn seedbench_ranking_writes_leaderboard_jsonl() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let mut qs = Vec::new();
     for i in 0..6 {
-        std::fs::write(dir.path().join(format!("img{i}.jpg")), image_bytes(&format!("s{i}")))?;
+        std::fs::write(
+            dir.path().join(format!("img{i}.jpg")),
+            image_bytes(&format!("s{i}")),
+        )?;
         let correct = (i * 3) % 4;
         let mut c: Vec<String> = (0..4).map(|k| format!("opt {k}")).collect();
         c[correct] = "right one".into();
@@ -403,9 +563,12 @@ fn seedbench_ranking_writes_leaderboard_jsonl() -> Result<()> {
         }));
     }
     let data = dir.path().join("SEED-Bench.json");
-    std::fs::write(&data, serde_json::to_vec(&serde_json::json!({
-        "questions": qs, "question_type": {"Scene Understanding": 1, "Instance Identity": 2}
-    }))?)?;
+    std::fs::write(
+        &data,
+        serde_json::to_vec(&serde_json::json!({
+            "questions": qs, "question_type": {"Scene Understanding": 1, "Instance Identity": 2}
+        }))?,
+    )?;
     let items = load_items(Benchmark::SeedBench, &data, None)?;
     let out = dir.path().join("run");
     let run = run_predictions(
@@ -418,14 +581,19 @@ fn seedbench_ranking_writes_leaderboard_jsonl() -> Result<()> {
     write_official_predictions(Benchmark::SeedBench, &data, &out, &items, &run.predictions)?;
     let lines = mde_eval::seedbench::read_predictions(&out.join("predictions.jsonl"))?;
     assert_eq!(lines.len(), 6);
-    assert!(lines.iter().all(|l| ["A", "B", "C", "D"].contains(&l.prediction.as_str())));
+    assert!(lines
+        .iter()
+        .all(|l| ["A", "B", "C", "D"].contains(&l.prediction.as_str())));
     let scored = score_predictions(Benchmark::SeedBench, &data, &out, &items, &run.predictions)?;
     for i in 0..6 {
         assert_eq!(scored.verdicts[&format!("{}", 100 + i)], i != 2);
     }
     let mined = mine_bad_cases(&items, &run.predictions, &scored.verdicts);
     assert_eq!(mined.bad_cases.len(), 1);
-    assert_eq!(mined.bad_cases[0].question_type.as_deref(), Some("Scene Understanding"));
+    assert_eq!(
+        mined.bad_cases[0].question_type.as_deref(),
+        Some("Scene Understanding")
+    );
     assert_eq!(mined.weights.weights["Scene Understanding"], 0.333);
     assert_eq!(mined.weights.weights["Instance Identity"], 0.0);
     Ok(())

@@ -28,7 +28,10 @@ async fn main() -> Result<()> {
             type_definition: "the overall scene".into(),
             image_id: i as u64,
             captions: vec![format!("QID=q{i} a kitchen with a table.")],
-            boxes: vec![ObjectBox { category: "dining table".into(), bbox: [0.1, 0.5, 0.9, 0.95] }],
+            boxes: vec![ObjectBox {
+                category: "dining table".into(),
+                bbox: [0.1, 0.5, 0.9, 0.95],
+            }],
             ..Default::default()
         })
         .collect();
@@ -39,11 +42,22 @@ async fn main() -> Result<()> {
         timeout_s: 30.0,
         ..Default::default()
     };
-    let rc = RunnerConfig { concurrency: conc, progress: false, ..Default::default() };
+    let rc = RunnerConfig {
+        concurrency: conc,
+        progress: false,
+        ..Default::default()
+    };
     let dir = tempfile::tempdir()?;
     let prompt = GeneratePrompt::v1();
     let runner = Runner::new(build_teacher(&tc)?, rc);
-    let s = runner.run(&queries, |q| prompt.request(q), dir.path().join("replies.jsonl"), None).await?;
+    let s = runner
+        .run(
+            &queries,
+            |q| prompt.request(q),
+            dir.path().join("replies.jsonl"),
+            None,
+        )
+        .await?;
     let ideal = conc as f64 / (latency_ms as f64 / 1000.0);
     let rate = s.completed as f64 / s.elapsed_s;
     println!(

@@ -14,7 +14,9 @@ use async_openai::error::OpenAIError;
 use async_openai::middleware::HttpRequestFactory;
 use async_openai::Client;
 use base64::Engine;
-use mde_core::teacher::{BoxFuture, ChatMessage, Teacher, TeacherError, TeacherReply, TeacherRequest};
+use mde_core::teacher::{
+    BoxFuture, ChatMessage, Teacher, TeacherError, TeacherReply, TeacherRequest,
+};
 use serde_json::{json, Value};
 use std::future::Future;
 use std::path::PathBuf;
@@ -52,12 +54,17 @@ fn parse_http_date(v: &str) -> Option<f64> {
         return None;
     }
     let day: i64 = parts[1].parse().ok()?;
-    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-        .iter()
-        .position(|m| *m == parts[2])? as i64
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| *m == parts[2])? as i64
         + 1;
     let year: i64 = parts[3].parse().ok()?;
-    let hms: Vec<i64> = parts[4].split(':').map(|x| x.parse().ok()).collect::<Option<Vec<_>>>()?;
+    let hms: Vec<i64> = parts[4]
+        .split(':')
+        .map(|x| x.parse().ok())
+        .collect::<Option<Vec<_>>>()?;
     if hms.len() != 3 || !(1..=31).contains(&day) {
         return None;
     }
@@ -73,16 +80,26 @@ fn parse_http_date(v: &str) -> Option<f64> {
 }
 
 fn now_unix() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 fn retry_after_of(headers: &reqwest::header::HeaderMap) -> Option<f64> {
-    if let Some(ms) = headers.get("retry-after-ms").and_then(|v| v.to_str().ok()).and_then(|s| s.trim().parse::<f64>().ok()) {
+    if let Some(ms) = headers
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+    {
         if ms.is_finite() && ms >= 0.0 {
             return Some(ms / 1000.0);
         }
     }
-    headers.get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|s| parse_retry_after(s, now_unix()))
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| parse_retry_after(s, now_unix()))
 }
 
 /// Transport without any retry: one request, non-2xx mapped to [`HttpStatusError`].
@@ -94,7 +111,13 @@ struct StatusTransport {
 impl tower::Service<HttpRequestFactory> for StatusTransport {
     type Response = reqwest::Response;
     type Error = OpenAIError;
-    type Future = Pin<Box<dyn Future<Output = std::result::Result<reqwest::Response, OpenAIError>> + Send + 'static>>;
+    type Future = Pin<
+        Box<
+            dyn Future<Output = std::result::Result<reqwest::Response, OpenAIError>>
+                + Send
+                + 'static,
+        >,
+    >;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<std::result::Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
@@ -104,7 +127,10 @@ impl tower::Service<HttpRequestFactory> for StatusTransport {
         let client = self.client.clone();
         Box::pin(async move {
             let request = factory.build().await?;
-            let response = client.execute(request).await.map_err(OpenAIError::Reqwest)?;
+            let response = client
+                .execute(request)
+                .await
+                .map_err(OpenAIError::Reqwest)?;
             let status = response.status();
             if status.is_success() {
                 return Ok(response);
@@ -113,7 +139,11 @@ impl tower::Service<HttpRequestFactory> for StatusTransport {
             // The body may itself fail (dropped connection); the status is what matters.
             let body = response.text().await.unwrap_or_default();
             let body: String = body.chars().take(500).collect();
-            Err(OpenAIError::Boxed(Box::new(HttpStatusError { status: status.as_u16(), retry_after, body })))
+            Err(OpenAIError::Boxed(Box::new(HttpStatusError {
+                status: status.as_u16(),
+                retry_after,
+                body,
+            })))
         })
     }
 }
@@ -125,7 +155,11 @@ pub fn classify_error(e: &OpenAIError) -> TeacherError {
         OpenAIError::Boxed(b) => {
             if let Some(h) = b.downcast_ref::<HttpStatusError>() {
                 let retryable = h.status == 429 || h.status == 408 || h.status >= 500;
-                let mut err = TeacherError { message: h.to_string(), retryable, retry_after: h.retry_after };
+                let mut err = TeacherError {
+                    message: h.to_string(),
+                    retryable,
+                    retry_after: h.retry_after,
+                };
                 // OpenAI's "insufficient_quota" 429 will not heal by waiting.
                 if h.status == 429 && h.body.contains("insufficient_quota") {
                     err.retryable = false;
@@ -155,7 +189,11 @@ pub fn classify_error(e: &OpenAIError) -> TeacherError {
         }
         OpenAIError::ApiError(api) => {
             let s = api.status_code.as_u16();
-            TeacherError { message: api.to_string(), retryable: s == 429 || s >= 500, retry_after: None }
+            TeacherError {
+                message: api.to_string(),
+                retryable: s == 429 || s >= 500,
+                retry_after: None,
+            }
         }
         other => TeacherError::fatal(other.to_string()),
     }
@@ -175,8 +213,16 @@ pub struct OpenAiTeacher {
 impl OpenAiTeacher {
     /// Builds the client. The API key is read from `cfg.api_key_env` (never logged).
     pub fn new(cfg: &TeacherConfig) -> Result<Self> {
+        crate::config::GenConfig {
+            teacher: cfg.clone(),
+            ..Default::default()
+        }
+        .validate()
+        .map_err(GenError::Client)?;
         let key = match &cfg.api_key_env {
-            Some(var) if !var.is_empty() => std::env::var(var).unwrap_or_default().trim().to_string(),
+            Some(var) if !var.is_empty() => {
+                std::env::var(var).unwrap_or_default().trim().to_string()
+            }
             _ => String::new(),
         };
         // async-openai would panic building the header on a key with control characters.
@@ -194,10 +240,16 @@ impl OpenAiTeacher {
             .build()
             .map_err(|e| GenError::Client(format!("cannot build HTTP client: {e}")))?;
         let base = cfg.base_url.trim_end_matches('/').to_string();
-        let transport = StatusTransport { client: http.clone() };
+        let transport = StatusTransport {
+            client: http.clone(),
+        };
         let client = match cfg.kind {
             TeacherKind::Openai => {
-                let c = OpenAIConfig::new().with_api_base(base).with_api_key(key).with_org_id("").with_project_id("");
+                let c = OpenAIConfig::new()
+                    .with_api_base(base)
+                    .with_api_key(key)
+                    .with_org_id("")
+                    .with_project_id("");
                 AnyClient::OpenAi(Client::build(http, c).with_http_service(transport))
             }
             TeacherKind::Azure => {
@@ -205,11 +257,18 @@ impl OpenAiTeacher {
                     .with_api_base(base)
                     .with_api_key(key)
                     .with_deployment_id(cfg.azure_deployment.clone().unwrap_or_default())
-                    .with_api_version(cfg.azure_api_version.clone().unwrap_or_else(|| "2024-10-21".into()));
+                    .with_api_version(
+                        cfg.azure_api_version
+                            .clone()
+                            .unwrap_or_else(|| "2024-10-21".into()),
+                    );
                 AnyClient::Azure(Client::build(http, c).with_http_service(transport))
             }
         };
-        Ok(Self { client, cfg: cfg.clone() })
+        Ok(Self {
+            client,
+            cfg: cfg.clone(),
+        })
     }
 
     /// The JSON body sent for `req` (exposed for inspection and tests).
@@ -254,14 +313,23 @@ impl OpenAiTeacher {
                 path = root.join(path);
             }
         }
-        let bytes = std::fs::read(&path).map_err(|e| TeacherError::fatal(format!("{}: {e}", path.display())))?;
-        let mime = match path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref() {
+        let bytes = std::fs::read(&path)
+            .map_err(|e| TeacherError::fatal(format!("{}: {e}", path.display())))?;
+        let mime = match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(|e| e.to_ascii_lowercase())
+            .as_deref()
+        {
             Some("png") => "image/png",
             Some("webp") => "image/webp",
             Some("gif") => "image/gif",
             _ => "image/jpeg",
         };
-        Ok(format!("data:{mime};base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes)))
+        Ok(format!(
+            "data:{mime};base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        ))
     }
 
     async fn call(&self, req: &TeacherRequest) -> std::result::Result<TeacherReply, TeacherError> {
@@ -277,30 +345,51 @@ impl OpenAiTeacher {
 
 /// Extracts text and usage from a chat-completion JSON body. A body without a text message is a
 /// malformed (retryable) reply; an explicit `error` object is classified like an HTTP error.
-pub fn parse_completion(v: &Value, default_model: &str) -> std::result::Result<TeacherReply, TeacherError> {
+pub fn parse_completion(
+    v: &Value,
+    default_model: &str,
+) -> std::result::Result<TeacherReply, TeacherError> {
     if let Some(err) = v.get("error") {
-        return Err(TeacherError::retryable(format!("error object in 200 response: {err}")));
+        return Err(TeacherError::retryable(format!(
+            "error object in 200 response: {err}"
+        )));
     }
-    let msg = v.get("choices").and_then(|c| c.get(0)).and_then(|c| c.get("message"));
+    let msg = v
+        .get("choices")
+        .and_then(|c| c.get(0))
+        .and_then(|c| c.get("message"));
     let content = msg.and_then(|m| m.get("content"));
     let text = match content {
         Some(Value::String(s)) => s.clone(),
         // Content parts (some servers): concatenate the text parts.
-        Some(Value::Array(parts)) => {
-            parts.iter().filter_map(|p| p.get("text").and_then(|t| t.as_str())).collect::<Vec<_>>().join("")
-        }
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(|t| t.as_str()))
+            .collect::<Vec<_>>()
+            .join(""),
         _ => {
             let snippet: String = v.to_string().chars().take(200).collect();
-            return Err(TeacherError::retryable(format!("response has no choices[0].message.content: {snippet}")));
+            return Err(TeacherError::retryable(format!(
+                "response has no choices[0].message.content: {snippet}"
+            )));
         }
     };
     let usage = v.get("usage");
-    let tok = |k: &str| usage.and_then(|u| u.get(k)).and_then(|x| x.as_u64()).unwrap_or(0);
+    let tok = |k: &str| {
+        usage
+            .and_then(|u| u.get(k))
+            .and_then(|x| x.as_u64())
+            .unwrap_or(0)
+    };
     Ok(TeacherReply {
         text,
         prompt_tokens: tok("prompt_tokens"),
         completion_tokens: tok("completion_tokens"),
-        model: v.get("model").and_then(|m| m.as_str()).unwrap_or(default_model).to_string(),
+        model: v
+            .get("model")
+            .and_then(|m| m.as_str())
+            .unwrap_or(default_model)
+            .to_string(),
     })
 }
 
@@ -308,7 +397,10 @@ impl Teacher for OpenAiTeacher {
     fn name(&self) -> String {
         self.cfg.model.clone()
     }
-    fn complete<'a>(&'a self, req: &'a TeacherRequest) -> BoxFuture<'a, std::result::Result<TeacherReply, TeacherError>> {
+    fn complete<'a>(
+        &'a self,
+        req: &'a TeacherRequest,
+    ) -> BoxFuture<'a, std::result::Result<TeacherReply, TeacherError>> {
         Box::pin(self.call(req))
     }
 }
@@ -329,18 +421,33 @@ mod tests {
         assert_eq!(parse_retry_after("-1", 0.0), None);
         assert_eq!(parse_retry_after("soon", 0.0), None);
         // 1445412480 = Wed, 21 Oct 2015 07:28:00 GMT
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 1445412470.0), Some(10.0));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 1445412490.0), Some(0.0));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 1445412470.0),
+            Some(10.0)
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 1445412490.0),
+            Some(0.0)
+        );
     }
 
     #[test]
     fn completion_parsing() {
         let v = json!({"model":"m","choices":[{"message":{"role":"assistant","content":"hi"}}],"usage":{"prompt_tokens":3,"completion_tokens":1}});
         let r = parse_completion(&v, "x").unwrap();
-        assert_eq!((r.text.as_str(), r.prompt_tokens, r.completion_tokens, r.model.as_str()), ("hi", 3, 1, "m"));
+        assert_eq!(
+            (
+                r.text.as_str(),
+                r.prompt_tokens,
+                r.completion_tokens,
+                r.model.as_str()
+            ),
+            ("hi", 3, 1, "m")
+        );
         let e = parse_completion(&json!({"choices":[]}), "x").unwrap_err();
         assert!(e.retryable);
-        let r = parse_completion(&json!({"choices":[{"message":{"content":"a"}}]}), "dflt").unwrap();
+        let r =
+            parse_completion(&json!({"choices":[{"message":{"content":"a"}}]}), "dflt").unwrap();
         assert_eq!((r.prompt_tokens, r.model.as_str()), (0, "dflt"));
     }
 }

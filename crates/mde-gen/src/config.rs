@@ -163,16 +163,24 @@ impl GenConfig {
     /// the config file's directory.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| GenError::Config { path: path.into(), msg: e.to_string() })?;
-        let mut cfg: GenConfig =
-            toml::from_str(&text).map_err(|e| GenError::Config { path: path.into(), msg: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|e| GenError::Config {
+            path: path.into(),
+            msg: e.to_string(),
+        })?;
+        let mut cfg: GenConfig = toml::from_str(&text).map_err(|e| GenError::Config {
+            path: path.into(),
+            msg: e.to_string(),
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         if let Some(t) = &cfg.prompt.generate_template {
             if t.is_relative() && !t.exists() {
                 cfg.prompt.generate_template = Some(base.join(t));
             }
         }
-        cfg.validate().map_err(|msg| GenError::Config { path: path.into(), msg })?;
+        cfg.validate().map_err(|msg| GenError::Config {
+            path: path.into(),
+            msg,
+        })?;
         Ok(cfg)
     }
 
@@ -185,17 +193,34 @@ impl GenConfig {
         if r.max_attempts == 0 {
             return Err("runner.max_attempts must be >= 1".into());
         }
-        if !(self.teacher.timeout_s > 0.0) || !(r.request_timeout_s > 0.0) {
-            return Err("teacher.timeout_s and runner.request_timeout_s must be > 0".into());
+        // Durations are built with `Duration::from_secs_f64`, which rejects NaN/inf/negative.
+        let positive = [
+            ("teacher.timeout_s", self.teacher.timeout_s),
+            ("teacher.connect_timeout_s", self.teacher.connect_timeout_s),
+            ("runner.request_timeout_s", r.request_timeout_s),
+        ];
+        for (k, v) in positive {
+            if !(v.is_finite() && v > 0.0 && v <= 1e6) {
+                return Err(format!("{k} must be in (0, 1e6] seconds, got {v}"));
+            }
         }
-        if r.backoff_base_s < 0.0 || r.backoff_max_s < 0.0 || r.retry_after_max_s < 0.0 {
-            return Err("runner backoff settings must be >= 0".into());
+        let non_negative = [
+            ("runner.backoff_base_s", r.backoff_base_s),
+            ("runner.backoff_max_s", r.backoff_max_s),
+            ("runner.retry_after_max_s", r.retry_after_max_s),
+        ];
+        for (k, v) in non_negative {
+            if !(v.is_finite() && (0.0..=1e6).contains(&v)) {
+                return Err(format!("{k} must be in [0, 1e6] seconds, got {v}"));
+            }
         }
         if self.teacher.model.is_empty() {
             return Err("teacher.model must not be empty".into());
         }
         if self.teacher.kind == TeacherKind::Azure && self.teacher.azure_deployment.is_none() {
-            return Err("teacher.azure_deployment is required when teacher.kind = \"azure\"".into());
+            return Err(
+                "teacher.azure_deployment is required when teacher.kind = \"azure\"".into(),
+            );
         }
         Ok(())
     }

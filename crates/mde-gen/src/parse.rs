@@ -12,8 +12,14 @@ pub const DROP_WORDS: &[&str] = &["coordinates", "coordinate", "bounding box", "
 
 /// Explanation headers in priority order. "Explanation:" also matches "Explanations:" (the
 /// released prefix match).
-pub const EXPLANATION_HEADERS: &[&str] =
-    &["Explanation:", "Reason:", "Reasoning:", "Lecture:", "Explanatory note:", "Explaination:"];
+pub const EXPLANATION_HEADERS: &[&str] = &[
+    "Explanation:",
+    "Reason:",
+    "Reasoning:",
+    "Lecture:",
+    "Explanatory note:",
+    "Explaination:",
+];
 
 /// Why a reply was not turned into a record.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -126,9 +132,15 @@ pub fn answer_letter(section: &str) -> Option<usize> {
 
 /// Section finding, choice splitting and answer letter, without the content filters.
 pub fn parse_sections(text: &str) -> Result<RawParsed, DropReason> {
-    let q = text.find("Question:").ok_or(DropReason::MissingSection("Question"))?;
-    let c = text.find("Choices:").ok_or(DropReason::MissingSection("Choices"))?;
-    let a = text.find("Answer:").ok_or(DropReason::MissingSection("Answer"))?;
+    let q = text
+        .find("Question:")
+        .ok_or(DropReason::MissingSection("Question"))?;
+    let c = text
+        .find("Choices:")
+        .ok_or(DropReason::MissingSection("Choices"))?;
+    let a = text
+        .find("Answer:")
+        .ok_or(DropReason::MissingSection("Answer"))?;
     if !(q < c && c < a) {
         return Err(DropReason::SectionOrder);
     }
@@ -145,7 +157,12 @@ pub fn parse_sections(text: &str) -> Result<RawParsed, DropReason> {
         Some(h) => text[h..].trim().to_string(),
         None => text.trim().lines().last().unwrap_or("").trim().to_string(),
     };
-    Ok(RawParsed { question, choices, answer_idx, rationale })
+    Ok(RawParsed {
+        question,
+        choices,
+        answer_idx,
+        rationale,
+    })
 }
 
 fn re_located_at() -> &'static Regex {
@@ -182,7 +199,10 @@ pub fn strip_boxes(s: &str) -> String {
 /// The content filters applied after parsing (located-at drop, box stripping, description drop).
 pub fn apply_filters(p: RawParsed) -> Result<CleanParsed, DropReason> {
     let la = re_located_at();
-    if la.is_match(&p.question) || p.choices.iter().any(|c| la.is_match(c)) || la.is_match(&p.rationale) {
+    if la.is_match(&p.question)
+        || p.choices.iter().any(|c| la.is_match(c))
+        || la.is_match(&p.rationale)
+    {
         return Err(DropReason::LocatedAt);
     }
     let question = strip_boxes(&p.question);
@@ -191,7 +211,12 @@ pub fn apply_filters(p: RawParsed) -> Result<CleanParsed, DropReason> {
     if rationale.contains("description") {
         return Err(DropReason::Description);
     }
-    Ok(RawParsed { question, choices, answer_idx: p.answer_idx, rationale })
+    Ok(RawParsed {
+        question,
+        choices,
+        answer_idx: p.answer_idx,
+        rationale,
+    })
 }
 
 /// All released rules in order: drop words, sections, filters.
@@ -205,7 +230,10 @@ pub fn parse_reply(text: &str) -> Result<CleanParsed, DropReason> {
 /// The rationale without its header (for formats that carry plain text).
 pub fn rationale_body(rationale: &str) -> &str {
     let r = rationale.trim_start();
-    for h in EXPLANATION_HEADERS.iter().chain(std::iter::once(&"Explanations:")) {
+    for h in EXPLANATION_HEADERS
+        .iter()
+        .chain(std::iter::once(&"Explanations:"))
+    {
         if let Some(rest) = r.strip_prefix(h) {
             return rest.trim();
         }
@@ -225,19 +253,46 @@ mod tests {
         assert_eq!(p.question, "What is the man holding?");
         assert_eq!(p.choices, vec!["A kite", "An umbrella", "A dog", "A phone"]);
         assert_eq!(p.answer_idx, 1);
-        assert_eq!(p.rationale, "Explanations: The man holds an open umbrella above his head.");
-        assert_eq!(rationale_body(&p.rationale), "The man holds an open umbrella above his head.");
+        assert_eq!(
+            p.rationale,
+            "Explanations: The man holds an open umbrella above his head."
+        );
+        assert_eq!(
+            rationale_body(&p.rationale),
+            "The man holds an open umbrella above his head."
+        );
     }
 
     #[test]
     fn drops() {
-        assert_eq!(parse_reply("Skip. No person here."), Err(DropReason::DropWord("Skip")));
-        assert_eq!(parse_reply(&GOOD.replace("open", "bounding box")), Err(DropReason::DropWord("bounding box")));
-        assert_eq!(parse_reply(&GOOD.replace("Choices:", "Options:")), Err(DropReason::MissingSection("Choices")));
-        assert_eq!(parse_reply(&GOOD.replace("(B): An", "B: An")), Err(DropReason::AnswerLetter));
-        assert_eq!(parse_reply(&GOOD.replace("(B): An", "(F): An")), Err(DropReason::AnswerLetter));
-        assert_eq!(parse_reply(&GOOD.replace("the man [", "the man located at [")), Err(DropReason::LocatedAt));
-        assert_eq!(parse_reply(&GOOD.replace("holds", "per the description holds")), Err(DropReason::Description));
+        assert_eq!(
+            parse_reply("Skip. No person here."),
+            Err(DropReason::DropWord("Skip"))
+        );
+        assert_eq!(
+            parse_reply(&GOOD.replace("open", "bounding box")),
+            Err(DropReason::DropWord("bounding box"))
+        );
+        assert_eq!(
+            parse_reply(&GOOD.replace("Choices:", "Options:")),
+            Err(DropReason::MissingSection("Choices"))
+        );
+        assert_eq!(
+            parse_reply(&GOOD.replace("(B): An", "B: An")),
+            Err(DropReason::AnswerLetter)
+        );
+        assert_eq!(
+            parse_reply(&GOOD.replace("(B): An", "(F): An")),
+            Err(DropReason::AnswerLetter)
+        );
+        assert_eq!(
+            parse_reply(&GOOD.replace("the man [", "the man located at [")),
+            Err(DropReason::LocatedAt)
+        );
+        assert_eq!(
+            parse_reply(&GOOD.replace("holds", "per the description holds")),
+            Err(DropReason::Description)
+        );
     }
 
     #[test]
@@ -255,9 +310,18 @@ mod tests {
 
     #[test]
     fn tidy() {
-        assert_eq!(strip_boxes("the cat [0.1, 0.2, 0.3, 0.4], which sits"), "the cat, which sits");
-        assert_eq!(strip_boxes("near the sofa [0.1, 0.2, 0.3, 0.4]."), "near the sofa.");
-        assert_eq!(strip_boxes("the dog ([0.1, 0.2, 0.3, 0.4]) runs"), "the dog runs");
+        assert_eq!(
+            strip_boxes("the cat [0.1, 0.2, 0.3, 0.4], which sits"),
+            "the cat, which sits"
+        );
+        assert_eq!(
+            strip_boxes("near the sofa [0.1, 0.2, 0.3, 0.4]."),
+            "near the sofa."
+        );
+        assert_eq!(
+            strip_boxes("the dog ([0.1, 0.2, 0.3, 0.4]) runs"),
+            "the dog runs"
+        );
         assert_eq!(strip_boxes("a [x] , b"), "a, b");
     }
 }

@@ -1,6 +1,8 @@
 //! The post-processing pipeline: replies + queries -> validated, filtered Q&A items, with a
 //! drop-reason histogram and validation statistics; exports to GPTVQA v1/v2 and LLaVA JSON.
-use crate::parse::{apply_filters, drop_word, parse_sections, rationale_body, CleanParsed, DropReason};
+use crate::parse::{
+    apply_filters, drop_word, parse_sections, rationale_body, CleanParsed, DropReason,
+};
 use crate::validate::{Flag, FlagHit, ValidationConfig, ValidationStats, Validator};
 use mde_core::records::{GenQuery, GptVqaV1, GptVqaV2, TeacherReplyRecord, CHOICE_LETTERS};
 use serde::{Deserialize, Serialize};
@@ -101,7 +103,10 @@ pub fn postprocess(
     cfg: &PostprocessConfig,
 ) -> Result<PostprocessOutput, String> {
     let by_id: HashMap<&str, &GenQuery> = queries.iter().map(|q| (q.id.as_str(), q)).collect();
-    let mut cats: Vec<String> = queries.iter().flat_map(|q| q.boxes.iter().map(|b| b.category.clone())).collect();
+    let mut cats: Vec<String> = queries
+        .iter()
+        .flat_map(|q| q.boxes.iter().map(|b| b.category.clone()))
+        .collect();
     cats.sort();
     cats.dedup();
     let validator = Validator::new(&cfg.validator, &cats)?;
@@ -161,7 +166,11 @@ pub fn postprocess(
 fn drop_item(out: &mut PostprocessOutput, id: &str, reason: DropReason, flags: Vec<FlagHit>) {
     out.stats.dropped += 1;
     *out.stats.drop_reasons.entry(reason.key()).or_default() += 1;
-    out.dropped.push(DroppedReply { query_id: id.to_string(), reason: reason.key(), flags });
+    out.dropped.push(DroppedReply {
+        query_id: id.to_string(),
+        reason: reason.key(),
+        flags,
+    });
 }
 
 /// GPTVQA v1 record (the released layout).
@@ -177,49 +186,54 @@ pub fn to_v1(item: &GenItem) -> GptVqaV1 {
     }
 }
 
-/// SEED-Bench image dimensions, 1-based (REFERENCE §2, taxonomy v2).
-pub const SEED_DIMENSIONS: [&str; 9] = [
-    "Scene Understanding",
-    "Instance Identity",
-    "Instance Attributes",
-    "Instance Location",
-    "Instances Counting",
-    "Spatial Relation",
-    "Instance Interaction",
-    "Visual Reasoning",
-    "Text Understanding",
-];
-
-/// SEED dimension number of a question type: its name (any case, `_` for spaces) or a leading
-/// number 1-9; 0 when the type is not a v2 type.
+/// SEED dimension number of a question type (taxonomy v2, `mde_core::taxonomy`): its id, name
+/// (any case, `_` for spaces), number, or a name with a leading number ("9 Text Understanding");
+/// 0 when the type is not a v2 type.
 pub fn seed_qtype(question_type: &str) -> u32 {
-    let norm = |s: &str| s.to_lowercase().replace(['_', '-'], " ").split_whitespace().collect::<Vec<_>>().join(" ");
-    let t = norm(question_type);
-    if let Some(i) = SEED_DIMENSIONS.iter().position(|d| norm(d) == t) {
-        return i as u32 + 1;
+    let tax = seed_taxonomy();
+    if let Some(t) = tax.lookup(question_type) {
+        return tax.number_of(&t.id).unwrap_or(0) as u32;
     }
-    let lead: String = t.chars().take_while(|c| c.is_ascii_digit()).collect();
-    match lead.parse::<u32>() {
-        Ok(n) if (1..=9).contains(&n) => n,
+    let lead: String = question_type
+        .trim()
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    match lead.parse::<usize>() {
+        Ok(n) if tax.by_number(n).is_some() => n as u32,
         _ => 0,
     }
 }
 
+fn seed_taxonomy() -> &'static mde_core::taxonomy::Taxonomy {
+    static T: std::sync::OnceLock<mde_core::taxonomy::Taxonomy> = std::sync::OnceLock::new();
+    T.get_or_init(mde_core::taxonomy::Taxonomy::seed_bench)
+}
+
 /// The image reference of an item: its path, else the COCO file name of its id.
 pub fn image_name(item: &GenItem) -> String {
-    item.image_path.clone().unwrap_or_else(|| format!("{:012}.jpg", item.image_id))
+    item.image_path
+        .clone()
+        .unwrap_or_else(|| format!("{:012}.jpg", item.image_id))
 }
 
 /// v2 record: `answer` is the rationale text, `short_answer` the correct choice, `choice_answer`
 /// its letter, `qtype` the SEED dimension (0 for v1 types).
 pub fn to_v2(item: &GenItem) -> GptVqaV2 {
-    let short = item.choices.get(item.answer_idx).cloned().unwrap_or_default();
+    let short = item
+        .choices
+        .get(item.answer_idx)
+        .cloned()
+        .unwrap_or_default();
     GptVqaV2 {
         instruction: item.question.clone(),
         answer: rationale_body(&item.rationale).to_string(),
         short_answer: short,
         options: item.choices.clone(),
-        choice_answer: CHOICE_LETTERS.get(item.answer_idx).map(|c| c.to_string()).unwrap_or_default(),
+        choice_answer: CHOICE_LETTERS
+            .get(item.answer_idx)
+            .map(|c| c.to_string())
+            .unwrap_or_default(),
         image: image_name(item),
         qtype: seed_qtype(&item.question_type),
     }
@@ -230,10 +244,17 @@ pub fn to_v2(item: &GenItem) -> GptVqaV2 {
 pub fn to_llava(item: &GenItem) -> serde_json::Value {
     let mut human = format!("<image>\n{}", item.question);
     for (i, c) in item.choices.iter().enumerate() {
-        human.push_str(&format!("\n{}. {}", CHOICE_LETTERS.get(i).copied().unwrap_or('?'), c));
+        human.push_str(&format!(
+            "\n{}. {}",
+            CHOICE_LETTERS.get(i).copied().unwrap_or('?'),
+            c
+        ));
     }
     human.push_str("\nAnswer with the option's letter from the given choices directly.");
-    let answer = CHOICE_LETTERS.get(item.answer_idx).map(|c| c.to_string()).unwrap_or_default();
+    let answer = CHOICE_LETTERS
+        .get(item.answer_idx)
+        .map(|c| c.to_string())
+        .unwrap_or_default();
     serde_json::json!({
         "id": item.query_id,
         "image": image_name(item),
@@ -255,36 +276,60 @@ mod tests {
             question_type: "Instance Location".into(),
             image_id: 7,
             captions: vec!["A cat on a sofa.".into()],
-            boxes: vec![ObjectBox { category: "cat".into(), bbox: [0.1, 0.1, 0.5, 0.5] }],
+            boxes: vec![ObjectBox {
+                category: "cat".into(),
+                bbox: [0.1, 0.1, 0.5, 0.5],
+            }],
             ..Default::default()
         }
     }
 
     fn reply(id: &str, text: &str) -> TeacherReplyRecord {
-        TeacherReplyRecord { query_id: id.into(), text: text.into(), ..Default::default() }
+        TeacherReplyRecord {
+            query_id: id.into(),
+            text: text.into(),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn pipeline_counts_and_exports() {
         let good = "Question: Where is the cat [0.100, 0.100, 0.500, 0.500]?\nChoices: (A) On the sofa (B) Under the bed (C) In a box (D) On a car\nAnswer: The answer is (A): On the sofa.\nExplanation: The cat lies on the sofa.";
         let bad_box = good.replace("0.500, 0.500]", "0.900, 0.900]");
-        let replies = vec![reply("a", good), reply("b", "Skip, nothing"), reply("c", &bad_box), reply("zz", good)];
+        let replies = vec![
+            reply("a", good),
+            reply("b", "Skip, nothing"),
+            reply("c", &bad_box),
+            reply("zz", good),
+        ];
         let queries = vec![q("a"), q("b"), q("c")];
         let out = postprocess(&replies, &queries, &PostprocessConfig::default()).unwrap();
-        assert_eq!((out.stats.replies, out.stats.kept, out.stats.dropped), (4, 2, 2));
+        assert_eq!(
+            (out.stats.replies, out.stats.kept, out.stats.dropped),
+            (4, 2, 2)
+        );
         assert_eq!(out.stats.drop_reasons["drop_word:Skip"], 1);
         assert_eq!(out.stats.drop_reasons["unknown_query"], 1);
         assert_eq!(out.stats.validation.flags["unmatched_box"], 1);
         assert_eq!(out.stats.kept_flagged, 1);
-        let cfg = PostprocessConfig { validation: ValidationMode::Drop, ..Default::default() };
+        let cfg = PostprocessConfig {
+            validation: ValidationMode::Drop,
+            ..Default::default()
+        };
         let out2 = postprocess(&replies, &queries, &cfg).unwrap();
         assert_eq!(out2.stats.kept, 1);
         assert_eq!(out2.stats.drop_reasons["validation:unmatched_box"], 1);
         let it = &out.items[0];
         let v1 = to_v1(it);
-        assert_eq!((v1.correct_choice_idx, v1.question.as_str()), (0, "Where is the cat?"));
+        assert_eq!(
+            (v1.correct_choice_idx, v1.question.as_str()),
+            (0, "Where is the cat?")
+        );
         let v2 = to_v2(it);
-        assert_eq!((v2.choice_answer.as_str(), v2.qtype, v2.image.as_str()), ("A", 4, "000000000007.jpg"));
+        assert_eq!(
+            (v2.choice_answer.as_str(), v2.qtype, v2.image.as_str()),
+            ("A", 4, "000000000007.jpg")
+        );
         assert_eq!(v2.answer, "The cat lies on the sofa.");
         let l = to_llava(it);
         assert_eq!(l["conversations"][1]["value"], "A");

@@ -17,7 +17,13 @@ pub const GENERATE_V1: &str = include_str!("../../../configs/prompts/generate_v1
 /// The project's classification prompt, version 1 (`configs/prompts/classify_v1.txt`).
 pub const CLASSIFY_V1: &str = include_str!("../../../configs/prompts/classify_v1.txt");
 
-const GENERATE_SLOTS: &[&str] = &["captions", "boxes", "question_type", "type_definition", "examples"];
+const GENERATE_SLOTS: &[&str] = &[
+    "captions",
+    "boxes",
+    "question_type",
+    "type_definition",
+    "examples",
+];
 const CLASSIFY_SLOTS: &[&str] = &["types", "questions", "n", "example_type"];
 
 /// A parsed template: literal text and placeholders.
@@ -76,7 +82,10 @@ impl Template {
         if !lit.is_empty() {
             parts.push(Part::Lit(lit));
         }
-        Ok(Self { source: text.to_string(), parts })
+        Ok(Self {
+            source: text.to_string(),
+            parts,
+        })
     }
 
     /// Fills the slots; a slot without a value is an error.
@@ -86,7 +95,9 @@ impl Template {
             match p {
                 Part::Lit(s) => out.push_str(s),
                 Part::Slot(name) => out.push_str(
-                    values.get(name.as_str()).ok_or_else(|| GenError::Template(format!("no value for {{{name}}}")))?,
+                    values
+                        .get(name.as_str())
+                        .ok_or_else(|| GenError::Template(format!("no value for {{{name}}}")))?,
                 ),
             }
         }
@@ -101,14 +112,25 @@ impl Template {
 
 /// Formats a normalised box as `category: [x1, y1, x2, y2]` with 3 decimals.
 pub fn format_box(b: &ObjectBox) -> String {
-    format!("{}: [{:.3}, {:.3}, {:.3}, {:.3}]", b.category, b.bbox[0], b.bbox[1], b.bbox[2], b.bbox[3])
+    format!(
+        "{}: [{:.3}, {:.3}, {:.3}, {:.3}]",
+        b.category, b.bbox[0], b.bbox[1], b.bbox[2], b.bbox[3]
+    )
 }
 
 /// One in-context example in REFERENCE §3's text format.
 pub fn format_example(e: &InContextExample) -> String {
-    let choices: Vec<String> =
-        e.choices.iter().enumerate().map(|(i, c)| format!("({}) {}", letter(i), c)).collect();
-    let answer = e.choices.get(e.answer_idx).map(String::as_str).unwrap_or("");
+    let choices: Vec<String> = e
+        .choices
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("({}) {}", letter(i), c))
+        .collect();
+    let answer = e
+        .choices
+        .get(e.answer_idx)
+        .map(String::as_str)
+        .unwrap_or("");
     format!(
         "Question: {}\nChoices: {}\nAnswer: The answer is ({}): {}.\nQuestion type: {}",
         e.question,
@@ -133,12 +155,19 @@ pub struct GeneratePrompt {
 impl GeneratePrompt {
     /// The embedded v1 template.
     pub fn v1() -> Self {
-        Self { template: Template::parse(GENERATE_V1, GENERATE_SLOTS).expect("embedded template is valid"), as_system: false }
+        Self {
+            template: Template::parse(GENERATE_V1, GENERATE_SLOTS)
+                .expect("embedded template is valid"),
+            as_system: false,
+        }
     }
 
     /// A template from text (e.g. a version produced by IPO).
     pub fn from_text(text: &str) -> Result<Self> {
-        Ok(Self { template: Template::parse(text, GENERATE_SLOTS)?, as_system: false })
+        Ok(Self {
+            template: Template::parse(text, GENERATE_SLOTS)?,
+            as_system: false,
+        })
     }
 
     /// A template file; errors name the file.
@@ -162,11 +191,32 @@ impl GeneratePrompt {
     /// The prompt text for one query.
     pub fn render_text(&self, q: &GenQuery) -> Result<String> {
         let mut v = BTreeMap::new();
-        v.insert("captions", q.captions.iter().map(|c| c.trim()).collect::<Vec<_>>().join("\n"));
-        v.insert("boxes", q.boxes.iter().map(format_box).collect::<Vec<_>>().join("\n"));
+        v.insert(
+            "captions",
+            q.captions
+                .iter()
+                .map(|c| c.trim())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        );
+        v.insert(
+            "boxes",
+            q.boxes
+                .iter()
+                .map(format_box)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        );
         v.insert("question_type", q.question_type.clone());
         v.insert("type_definition", q.type_definition.clone());
-        v.insert("examples", q.examples.iter().map(format_example).collect::<Vec<_>>().join("\n\n"));
+        v.insert(
+            "examples",
+            q.examples
+                .iter()
+                .map(format_example)
+                .collect::<Vec<_>>()
+                .join("\n\n"),
+        );
         self.template.render(&v)
     }
 
@@ -174,11 +224,19 @@ impl GeneratePrompt {
     /// teachers can answer from ground truth). `image` is attached for vision teachers.
     pub fn request(&self, q: &GenQuery) -> Result<TeacherRequest> {
         let text = self.render_text(q)?;
-        let mut msg = if self.as_system { ChatMessage::system(text) } else { ChatMessage::user(text) };
+        let mut msg = if self.as_system {
+            ChatMessage::system(text)
+        } else {
+            ChatMessage::user(text)
+        };
         if let Some(p) = &q.image_path {
             msg.images.push(p.clone());
         }
-        Ok(TeacherRequest { messages: vec![msg], task: TeacherTask::Generate { query: q.clone() }, ..Default::default() })
+        Ok(TeacherRequest {
+            messages: vec![msg],
+            task: TeacherTask::Generate { query: q.clone() },
+            ..Default::default()
+        })
     }
 }
 
@@ -190,11 +248,16 @@ pub struct ClassifyPrompt {
 
 impl ClassifyPrompt {
     pub fn v1() -> Self {
-        Self { template: Template::parse(CLASSIFY_V1, CLASSIFY_SLOTS).expect("embedded template is valid") }
+        Self {
+            template: Template::parse(CLASSIFY_V1, CLASSIFY_SLOTS)
+                .expect("embedded template is valid"),
+        }
     }
 
     pub fn from_text(text: &str) -> Result<Self> {
-        Ok(Self { template: Template::parse(text, CLASSIFY_SLOTS)? })
+        Ok(Self {
+            template: Template::parse(text, CLASSIFY_SLOTS)?,
+        })
     }
 
     /// `types` are (name, definition) pairs, numbered from 1 in the prompt.
@@ -202,7 +265,12 @@ impl ClassifyPrompt {
         let mut v = BTreeMap::new();
         v.insert(
             "types",
-            types.iter().enumerate().map(|(i, (n, d))| format!("({}) {}: {}", i + 1, n, d)).collect::<Vec<_>>().join("\n"),
+            types
+                .iter()
+                .enumerate()
+                .map(|(i, (n, d))| format!("({}) {}: {}", i + 1, n, d))
+                .collect::<Vec<_>>()
+                .join("\n"),
         );
         v.insert(
             "questions",
@@ -214,11 +282,18 @@ impl ClassifyPrompt {
                 .join("\n"),
         );
         v.insert("n", questions.len().to_string());
-        v.insert("example_type", types.first().map(|t| t.0.clone()).unwrap_or_default());
+        v.insert(
+            "example_type",
+            types.first().map(|t| t.0.clone()).unwrap_or_default(),
+        );
         self.template.render(&v)
     }
 
-    pub fn request(&self, questions: &[String], types: &[(String, String)]) -> Result<TeacherRequest> {
+    pub fn request(
+        &self,
+        questions: &[String],
+        types: &[(String, String)],
+    ) -> Result<TeacherRequest> {
         Ok(TeacherRequest {
             messages: vec![ChatMessage::user(self.render_text(questions, types)?)],
             task: TeacherTask::Classify {
@@ -234,23 +309,42 @@ impl ClassifyPrompt {
 /// lines must equal `n_questions` and they must be numbered 1..=n in order (REFERENCE §2: the
 /// batch is otherwise rejected and retried). The type number wins; when it is missing or out of
 /// range the name is looked up (case-insensitive).
-pub fn parse_classification(reply: &str, n_questions: usize, types: &[String]) -> std::result::Result<Vec<usize>, String> {
-    let re = regex::Regex::new(r"^\s*(\d+)\s*[.)]\s*(?:\((\d+)\))?\s*(.*?)\s*$").expect("valid regex");
+pub fn parse_classification(
+    reply: &str,
+    n_questions: usize,
+    types: &[String],
+) -> std::result::Result<Vec<usize>, String> {
+    let re =
+        regex::Regex::new(r"^\s*(\d+)\s*[.)]\s*(?:\((\d+)\))?\s*(.*?)\s*$").expect("valid regex");
     let mut out = Vec::new();
     for line in reply.lines() {
         let Some(c) = re.captures(line) else { continue };
-        let num: usize = c[1].parse().map_err(|_| format!("bad line number in {line:?}"))?;
-        let by_num = c.get(2).and_then(|m| m.as_str().parse::<usize>().ok()).filter(|k| (1..=types.len()).contains(k)).map(|k| k - 1);
+        let num: usize = c[1]
+            .parse()
+            .map_err(|_| format!("bad line number in {line:?}"))?;
+        let by_num = c
+            .get(2)
+            .and_then(|m| m.as_str().parse::<usize>().ok())
+            .filter(|k| (1..=types.len()).contains(k))
+            .map(|k| k - 1);
         let name = c[3].trim().trim_end_matches('.');
         let by_name = types.iter().position(|t| t.eq_ignore_ascii_case(name));
-        let idx = by_num.or(by_name).ok_or_else(|| format!("line {num}: no known type in {line:?}"))?;
+        let idx = by_num
+            .or(by_name)
+            .ok_or_else(|| format!("line {num}: no known type in {line:?}"))?;
         if num != out.len() + 1 {
-            return Err(format!("expected line {} but found line {num}", out.len() + 1));
+            return Err(format!(
+                "expected line {} but found line {num}",
+                out.len() + 1
+            ));
         }
         out.push(idx);
     }
     if out.len() != n_questions {
-        return Err(format!("{} answer lines for {n_questions} questions", out.len()));
+        return Err(format!(
+            "{} answer lines for {n_questions} questions",
+            out.len()
+        ));
     }
     Ok(out)
 }
@@ -277,7 +371,10 @@ mod tests {
             question_type: "image_scene".into(),
             type_definition: "the scene".into(),
             captions: vec!["A cat.".into(), "A sofa.".into()],
-            boxes: vec![ObjectBox { category: "cat".into(), bbox: [0.1, 0.25, 0.5, 0.3333333] }],
+            boxes: vec![ObjectBox {
+                category: "cat".into(),
+                bbox: [0.1, 0.25, 0.5, 0.3333333],
+            }],
             examples: vec![InContextExample {
                 question: "Where?".into(),
                 choices: vec!["a".into(), "b".into(), "c".into(), "d".into()],
@@ -298,11 +395,22 @@ mod tests {
     #[test]
     fn classification_parsing() {
         let types = vec!["a_type".to_string(), "b_type".to_string()];
-        assert_eq!(parse_classification("1. (2) b_type\n2. (1) a_type\n", 2, &types).unwrap(), vec![1, 0]);
-        assert_eq!(parse_classification("Sure:\n1. b_type\n2) (9) a_type", 2, &types).unwrap(), vec![1, 0]);
+        assert_eq!(
+            parse_classification("1. (2) b_type\n2. (1) a_type\n", 2, &types).unwrap(),
+            vec![1, 0]
+        );
+        assert_eq!(
+            parse_classification("Sure:\n1. b_type\n2) (9) a_type", 2, &types).unwrap(),
+            vec![1, 0]
+        );
         assert!(parse_classification("1. (2) b_type\n", 2, &types).is_err());
         assert!(parse_classification("2. (2) b_type\n1. (1) a_type", 2, &types).is_err());
-        let p = ClassifyPrompt::v1().render_text(&["Q one?".into(), "Q two?".into()], &[("a_type".into(), "def a".into())]).unwrap();
+        let p = ClassifyPrompt::v1()
+            .render_text(
+                &["Q one?".into(), "Q two?".into()],
+                &[("a_type".into(), "def a".into())],
+            )
+            .unwrap();
         assert!(p.contains("1. Q one?\n2. Q two?") && p.contains("(1) a_type: def a"));
     }
 }

@@ -11,7 +11,7 @@
 //!   no new request or retry starts and the run ends cleanly. Requests already in flight still
 //!   finish, so a budget can be overshot by at most `concurrency` replies.
 //! - A run summary (totals, per-request usage, error and failure histograms) is written atomically.
-use crate::config::RunnerConfig;
+use crate::config::{GenConfig, RunnerConfig};
 use crate::error::{GenError, Result};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -106,19 +106,40 @@ pub struct Runner {
 fn error_kind(e: &TeacherError) -> String {
     let m = e.message.as_str();
     if let Some(rest) = m.strip_prefix("HTTP ") {
-        return format!("HTTP {}", rest.chars().take_while(|c| c.is_ascii_digit()).collect::<String>());
+        return format!(
+            "HTTP {}",
+            rest.chars()
+                .take_while(|c| c.is_ascii_digit())
+                .collect::<String>()
+        );
     }
-    for k in ["timeout", "connection", "connect", "malformed", "transport", "error object", "response has no"] {
+    for k in [
+        "timeout",
+        "connection",
+        "connect",
+        "malformed",
+        "transport",
+        "error object",
+        "response has no",
+    ] {
         if m.starts_with(k) {
             return k.replace(' ', "_");
         }
     }
-    if e.retryable { "other_retryable".into() } else { "other_fatal".into() }
+    if e.retryable {
+        "other_retryable".into()
+    } else {
+        "other_fatal".into()
+    }
 }
 
 impl Runner {
     pub fn new(teacher: Arc<dyn Teacher>, cfg: RunnerConfig) -> Self {
-        Self { teacher, cfg, stop: Arc::new(AtomicBool::new(false)) }
+        Self {
+            teacher,
+            cfg,
+            stop: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     /// Setting this flag stops the run cleanly: no new request or retry starts, in-flight ones
@@ -143,14 +164,28 @@ impl Runner {
         summary_path: Option<&Path>,
     ) -> Result<RunSummary> {
         let replies_path = replies_path.as_ref();
-        let store: JsonlStore<TeacherReplyRecord> = JsonlStore::open(replies_path, |r: &TeacherReplyRecord| r.query_id.clone())?;
+        // Same checks as a loaded config (a RunnerConfig may be built in code).
+        GenConfig {
+            runner: self.cfg.clone(),
+            ..Default::default()
+        }
+        .validate()
+        .map_err(GenError::Runner)?;
+        let store: JsonlStore<TeacherReplyRecord> =
+            JsonlStore::open(replies_path, |r: &TeacherReplyRecord| r.query_id.clone())?;
         let mut seen = HashSet::new();
         for q in queries {
             if q.id.is_empty() {
-                return Err(GenError::Query { id: q.id.clone(), msg: "empty query id".into() });
+                return Err(GenError::Query {
+                    id: q.id.clone(),
+                    msg: "empty query id".into(),
+                });
             }
             if !seen.insert(q.id.as_str()) {
-                return Err(GenError::Query { id: q.id.clone(), msg: "duplicate query id in the queries".into() });
+                return Err(GenError::Query {
+                    id: q.id.clone(),
+                    msg: "duplicate query id in the queries".into(),
+                });
             }
         }
         let mut pending = Vec::new();
@@ -158,7 +193,10 @@ impl Runner {
             pending.push((q.id.clone(), render(q)?));
         }
         let (store_tokens, store_cost) = store.records().iter().fold((0u64, 0f64), |(t, c), r| {
-            (t + r.prompt_tokens + r.completion_tokens, c + cost(&self.cfg, r.prompt_tokens, r.completion_tokens))
+            (
+                t + r.prompt_tokens + r.completion_tokens,
+                c + cost(&self.cfg, r.prompt_tokens, r.completion_tokens),
+            )
         });
         let summary = RunSummary {
             teacher: self.teacher.name(),
@@ -170,7 +208,11 @@ impl Runner {
             store_cost,
             ..Default::default()
         };
-        let bar = if self.cfg.progress { ProgressBar::new(pending.len() as u64) } else { ProgressBar::hidden() };
+        let bar = if self.cfg.progress {
+            ProgressBar::new(pending.len() as u64)
+        } else {
+            ProgressBar::hidden()
+        };
         bar.set_style(
             ProgressStyle::with_template(
                 "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec} ETA {eta} {msg}",
@@ -209,7 +251,11 @@ impl Runner {
         let first_err = results.into_iter().find_map(|r| r.err());
         let mut s = lock(&shared.summary).clone();
         s.elapsed_s = start.elapsed().as_secs_f64();
-        s.replies_per_s = if s.elapsed_s > 0.0 { s.completed as f64 / s.elapsed_s } else { 0.0 };
+        s.replies_per_s = if s.elapsed_s > 0.0 {
+            s.completed as f64 / s.elapsed_s
+        } else {
+            0.0
+        };
         let store = lock(&shared.store);
         s.finished = queries.iter().all(|q| store.contains(&q.id));
         drop(store);
@@ -241,12 +287,18 @@ fn budget_reason(sh: &Shared) -> Option<String> {
     let s = lock(&sh.summary);
     if let Some(max) = sh.cfg.max_total_tokens {
         if s.store_total_tokens >= max {
-            return Some(format!("token budget reached ({} >= {max})", s.store_total_tokens));
+            return Some(format!(
+                "token budget reached ({} >= {max})",
+                s.store_total_tokens
+            ));
         }
     }
     if let Some(max) = sh.cfg.max_cost {
         if s.store_cost >= max {
-            return Some(format!("cost budget reached ({:.4} >= {max})", s.store_cost));
+            return Some(format!(
+                "cost budget reached ({:.4} >= {max})",
+                s.store_cost
+            ));
         }
     }
     None
@@ -305,7 +357,12 @@ fn maybe_write_summary(sh: &Shared) {
     }
 }
 
-async fn process(teacher: &dyn Teacher, sh: &Shared, id: String, req: TeacherRequest) -> Result<()> {
+async fn process(
+    teacher: &dyn Teacher,
+    sh: &Shared,
+    id: String,
+    req: TeacherRequest,
+) -> Result<()> {
     let t0 = Instant::now();
     let timeout = Duration::from_secs_f64(sh.cfg.request_timeout_s);
     let mut attempt = 0u32;
@@ -334,7 +391,10 @@ async fn process(teacher: &dyn Teacher, sh: &Shared, id: String, req: TeacherReq
         }
         let result = match tokio::time::timeout(timeout, teacher.complete(&req)).await {
             Ok(r) => r,
-            Err(_) => Err(TeacherError::retryable(format!("timeout (runner) after {:.1}s", timeout.as_secs_f64()))),
+            Err(_) => Err(TeacherError::retryable(format!(
+                "timeout (runner) after {:.1}s",
+                timeout.as_secs_f64()
+            ))),
         };
         match result {
             Ok(reply) => {
@@ -407,9 +467,18 @@ mod tests {
 
     #[test]
     fn kinds() {
-        assert_eq!(error_kind(&TeacherError::retryable("HTTP 429: slow down")), "HTTP 429");
-        assert_eq!(error_kind(&TeacherError::retryable("timeout (runner) after 1s")), "timeout");
-        assert_eq!(error_kind(&TeacherError::retryable("malformed response body")), "malformed");
+        assert_eq!(
+            error_kind(&TeacherError::retryable("HTTP 429: slow down")),
+            "HTTP 429"
+        );
+        assert_eq!(
+            error_kind(&TeacherError::retryable("timeout (runner) after 1s")),
+            "timeout"
+        );
+        assert_eq!(
+            error_kind(&TeacherError::retryable("malformed response body")),
+            "malformed"
+        );
         assert_eq!(error_kind(&TeacherError::fatal("weird")), "other_fatal");
     }
 }

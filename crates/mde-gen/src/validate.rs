@@ -45,17 +45,8 @@ pub enum Flag {
     Unparseable,
 }
 
-/// The failure categories of the IPO ablation (REFERENCE §1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailureCategory {
-    IncorrectBbox,
-    Illusion,
-    WrongQuestionType,
-    IllogicalQuestion,
-    Incorrect3dPerception,
-    Other,
-}
+/// The failure categories of the IPO ablation (REFERENCE §1): shared with the IPO crate.
+pub use mde_core::records::FailureCategory;
 
 impl Flag {
     pub fn name(self) -> &'static str {
@@ -78,27 +69,16 @@ impl Flag {
             Flag::UnmatchedBox => FailureCategory::IncorrectBbox,
             Flag::Illusion => FailureCategory::Illusion,
             Flag::TypeMismatch => FailureCategory::WrongQuestionType,
-            Flag::AnswerOutOfRange | Flag::DuplicateChoices | Flag::AnswerInQuestion | Flag::ChoiceCount => {
-                FailureCategory::IllogicalQuestion
-            }
+            Flag::AnswerOutOfRange
+            | Flag::DuplicateChoices
+            | Flag::AnswerInQuestion
+            | Flag::ChoiceCount => FailureCategory::IllogicalQuestion,
             Flag::DepthClaim => FailureCategory::Incorrect3dPerception,
-            Flag::Skip | Flag::Unparseable => FailureCategory::Other,
+            Flag::Skip | Flag::Unparseable => FailureCategory::Custom("other".into()),
         }
     }
 }
 
-impl FailureCategory {
-    pub fn name(self) -> &'static str {
-        match self {
-            FailureCategory::IncorrectBbox => "incorrect_bbox",
-            FailureCategory::Illusion => "illusion",
-            FailureCategory::WrongQuestionType => "wrong_question_type",
-            FailureCategory::IllogicalQuestion => "illogical_question",
-            FailureCategory::Incorrect3dPerception => "incorrect_3d_perception",
-            FailureCategory::Other => "other",
-        }
-    }
-}
 
 /// One flag with a human-readable detail.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -129,7 +109,10 @@ pub struct ValidationConfig {
 
 impl Default for ValidationConfig {
     fn default() -> Self {
-        Self { box_tolerance: 0.02, lexicon_file: None }
+        Self {
+            box_tolerance: 0.02,
+            lexicon_file: None,
+        }
     }
 }
 
@@ -143,7 +126,10 @@ pub struct Validator {
 }
 
 fn words(s: &str) -> Vec<String> {
-    s.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(|w| singular(&w.to_lowercase())).collect()
+    s.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(|w| singular(&w.to_lowercase()))
+        .collect()
 }
 
 /// Rule-based singular form (irregulars first).
@@ -212,7 +198,13 @@ pub fn reply_boxes(text: &str) -> Vec<[f64; 4]> {
 }
 
 fn norm_type(s: &str) -> String {
-    s.trim().trim_end_matches('.').to_lowercase().replace(['_', '-'], " ").split_whitespace().collect::<Vec<_>>().join(" ")
+    s.trim()
+        .trim_end_matches('.')
+        .to_lowercase()
+        .replace(['_', '-'], " ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 impl Validator {
@@ -232,7 +224,8 @@ impl Validator {
             }
         }
         if let Some(path) = &cfg.lexicon_file {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
             for (i, line) in text.lines().enumerate() {
                 let line = line.split('#').next().unwrap_or("").trim();
                 if line.is_empty() {
@@ -241,13 +234,25 @@ impl Validator {
                 let (w, c) = line.split_once('=').unwrap_or((line, line));
                 let (w, c) = (norm_phrase(w), norm_phrase(c));
                 if w.is_empty() || c.is_empty() {
-                    return Err(format!("{}:{}: expected `word` or `word=canonical`", path.display(), i + 1));
+                    return Err(format!(
+                        "{}:{}: expected `word` or `word=canonical`",
+                        path.display(),
+                        i + 1
+                    ));
                 }
                 lexicon.insert(w, c);
             }
         }
-        let max_words = lexicon.keys().map(|k| k.split(' ').count()).max().unwrap_or(1);
-        Ok(Self { tolerance: cfg.box_tolerance, lexicon, max_words })
+        let max_words = lexicon
+            .keys()
+            .map(|k| k.split(' ').count())
+            .max()
+            .unwrap_or(1);
+        Ok(Self {
+            tolerance: cfg.box_tolerance,
+            lexicon,
+            max_words,
+        })
     }
 
     /// Lexicon terms (canonical, term) mentioned in `text`, longest match first.
@@ -272,23 +277,57 @@ impl Validator {
 
     /// Flags for one reply. `parsed` is the reply's sections before box stripping (None when the
     /// reply could not be parsed).
-    pub fn validate(&self, raw: &str, parsed: Option<&RawParsed>, query: &GenQuery) -> Vec<FlagHit> {
+    pub fn validate(
+        &self,
+        raw: &str,
+        parsed: Option<&RawParsed>,
+        query: &GenQuery,
+    ) -> Vec<FlagHit> {
         let mut hits: Vec<FlagHit> = Vec::new();
         fn push(hits: &mut Vec<FlagHit>, flag: Flag, detail: String) {
-            hits.push(FlagHit { flag, category: flag.category(), detail });
+            hits.push(FlagHit {
+                flag,
+                category: flag.category(),
+                detail,
+            });
         }
         let trimmed = raw.trim_start();
-        if trimmed.starts_with("Skip") || trimmed.starts_with("skip") || (parsed.is_none() && raw.contains("Skip")) {
-            push(&mut hits, Flag::Skip, trimmed.lines().next().unwrap_or("").chars().take(120).collect());
+        if trimmed.starts_with("Skip")
+            || trimmed.starts_with("skip")
+            || (parsed.is_none() && raw.contains("Skip"))
+        {
+            push(
+                &mut hits,
+                Flag::Skip,
+                trimmed
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .chars()
+                    .take(120)
+                    .collect(),
+            );
         }
         for b in reply_boxes(raw) {
-            if !query.boxes.iter().any(|a| box_close(&a.bbox, &b, self.tolerance)) {
-                push(&mut hits, Flag::UnmatchedBox, format!("[{:.3}, {:.3}, {:.3}, {:.3}]", b[0], b[1], b[2], b[3]));
+            if !query
+                .boxes
+                .iter()
+                .any(|a| box_close(&a.bbox, &b, self.tolerance))
+            {
+                push(
+                    &mut hits,
+                    Flag::UnmatchedBox,
+                    format!("[{:.3}, {:.3}, {:.3}, {:.3}]", b[0], b[1], b[2], b[3]),
+                );
             }
         }
         if let Some(c) = re_type_line().captures(raw) {
             if norm_type(&c[1]) != norm_type(&query.question_type) {
-                push(&mut hits, Flag::TypeMismatch, format!("declared {:?}, requested {:?}", &c[1], query.question_type));
+                push(
+                    &mut hits,
+                    Flag::TypeMismatch,
+                    format!("declared {:?}, requested {:?}", &c[1], query.question_type),
+                );
             }
         }
         let Some(p) = parsed else {
@@ -298,12 +337,24 @@ impl Validator {
             return hits;
         };
         if p.answer_idx >= p.choices.len() {
-            push(&mut hits, Flag::AnswerOutOfRange, format!("answer {} of {} choices", p.answer_idx + 1, p.choices.len()));
+            push(
+                &mut hits,
+                Flag::AnswerOutOfRange,
+                format!("answer {} of {} choices", p.answer_idx + 1, p.choices.len()),
+            );
         }
         if p.choices.len() != 4 {
-            push(&mut hits, Flag::ChoiceCount, format!("{} choices", p.choices.len()));
+            push(
+                &mut hits,
+                Flag::ChoiceCount,
+                format!("{} choices", p.choices.len()),
+            );
         }
-        let normed: Vec<String> = p.choices.iter().map(|c| norm_phrase(&crate::parse::strip_boxes(c))).collect();
+        let normed: Vec<String> = p
+            .choices
+            .iter()
+            .map(|c| norm_phrase(&crate::parse::strip_boxes(c)))
+            .collect();
         let mut seen = BTreeSet::new();
         for c in &normed {
             if !c.is_empty() && !seen.insert(c.clone()) {
@@ -313,7 +364,12 @@ impl Validator {
         let question = format!(" {} ", norm_phrase(&crate::parse::strip_boxes(&p.question)));
         if let Some(ans) = normed.get(p.answer_idx) {
             let named = |c: &String| c.len() >= 3 && question.contains(&format!(" {c} "));
-            if named(ans) && !normed.iter().enumerate().any(|(i, c)| i != p.answer_idx && named(c)) {
+            if named(ans)
+                && !normed
+                    .iter()
+                    .enumerate()
+                    .any(|(i, c)| i != p.answer_idx && named(c))
+            {
                 push(&mut hits, Flag::AnswerInQuestion, ans.clone());
             }
         }
@@ -329,8 +385,17 @@ impl Validator {
                 self.lexicon.get(&n).cloned().unwrap_or(n)
             })
             .collect();
-        let caption_words: BTreeSet<String> = query.captions.iter().flat_map(|c| words(c)).collect();
-        let caption_text = format!(" {} ", query.captions.iter().map(|c| norm_phrase(c)).collect::<Vec<_>>().join(" | "));
+        let caption_words: BTreeSet<String> =
+            query.captions.iter().flat_map(|c| words(c)).collect();
+        let caption_text = format!(
+            " {} ",
+            query
+                .captions
+                .iter()
+                .map(|c| norm_phrase(c))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
         let mut checked = p.question.clone();
         if let Some(a) = p.choices.get(p.answer_idx) {
             checked.push(' ');
@@ -338,7 +403,11 @@ impl Validator {
         }
         let mut reported = BTreeSet::new();
         for (canon, term) in self.mentions(&crate::parse::strip_boxes(&checked)) {
-            let in_captions = if term.contains(' ') { caption_text.contains(&format!(" {term} ")) } else { caption_words.contains(&term) };
+            let in_captions = if term.contains(' ') {
+                caption_text.contains(&format!(" {term} "))
+            } else {
+                caption_words.contains(&term)
+            };
             if present_canon.contains(&canon) || in_captions {
                 continue;
             }
@@ -379,7 +448,7 @@ impl ValidationStats {
         }
         let cats: BTreeSet<FailureCategory> = flags.iter().map(|f| f.category()).collect();
         for c in cats {
-            *self.categories.entry(c.name().to_string()).or_default() += 1;
+            *self.categories.entry(c.as_str().to_string()).or_default() += 1;
         }
     }
 }
@@ -395,8 +464,14 @@ mod tests {
             question_type: "object_localization".into(),
             captions: vec!["Two men stand next to a red bus.".into()],
             boxes: vec![
-                ObjectBox { category: "person".into(), bbox: [0.1, 0.2, 0.3, 0.9] },
-                ObjectBox { category: "bus".into(), bbox: [0.4, 0.1, 0.95, 0.8] },
+                ObjectBox {
+                    category: "person".into(),
+                    bbox: [0.1, 0.2, 0.3, 0.9],
+                },
+                ObjectBox {
+                    category: "bus".into(),
+                    bbox: [0.4, 0.1, 0.95, 0.8],
+                },
             ],
             ..Default::default()
         }
@@ -405,7 +480,10 @@ mod tests {
     fn flags(text: &str) -> Vec<Flag> {
         let v = Validator::new(&ValidationConfig::default(), &[]).unwrap();
         let p = parse_sections(text).ok();
-        v.validate(text, p.as_ref(), &query()).into_iter().map(|h| h.flag).collect()
+        v.validate(text, p.as_ref(), &query())
+            .into_iter()
+            .map(|h| h.flag)
+            .collect()
     }
 
     #[test]
@@ -422,8 +500,12 @@ mod tests {
         assert!(flags(&base.replace("the man", "the dog")).contains(&Flag::Illusion));
         assert!(flags(&base.replace("(A): A bus", "(E): none")).contains(&Flag::AnswerOutOfRange));
         assert!(flags(&base.replace("(C) A car", "(C) a  bus")).contains(&Flag::DuplicateChoices));
-        assert!(flags(&base.replace("next to?", "next to, a bus or not?")).contains(&Flag::AnswerInQuestion));
-        assert!(flags(&base.replace("next to?", "closer to the camera than?")).contains(&Flag::DepthClaim));
+        assert!(flags(&base.replace("next to?", "next to, a bus or not?"))
+            .contains(&Flag::AnswerInQuestion));
+        assert!(
+            flags(&base.replace("next to?", "closer to the camera than?"))
+                .contains(&Flag::DepthClaim)
+        );
         assert!(flags(&format!("{base}\nQuestion type: image_style")).contains(&Flag::TypeMismatch));
         assert!(flags("Skip: no objects fit this type.").contains(&Flag::Skip));
         assert_eq!(flags("Nothing useful."), vec![Flag::Unparseable]);

@@ -9,14 +9,18 @@ use mde_gen::validate::{ValidationConfig, Validator};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-const GOOD: &str = "Question: What color is the umbrella held by the woman [0.210, 0.105, 0.480, 0.930]?\n\
+const GOOD: &str =
+    "Question: What color is the umbrella held by the woman [0.210, 0.105, 0.480, 0.930]?\n\
 Choices: (A) Red (B) Blue (C) Green (D) Yellow\n\
 Answer: The answer is (B): Blue.\n\
 Explanations: The woman [0.210, 0.105, 0.480, 0.930] holds a blue umbrella over her head.";
 
 /// (reply, expected): Ok((question, choices, answer_idx, rationale)) or the drop reason.
 #[allow(clippy::type_complexity)]
-fn corpus() -> Vec<(String, Result<(&'static str, Vec<&'static str>, usize, &'static str), DropReason>)> {
+fn corpus() -> Vec<(
+    String,
+    Result<(&'static str, Vec<&'static str>, usize, &'static str), DropReason>,
+)> {
     vec![
         (
             GOOD.into(),
@@ -78,7 +82,10 @@ fn corpus_matches_expectations() {
 
 #[test]
 fn box_stripping_tidies_punctuation() {
-    assert_eq!(strip_boxes("Is the dog [0.1, 0.2, 0.3, 0.4] , or the cat [0.5,0.5,0.6,0.6] bigger?"), "Is the dog, or the cat bigger?");
+    assert_eq!(
+        strip_boxes("Is the dog [0.1, 0.2, 0.3, 0.4] , or the cat [0.5,0.5,0.6,0.6] bigger?"),
+        "Is the dog, or the cat bigger?"
+    );
     assert_eq!(strip_boxes("[0.1, 0.2, 0.3, 0.4] A man."), "A man.");
     assert_eq!(strip_boxes("no boxes here"), "no boxes here");
 }
@@ -89,17 +96,57 @@ fn query() -> GenQuery {
         question_type: "attribute_recognition".into(),
         captions: vec!["A woman with a blue umbrella walks in the rain.".into()],
         boxes: vec![
-            ObjectBox { category: "person".into(), bbox: [0.21, 0.105, 0.48, 0.93] },
-            ObjectBox { category: "umbrella".into(), bbox: [0.15, 0.02, 0.6, 0.4] },
+            ObjectBox {
+                category: "person".into(),
+                bbox: [0.21, 0.105, 0.48, 0.93],
+            },
+            ObjectBox {
+                category: "umbrella".into(),
+                bbox: [0.15, 0.02, 0.6, 0.4],
+            },
         ],
         ..Default::default()
     }
 }
 
 const ALPHABET: &[&str] = &[
-    "Question:", "Choices:", "Answer:", "Explanation:", "Explanations:", "Reason:", "Lecture:", "(", ")", "[", "]",
-    "(A)", "(B)", "(E)", "(Z)", "located at [", "description", "Skip", "0.123", ", ", ".", "\n", " ", "é", "日本",
-    "🙂", "{", "}", "{captions}", "1.", "(3)", "dog", "woman", "Question type:", "\u{0}", "\t", "Explanation",
+    "Question:",
+    "Choices:",
+    "Answer:",
+    "Explanation:",
+    "Explanations:",
+    "Reason:",
+    "Lecture:",
+    "(",
+    ")",
+    "[",
+    "]",
+    "(A)",
+    "(B)",
+    "(E)",
+    "(Z)",
+    "located at [",
+    "description",
+    "Skip",
+    "0.123",
+    ", ",
+    ".",
+    "\n",
+    " ",
+    "é",
+    "日本",
+    "🙂",
+    "{",
+    "}",
+    "{captions}",
+    "1.",
+    "(3)",
+    "dog",
+    "woman",
+    "Question type:",
+    "\u{0}",
+    "\t",
+    "Explanation",
 ];
 
 fn random_text(rng: &mut StdRng) -> String {
@@ -107,7 +154,9 @@ fn random_text(rng: &mut StdRng) -> String {
     (0..n)
         .map(|_| {
             if rng.random_bool(0.2) {
-                char::from_u32(rng.random_range(0..0x2FFFF)).unwrap_or('x').to_string()
+                char::from_u32(rng.random_range(0..0x2FFFF))
+                    .unwrap_or('x')
+                    .to_string()
             } else {
                 ALPHABET[rng.random_range(0..ALPHABET.len())].to_string()
             }
@@ -127,7 +176,9 @@ fn mutate(rng: &mut StdRng, base: &str) -> String {
             }
             1 => {
                 let i = rng.random_range(0..=len);
-                let ins: Vec<char> = ALPHABET[rng.random_range(0..ALPHABET.len())].chars().collect();
+                let ins: Vec<char> = ALPHABET[rng.random_range(0..ALPHABET.len())]
+                    .chars()
+                    .collect();
                 chars.splice(i..i, ins);
             }
             2 if len > 1 => {
@@ -136,7 +187,10 @@ fn mutate(rng: &mut StdRng, base: &str) -> String {
             }
             _ => {
                 let i = rng.random_range(0..=len);
-                chars.insert(i, char::from_u32(rng.random_range(0x80..0x10FFF)).unwrap_or('?'));
+                chars.insert(
+                    i,
+                    char::from_u32(rng.random_range(0x80..0x10FFF)).unwrap_or('?'),
+                );
             }
         }
     }
@@ -152,7 +206,11 @@ fn fuzz_never_panics() {
     let mut replies = Vec::new();
     let mut ok = 0;
     for i in 0..6000 {
-        let text = if i % 2 == 0 { random_text(&mut rng) } else { mutate(&mut rng, GOOD) };
+        let text = if i % 2 == 0 {
+            random_text(&mut rng)
+        } else {
+            mutate(&mut rng, GOOD)
+        };
         let sections = parse_sections(&text);
         let _ = validator.validate(&text, sections.as_ref().ok(), &q);
         if let Ok(p) = parse_reply(&text) {
@@ -165,15 +223,29 @@ fn fuzz_never_panics() {
         let _ = strip_boxes(&text);
         let _ = parse_classification(&text, 2, &types);
         let _ = Template::parse(&text, &["captions"]);
-        replies.push(TeacherReplyRecord { query_id: "q".into(), text, ..Default::default() });
+        replies.push(TeacherReplyRecord {
+            query_id: "q".into(),
+            text,
+            ..Default::default()
+        });
     }
     // Mutations of a good reply often survive: the fuzzer reaches the accepting paths too.
     assert!(ok > 100, "only {ok} accepted");
-    for mode in [ValidationMode::Flag, ValidationMode::Drop, ValidationMode::Off] {
-        let cfg = PostprocessConfig { validation: mode, ..Default::default() };
+    for mode in [
+        ValidationMode::Flag,
+        ValidationMode::Drop,
+        ValidationMode::Off,
+    ] {
+        let cfg = PostprocessConfig {
+            validation: mode,
+            ..Default::default()
+        };
         let out = postprocess(&replies, std::slice::from_ref(&q), &cfg).unwrap();
         assert_eq!(out.stats.kept + out.stats.dropped, replies.len());
-        assert_eq!(out.stats.drop_reasons.values().sum::<usize>(), out.stats.dropped);
+        assert_eq!(
+            out.stats.drop_reasons.values().sum::<usize>(),
+            out.stats.dropped
+        );
         for it in &out.items {
             let _ = mde_gen::postprocess::to_v1(it);
             let _ = mde_gen::postprocess::to_v2(it);

@@ -20,7 +20,10 @@ fn queries(n: usize) -> Vec<GenQuery> {
             type_definition: "the overall scene".into(),
             image_id: i as u64,
             captions: vec![format!("QID=q{i} a cat on a mat.")],
-            boxes: vec![ObjectBox { category: "cat".into(), bbox: [0.1, 0.2, 0.3, 0.4] }],
+            boxes: vec![ObjectBox {
+                category: "cat".into(),
+                bbox: [0.1, 0.2, 0.3, 0.4],
+            }],
             ..Default::default()
         })
         .collect()
@@ -56,7 +59,14 @@ async fn run(base: &str, qs: &[GenQuery], rc: RunnerConfig, out: &Path) -> Resul
     let teacher = build_teacher(&teacher_cfg(base, 0.3))?;
     let prompt = GeneratePrompt::v1();
     let runner = Runner::new(teacher, rc);
-    Ok(runner.run(qs, |q| prompt.request(q), out.join("replies.jsonl"), Some(&out.join("summary.json"))).await?)
+    Ok(runner
+        .run(
+            qs,
+            |q| prompt.request(q),
+            out.join("replies.jsonl"),
+            Some(&out.join("summary.json")),
+        )
+        .await?)
 }
 
 fn stored_ids(path: &Path) -> Result<Vec<String>> {
@@ -72,7 +82,7 @@ fn fault_plan() -> Plan {
     Arc::new(|key: &str, attempt: u32| {
         let n: u32 = key.trim_start_matches('q').parse().unwrap_or(0);
         // Some queries fail twice in a row, with two different faults.
-        let faults = if n % 5 == 0 { 2 } else { 1 };
+        let faults = if n.is_multiple_of(5) { 2 } else { 1 };
         if attempt > faults {
             return None;
         }
@@ -94,7 +104,12 @@ async fn all_faults_every_query_completes_exactly_once() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let qs = queries(60);
     let s = run(&srv.base_url, &qs, runner_cfg(8), dir.path()).await?;
-    assert_eq!((s.completed, s.failed, s.not_started), (qs.len(), 0, 0), "{:?}", s.failures);
+    assert_eq!(
+        (s.completed, s.failed, s.not_started),
+        (qs.len(), 0, 0),
+        "{:?}",
+        s.failures
+    );
     assert!(s.finished);
     let ids = stored_ids(&dir.path().join("replies.jsonl"))?;
     assert_eq!(ids.len(), qs.len());
@@ -139,7 +154,9 @@ async fn kill_and_resume_loses_and_duplicates_nothing() -> Result<()> {
     // Abort once some replies are stored.
     loop {
         tokio::time::sleep(Duration::from_millis(10)).await;
-        let n = std::fs::read_to_string(&replies).map(|t| t.lines().count()).unwrap_or(0);
+        let n = std::fs::read_to_string(&replies)
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
         if n >= 50 {
             break;
         }
@@ -176,15 +193,24 @@ async fn retry_after_is_honoured_and_fatal_errors_are_not_retried() -> Result<()
     let srv = server::start(plan, Duration::ZERO).await;
     let dir = tempfile::tempdir()?;
     let qs = queries(3);
-    let rc = RunnerConfig { max_attempts: 3, ..runner_cfg(3) };
+    let rc = RunnerConfig {
+        max_attempts: 3,
+        ..runner_cfg(3)
+    };
     let s = run(&srv.base_url, &qs, rc.clone(), dir.path()).await?;
     assert_eq!((s.completed, s.failed), (1, 2));
     let arrivals = srv.state.arrivals.lock().unwrap().clone();
     let gap = arrivals["q0"][1] - arrivals["q0"][0];
-    assert!(gap >= Duration::from_millis(990), "Retry-After: 1 not honoured: {gap:?}");
+    assert!(
+        gap >= Duration::from_millis(990),
+        "Retry-After: 1 not honoured: {gap:?}"
+    );
     let attempts = srv.state.attempts.lock().unwrap().clone();
     assert_eq!(attempts["q1"], 1, "a 400 must not be retried");
-    assert_eq!(attempts["q2"], 3, "a 500 is retried up to max_attempts and no more");
+    assert_eq!(
+        attempts["q2"], 3,
+        "a 500 is retried up to max_attempts and no more"
+    );
     let f1 = s.failures.iter().find(|f| f.query_id == "q1").unwrap();
     assert!(!f1.retryable && f1.error.contains("400"));
     assert!(!s.finished);
@@ -201,7 +227,10 @@ async fn token_budget_stops_cleanly_and_counts_previous_runs() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let qs = queries(30);
     // Each reply costs 150 tokens; concurrency 1 makes the stop point exact.
-    let rc = RunnerConfig { max_total_tokens: Some(150 * 10), ..runner_cfg(1) };
+    let rc = RunnerConfig {
+        max_total_tokens: Some(150 * 10),
+        ..runner_cfg(1)
+    };
     let s = run(&srv.base_url, &qs, rc.clone(), dir.path()).await?;
     assert_eq!((s.completed, s.not_started), (10, 20));
     assert!(s.stopped.as_deref().unwrap_or("").contains("token budget"));
@@ -209,7 +238,10 @@ async fn token_budget_stops_cleanly_and_counts_previous_runs() -> Result<()> {
     let s2 = run(&srv.base_url, &qs, rc, dir.path()).await?;
     assert_eq!((s2.completed, s2.attempts), (0, 0));
     // A cost budget: 0.0025 per reply.
-    let rc = RunnerConfig { max_cost: Some(0.0025 * 15.0 - 1e-9), ..runner_cfg(1) };
+    let rc = RunnerConfig {
+        max_cost: Some(0.0025 * 15.0 - 1e-9),
+        ..runner_cfg(1)
+    };
     let s3 = run(&srv.base_url, &qs, rc, dir.path()).await?;
     assert_eq!(s3.completed, 5);
     assert!(s3.stopped.as_deref().unwrap_or("").contains("cost budget"));
@@ -230,17 +262,44 @@ async fn request_body_and_vision_parts() -> Result<()> {
     let mut req = GeneratePrompt::v1().request(&q)?;
     tc.apply_sampling(&mut req);
     let body = t.request_body(&req).map_err(|e| anyhow::anyhow!(e))?;
-    assert_eq!(body["messages"][0]["content"].as_str().map(|s| s.contains("QID=q0")), Some(true));
-    assert_eq!((body["temperature"].as_f64(), body["max_tokens"].as_u64()), (Some(0.7f32 as f64), Some(800)));
+    assert_eq!(
+        body["messages"][0]["content"]
+            .as_str()
+            .map(|s| s.contains("QID=q0")),
+        Some(true)
+    );
+    assert_eq!(
+        (body["temperature"].as_f64(), body["max_tokens"].as_u64()),
+        (Some(0.7f32 as f64), Some(800))
+    );
     assert_eq!(body["stop"][0], "###");
-    let vc = TeacherConfig { vision: true, image_root: Some(dir.path().to_path_buf()), ..tc };
+    let vc = TeacherConfig {
+        vision: true,
+        image_root: Some(dir.path().to_path_buf()),
+        ..tc
+    };
     let teacher = build_teacher(&vc)?;
-    let reply = teacher.complete(&req).await.map_err(|e| anyhow::anyhow!(e))?;
-    assert_eq!((reply.prompt_tokens, reply.completion_tokens, reply.model.as_str()), (100, 50, "test-model"));
+    let reply = teacher
+        .complete(&req)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    assert_eq!(
+        (
+            reply.prompt_tokens,
+            reply.completion_tokens,
+            reply.model.as_str()
+        ),
+        (100, 50, "test-model")
+    );
     let sent = srv.state.last_body.lock().unwrap().clone().unwrap();
-    let parts = sent["messages"][0]["content"].as_array().expect("content parts");
+    let parts = sent["messages"][0]["content"]
+        .as_array()
+        .expect("content parts");
     assert_eq!(parts[0]["type"], "text");
     assert_eq!(parts[1]["type"], "image_url");
-    assert!(parts[1]["image_url"]["url"].as_str().unwrap().starts_with("data:image/png;base64,iVBORw"));
+    assert!(parts[1]["image_url"]["url"]
+        .as_str()
+        .unwrap()
+        .starts_with("data:image/png;base64,iVBORw"));
     Ok(())
 }

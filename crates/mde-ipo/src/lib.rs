@@ -25,6 +25,7 @@ pub mod review;
 pub mod stats;
 pub mod steps;
 pub mod trial;
+pub mod trial_gen;
 pub mod versions;
 pub mod web;
 

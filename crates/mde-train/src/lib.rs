@@ -1,6 +1,25 @@
 //! Fine-tuning foundations for MiniGPT-4 (MLLM-DataEngine's stage 2): torch-exact AdamW with
 //! parameter groups and checkpointable state, MiniGPT-4's warmup-cosine schedule, the
-//! training batch layout, PEFT adapter I/O, resumable checkpoints and seeded dataset mixing.
+//! training batch layout, PEFT adapter I/O, resumable checkpoints and seeded dataset mixing,
+//! plus the [`Trainer`] driver (fc / lora / lora+fc, gradient accumulation, exact resume,
+//! validation-based best checkpoint) and exports (PEFT adapter, runner-keyed safetensors,
+//! merged LLaMA).
+//!
+//! Driving a run (model, tokenizer and records loaded elsewhere):
+//!
+//! ```no_run
+//! # fn demo(model: minigpt4::MiniGpt4, tok: minigpt4::tokenizer::LlamaTokenizer,
+//! #         records: Vec<mde_train::data::TrainRecord>) -> mde_train::Result<()> {
+//! use mde_train::{RunOptions, TrainConfig, TrainDataset, TrainMode, Trainer};
+//! let cfg = TrainConfig { mode: TrainMode::LoraFc, iters_per_epoch: 100, ..Default::default() };
+//! let data = vec![TrainDataset { name: "round1".into(), ratio: None, records }];
+//! // Resumes if `runs/r1` already holds a checkpoint.
+//! let mut t = Trainer::new(model, tok, data, cfg, std::path::Path::new("runs/r1"))?;
+//! t.run(None, RunOptions { progress: true, ..Default::default() })?;
+//! # Ok(()) }
+//! ```
+//!
+//! Foundations:
 //!
 //! ```no_run
 //! use mde_train::schedule::LinearWarmupCosine;
@@ -16,12 +35,18 @@
 
 pub mod batch;
 pub mod checkpoint;
+pub mod data;
 pub mod error;
+pub mod export;
 pub mod io;
 pub mod mix;
 pub mod optim;
 pub mod peft;
 pub mod schedule;
 pub mod step;
+pub mod trainer;
 
 pub use error::{Result, TrainError};
+pub use trainer::{
+    FnValidator, RunOptions, TrainConfig, TrainDataset, TrainMode, Trainer, Validator,
+};

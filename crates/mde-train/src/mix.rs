@@ -26,6 +26,13 @@ pub struct MixedBatch {
     pub indices: Vec<usize>,
 }
 
+/// Position of a [`DatasetMixer`] inside its per-dataset shuffled orders (for resuming).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MixerState {
+    pub orders: Vec<Vec<usize>>,
+    pub cursors: Vec<usize>,
+}
+
 /// Seeded homogeneous-batch sampler over several datasets.
 #[derive(Debug, Clone)]
 pub struct DatasetMixer {
@@ -82,6 +89,36 @@ impl DatasetMixer {
     /// The datasets.
     pub fn entries(&self) -> &[MixEntry] {
         &self.entries
+    }
+
+    /// The data-order state (current shuffled orders and cursors).
+    pub fn state(&self) -> MixerState {
+        MixerState {
+            orders: self.orders.clone(),
+            cursors: self.cursors.clone(),
+        }
+    }
+
+    /// Restores a state captured by [`DatasetMixer::state`] on a mixer over the same datasets.
+    pub fn restore(&mut self, st: MixerState) -> Result<()> {
+        let n = self.entries.len();
+        if st.orders.len() != n || st.cursors.len() != n {
+            return Err(TrainError::Invalid(format!(
+                "data-order state has {} datasets, the mix has {n}",
+                st.orders.len()
+            )));
+        }
+        for (i, (o, e)) in st.orders.iter().zip(&self.entries).enumerate() {
+            if !o.is_empty() && (o.len() != e.size || st.cursors[i] > o.len()) {
+                return Err(TrainError::Invalid(format!(
+                    "data-order state of dataset {} does not match its size {}",
+                    e.name, e.size
+                )));
+            }
+        }
+        self.orders = st.orders;
+        self.cursors = st.cursors;
+        Ok(())
     }
 
     /// Draws the next batch of `batch_size` samples of one dataset.

@@ -28,10 +28,14 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let path = args.get(1).cloned().unwrap_or_else(|| {
-        format!("{}/../../../shared/bench/small-config.json", env!("CARGO_MANIFEST_DIR"))
+        format!(
+            "{}/../../../shared/bench/small-config.json",
+            env!("CARGO_MANIFEST_DIR")
+        )
     });
     let reps: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5);
-    let j: Value = serde_json::from_str(&std::fs::read_to_string(&path).with_context(|| path.clone())?)?;
+    let j: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).with_context(|| path.clone())?)?;
     let image_size = j["image_size"].as_u64().context("image_size")? as usize;
     let mut v = j["vision"].clone();
     v["image_size"] = image_size.into();
@@ -41,7 +45,11 @@ fn main() -> Result<()> {
     q["num_query_tokens"] = j["num_query_tokens"].clone();
     let qformer: QFormerConfig = serde_json::from_value(q)?;
     let llama: LlamaConfig = serde_json::from_value(j["llama"].clone())?;
-    let cfg = MiniGpt4Config { vision, qformer, llama };
+    let cfg = MiniGpt4Config {
+        vision,
+        qformer,
+        llama,
+    };
 
     let dev = Device::Cpu;
     let vm = VarMap::new();
@@ -54,17 +62,25 @@ fn main() -> Result<()> {
     for var in vars {
         let t = var.as_tensor();
         let fan_in = *t.dims().last().unwrap_or(&1) as f64;
-        let (mean, std) = if t.rank() == 1 { (1.0, 0.02) } else { (0.0, 1.0 / fan_in.sqrt()) };
+        let (mean, std) = if t.rank() == 1 {
+            (1.0, 0.02)
+        } else {
+            (0.0, 1.0 / fan_in.sqrt())
+        };
         let vals: Vec<f32> = (0..t.elem_count())
             .map(|_| {
                 // Box-Muller normal from the seeded stream.
                 let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
-                (mean + std * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+                (mean + std * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos())
+                    as f32
             })
             .collect();
         var.set(&Tensor::from_vec(vals, t.shape(), &dev)?)?;
     }
-    println!("config {path}; threads {}", candle_core::utils::get_num_threads());
+    println!(
+        "config {path}; threads {}",
+        candle_core::utils::get_num_threads()
+    );
 
     // Vision encode.
     let px = (Tensor::ones((1, 3, image_size, image_size), DType::F32, &dev)? * 0.1)?;
@@ -88,21 +104,38 @@ fn main() -> Result<()> {
     let mut t = vec![];
     for _ in 0..reps {
         let s = Instant::now();
-        let l = model.llama.forward_last(&prompt.unsqueeze(0)?, &pos, None, None)?;
+        let l = model
+            .llama
+            .forward_last(&prompt.unsqueeze(0)?, &pos, None, None)?;
         l.sum_all()?.to_scalar::<f32>()?;
         t.push(s.elapsed().as_secs_f64() * 1e3);
     }
     println!("prefill_{tlen}_ms {:.2}", median(t));
 
     // Decode: 64 greedy tokens with KV cache (prefill included in the run, subtracted).
-    let gc = GenerationConfig { max_new_tokens: 65, ..Default::default() };
+    let gc = GenerationConfig {
+        max_new_tokens: 65,
+        ..Default::default()
+    };
     let s = Instant::now();
-    let _ = generate(&model.llama, std::slice::from_ref(&prompt), &GenerationConfig { max_new_tokens: 1, ..gc.clone() }, None)?;
+    let _ = generate(
+        &model.llama,
+        std::slice::from_ref(&prompt),
+        &GenerationConfig {
+            max_new_tokens: 1,
+            ..gc.clone()
+        },
+        None,
+    )?;
     let pre = s.elapsed().as_secs_f64() * 1e3;
     let s = Instant::now();
     let out = generate(&model.llama, std::slice::from_ref(&prompt), &gc, None)?;
     let all = s.elapsed().as_secs_f64() * 1e3;
-    println!("decode_ms_per_token {:.2} ({} tokens)", (all - pre) / 64.0, out[0].tokens.len() - 1);
+    println!(
+        "decode_ms_per_token {:.2} ({} tokens)",
+        (all - pre) / 64.0,
+        out[0].tokens.len() - 1
+    );
 
     // LoRA train step: r 8, alpha 16 on q_proj,k_proj; batch 4 x (1 + nq + 63).
     model.enable_lora(&LoraConfig {
@@ -113,14 +146,27 @@ fn main() -> Result<()> {
         seed: 1,
     })?;
     let vars: Vec<_> = model.trainable_vars().into_iter().map(|(_, v)| v).collect();
-    let mut opt = AdamW::new(vars, ParamsAdamW { lr: 1e-4, weight_decay: 0.05, ..Default::default() })?;
+    let mut opt = AdamW::new(
+        vars,
+        ParamsAdamW {
+            lr: 1e-4,
+            weight_decay: 0.05,
+            ..Default::default()
+        },
+    )?;
     let b = 4usize;
     let seq = 1 + nq + 63;
     let mut ids = vec![];
     let mut labels = vec![];
     for r in 0..b {
         for p in 0..seq {
-            let id = if p == 0 { 1 } else if p <= nq { -1 } else { (200 + r * 7 + p) as i64 % 32000 };
+            let id = if p == 0 {
+                1
+            } else if p <= nq {
+                -1
+            } else {
+                (200 + r * 7 + p) as i64 % 32000
+            };
             ids.push(id);
             labels.push(if p > nq { id } else { -100 });
         }

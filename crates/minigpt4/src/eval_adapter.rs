@@ -64,11 +64,19 @@ fn default_max_batch() -> usize {
 }
 /// OpenCompass's MiniGPT-4 MMBench decoding: beam 5, max_length 30, length_penalty -1.
 fn default_mmbench() -> GenerationConfig {
-    GenerationConfig { num_beams: 5, max_new_tokens: 30, length_penalty: -1.0, ..Default::default() }
+    GenerationConfig {
+        num_beams: 5,
+        max_new_tokens: 30,
+        length_penalty: -1.0,
+        ..Default::default()
+    }
 }
 /// MiniGPT-4 chat defaults (300 new tokens), greedy so evaluations are reproducible.
 fn default_chat() -> GenerationConfig {
-    GenerationConfig { max_new_tokens: 300, ..Default::default() }
+    GenerationConfig {
+        max_new_tokens: 300,
+        ..Default::default()
+    }
 }
 
 /// The model config file of `mde eval` / `mde ask`: where the MiniGPT-4 pieces are and how to run.
@@ -123,9 +131,15 @@ impl EvalModelConfig {
         };
         fix(&mut self.blip2);
         fix(&mut self.vicuna);
-        for s in [&mut self.eva_vit, &mut self.blip2_config, &mut self.tokenizer, &mut self.projector, &mut self.lora]
-            .into_iter()
-            .flatten()
+        for s in [
+            &mut self.eva_vit,
+            &mut self.blip2_config,
+            &mut self.tokenizer,
+            &mut self.projector,
+            &mut self.lora,
+        ]
+        .into_iter()
+        .flatten()
         {
             fix(s);
         }
@@ -136,7 +150,9 @@ impl EvalModelConfig {
             "f32" | "float32" | "fp32" => Ok(DType::F32),
             "f16" | "float16" | "fp16" | "half" => Ok(DType::F16),
             "bf16" | "bfloat16" => Ok(DType::BF16),
-            other => Err(Error::Config(format!("dtype {other:?}: expected f32, f16 or bf16"))),
+            other => Err(Error::Config(format!(
+                "dtype {other:?}: expected f32, f16 or bf16"
+            ))),
         }
     }
 
@@ -150,7 +166,9 @@ impl EvalModelConfig {
             _ => d
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse().ok())
-                .ok_or_else(|| Error::Config(format!("device {d:?}: expected cpu, cuda or cuda:N")))?,
+                .ok_or_else(|| {
+                    Error::Config(format!("device {d:?}: expected cpu, cuda or cuda:N"))
+                })?,
         };
         Ok(Device::new_cuda(ordinal)?)
     }
@@ -204,16 +222,27 @@ impl MiniGpt4Eval {
             let (tensors, alpha) = read_lora(Path::new(lora), cfg.lora_alpha)?;
             let n = model.llama.load_lora(&tensors, alpha, 0.0, 0)?;
             if n == 0 {
-                return Err(Error::Invalid(format!("{lora}: no LoRA tensor matches a LLaMA layer")));
+                return Err(Error::Invalid(format!(
+                    "{lora}: no LoRA tensor matches a LLaMA layer"
+                )));
             }
             tracing::info!("{lora}: {n} LoRA modules, alpha {alpha}");
         }
         let tok_path = cfg.tokenizer.clone().unwrap_or_else(|| cfg.vicuna.clone());
         let tp = Path::new(&tok_path);
-        let tokenizer = if tp.is_file() { LlamaTokenizer::from_file(tp) } else { LlamaTokenizer::from_dir(tp) }
-            .map_err(|e| Error::Config(format!("tokenizer {tok_path}: {e}")))?;
+        let tokenizer = if tp.is_file() {
+            LlamaTokenizer::from_file(tp)
+        } else {
+            LlamaTokenizer::from_dir(tp)
+        }
+        .map_err(|e| Error::Config(format!("tokenizer {tok_path}: {e}")))?;
         let name = cfg.name.clone().unwrap_or_else(|| {
-            let base = |s: &str| Path::new(s).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+            let base = |s: &str| {
+                Path::new(s)
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            };
             match &cfg.lora {
                 Some(l) => format!("minigpt4-{}+lora:{}", base(&cfg.vicuna), base(l)),
                 None => format!("minigpt4-{}", base(&cfg.vicuna)),
@@ -230,17 +259,33 @@ impl MiniGpt4Eval {
         let letters: Vec<char> = (0..req.choices.len()).map(|i| req.letter(i)).collect();
         match req.style {
             PromptStyle::MMBench => {
-                let opts: Vec<(String, String)> =
-                    letters.iter().zip(&req.choices).map(|(l, c)| (l.to_string(), c.clone())).collect();
-                (prompt::mmbench_prompt(req.hint.as_deref(), &req.question, &opts), true)
+                let opts: Vec<(String, String)> = letters
+                    .iter()
+                    .zip(&req.choices)
+                    .map(|(l, c)| (l.to_string(), c.clone()))
+                    .collect();
+                (
+                    prompt::mmbench_prompt(req.hint.as_deref(), &req.question, &opts),
+                    true,
+                )
             }
             PromptStyle::AokvqaRank { released_quirks } => {
-                let style = if released_quirks { AokvqaPromptStyle::Released } else { AokvqaPromptStyle::Clean };
-                (prompt::aokvqa_rank_prompt(&req.question, &req.choices, style), style.bos_first())
+                let style = if released_quirks {
+                    AokvqaPromptStyle::Released
+                } else {
+                    AokvqaPromptStyle::Clean
+                };
+                (
+                    prompt::aokvqa_rank_prompt(&req.question, &req.choices, style),
+                    style.bos_first(),
+                )
             }
             PromptStyle::SeedRank => {
                 let style = AokvqaPromptStyle::Clean;
-                (prompt::aokvqa_rank_prompt(&req.question, &req.choices, style), style.bos_first())
+                (
+                    prompt::aokvqa_rank_prompt(&req.question, &req.choices, style),
+                    style.bos_first(),
+                )
             }
             PromptStyle::Mme | PromptStyle::Chat => {
                 let mut q = match req.hint.as_deref().filter(|h| !h.is_empty()) {
@@ -248,8 +293,11 @@ impl MiniGpt4Eval {
                     None => req.question.clone(),
                 };
                 if !req.choices.is_empty() {
-                    let opts: Vec<String> =
-                        letters.iter().zip(&req.choices).map(|(l, c)| format!("({l}) {c}")).collect();
+                    let opts: Vec<String> = letters
+                        .iter()
+                        .zip(&req.choices)
+                        .map(|(l, c)| format!("({l}) {c}"))
+                        .collect();
                     q = format!("{q}\n{}", opts.join(" "));
                 }
                 (ChatTemplate::vicuna0().single_turn(&q), true)
@@ -261,10 +309,17 @@ impl MiniGpt4Eval {
     fn image_embeds(&self, reqs: &[EvalRequest]) -> std::result::Result<Vec<Tensor>, ModelError> {
         let mut imgs = Vec::with_capacity(reqs.len());
         for r in reqs {
-            let bad = |msg: String| ModelError::InvalidInput { id: r.id.clone(), msg };
+            let bad = |msg: String| ModelError::InvalidInput {
+                id: r.id.clone(),
+                msg,
+            };
             let img = match &r.image {
                 ImageInput::Encoded { data } => decode_rgb(data).map_err(|e| bad(e.to_string()))?,
-                ImageInput::Rgb { width, height, data } => {
+                ImageInput::Rgb {
+                    width,
+                    height,
+                    data,
+                } => {
                     r.image.validate().map_err(bad)?;
                     RgbImage::from_raw(*width, *height, data.clone())
                         .ok_or_else(|| bad("RGB buffer does not match its size".into()))?
@@ -272,22 +327,36 @@ impl MiniGpt4Eval {
             };
             imgs.push(img);
         }
-        let pixels = self.processor.process_batch_eval(&imgs, self.model.device()).map_err(backend)?;
+        let pixels = self
+            .processor
+            .process_batch_eval(&imgs, self.model.device())
+            .map_err(backend)?;
         let emb = self.model.encode_images(&pixels).map_err(backend)?;
-        (0..reqs.len()).map(|i| emb.get(i).map_err(backend)).collect()
+        (0..reqs.len())
+            .map(|i| emb.get(i).map_err(backend))
+            .collect()
     }
 
     /// Prompt embeddings `[T, hidden]` of one request with its image embeddings.
-    fn prompt_embeds(&self, req: &EvalRequest, image: &Tensor) -> std::result::Result<Tensor, ModelError> {
+    fn prompt_embeds(
+        &self,
+        req: &EvalRequest,
+        image: &Tensor,
+    ) -> std::result::Result<Tensor, ModelError> {
         let (text, bos) = self.prompt_for(req);
         let segs = prompt::tokenize_segments(&self.tokenizer, &text, bos).map_err(backend)?;
         if segs.len() != 2 {
             return Err(ModelError::InvalidInput {
                 id: req.id.clone(),
-                msg: format!("the prompt must hold exactly one image slot, found {}", segs.len() - 1),
+                msg: format!(
+                    "the prompt must hold exactly one image slot, found {}",
+                    segs.len() - 1
+                ),
             });
         }
-        self.model.embed_segments(&segs, std::slice::from_ref(image)).map_err(backend)
+        self.model
+            .embed_segments(&segs, std::slice::from_ref(image))
+            .map_err(backend)
     }
 }
 
@@ -301,16 +370,29 @@ fn read_lora(path: &Path, alpha: Option<f64>) -> Result<(HashMap<String, Tensor>
         let st = path.join("adapter_model.safetensors");
         let bin = path.join("adapter_model.bin");
         let f = if st.is_file() { st } else { bin };
-        (f, Some(path.join("adapter_config.json")).filter(|p| p.is_file()))
+        (
+            f,
+            Some(path.join("adapter_config.json")).filter(|p| p.is_file()),
+        )
     } else {
-        (path.to_path_buf(), path.parent().map(|d| d.join("adapter_config.json")).filter(|p| p.is_file()))
+        (
+            path.to_path_buf(),
+            path.parent()
+                .map(|d| d.join("adapter_config.json"))
+                .filter(|p| p.is_file()),
+        )
     };
     let tensors = crate::weights::read_tensors(&file)?;
     let from_cfg = match cfg_file {
         Some(c) => {
-            let bytes = std::fs::read(&c).map_err(|e| Error::Io { path: c.clone(), source: e })?;
-            let v: serde_json::Value =
-                serde_json::from_slice(&bytes).map_err(|e| Error::Json { path: c.clone(), source: e })?;
+            let bytes = std::fs::read(&c).map_err(|e| Error::Io {
+                path: c.clone(),
+                source: e,
+            })?;
+            let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| Error::Json {
+                path: c.clone(),
+                source: e,
+            })?;
             v.get("lora_alpha").and_then(|a| a.as_f64())
         }
         None => None,
@@ -333,8 +415,11 @@ impl EvalModel for MiniGpt4Eval {
             return Ok(vec![]);
         }
         let images = self.image_embeds(reqs)?;
-        let prompts =
-            reqs.iter().zip(&images).map(|(r, i)| self.prompt_embeds(r, i)).collect::<std::result::Result<Vec<_>, _>>()?;
+        let prompts = reqs
+            .iter()
+            .zip(&images)
+            .map(|(r, i)| self.prompt_embeds(r, i))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         let stop = self.tokenizer.stop_sequences();
         let eos = vec![self.tokenizer.eos_id()];
         // Requests of one batch share a style (one benchmark per run), but group anyway.
@@ -348,13 +433,18 @@ impl EvalModel for MiniGpt4Eval {
             }
         }
         for (mm, idx) in groups {
-            let mut cfg = if mm { self.mmbench.clone() } else { self.chat.clone() };
+            let mut cfg = if mm {
+                self.mmbench.clone()
+            } else {
+                self.chat.clone()
+            };
             cfg.eos_token_ids = eos.clone();
             cfg.stop_sequences = stop.clone();
             let ps: Vec<Tensor> = idx.iter().map(|&i| prompts[i].clone()).collect();
             let gens = generate(&self.model.llama, &ps, &cfg, None).map_err(backend)?;
             for (&i, g) in idx.iter().zip(gens) {
-                out[i] = prompt::postprocess_answer_ids(&self.tokenizer, &g.tokens).map_err(backend)?;
+                out[i] =
+                    prompt::postprocess_answer_ids(&self.tokenizer, &g.tokens).map_err(backend)?;
             }
         }
         Ok(out)
@@ -368,7 +458,10 @@ impl EvalModel for MiniGpt4Eval {
         let mut out = Vec::with_capacity(reqs.len());
         for (r, img) in reqs.iter().zip(&images) {
             if r.choices.is_empty() {
-                return Err(ModelError::InvalidInput { id: r.id.clone(), msg: "no choices to rank".into() });
+                return Err(ModelError::InvalidInput {
+                    id: r.id.clone(),
+                    msg: "no choices to rank".into(),
+                });
             }
             let prefix = self.prompt_embeds(r, img)?;
             let cands = prompt::aokvqa_candidates(&r.choices)
@@ -376,7 +469,11 @@ impl EvalModel for MiniGpt4Eval {
                 .map(|c| self.tokenizer.encode(c, false))
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .map_err(backend)?;
-            out.push(self.model.score_candidates(&prefix, &cands).map_err(backend)?);
+            out.push(
+                self.model
+                    .score_candidates(&prefix, &cands)
+                    .map_err(backend)?,
+            );
         }
         Ok(out)
     }

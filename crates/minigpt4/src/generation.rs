@@ -28,6 +28,9 @@ pub struct GenerationConfig {
     pub eos_token_ids: Vec<u32>,
     /// A row stops once its tokens end with one of these sequences (e.g. `[[835], [2277, 29937]]`).
     pub stop_sequences: Vec<Vec<u32>>,
+    /// A row also stops when it emits one of these ids (e.g. pieces that merely contain
+    /// "###" such as `.###`, see `LlamaTokenizer::ids_containing_stop_text`).
+    pub stop_token_ids: Vec<u32>,
     /// Keep the raw logits of every step (tests, debugging).
     pub output_step_logits: bool,
 }
@@ -45,6 +48,7 @@ impl Default for GenerationConfig {
             length_penalty: 1.0,
             eos_token_ids: vec![],
             stop_sequences: vec![],
+            stop_token_ids: vec![],
             output_step_logits: false,
         }
     }
@@ -166,6 +170,9 @@ fn ends_with_stop(tokens: &[u32], cfg: &GenerationConfig) -> Option<FinishReason
     let last = *tokens.last()?;
     if cfg.eos_token_ids.contains(&last) {
         return Some(FinishReason::Eos);
+    }
+    if cfg.stop_token_ids.contains(&last) {
+        return Some(FinishReason::StopSequence);
     }
     cfg.stop_sequences
         .iter()

@@ -278,6 +278,51 @@ impl MiniGpt4 {
         self.llama.enable_lora(cfg)
     }
 
+    /// Attaches a LoRA adapter from disk (see [`weights::load_lora_file`]). `alpha` overrides
+    /// the file's `lora_alpha` (needed for files without `adapter_config.json`). When the file
+    /// carries `llama_proj.*` (MiniGPT-4 checkpoints) the projector is replaced too.
+    /// Returns the number of adapted modules.
+    pub fn load_lora_adapter(&mut self, path: &Path, alpha: Option<f64>) -> Result<usize> {
+        let f = weights::load_lora_file(path)?;
+        let alpha = alpha.or(f.alpha).ok_or_else(|| {
+            Error::Invalid(format!(
+                "{}: no adapter_config.json with lora_alpha; pass alpha explicitly",
+                path.display()
+            ))
+        })?;
+        if let Some((w, b)) = f.llama_proj {
+            let dt = self.llama_proj.weight.dtype();
+            let dev = self.device().clone();
+            let (w, b) = (
+                w.to_dtype(dt)?.to_device(&dev)?,
+                b.to_dtype(dt)?.to_device(&dev)?,
+            );
+            if w.dims() != self.llama_proj.weight.dims() {
+                return Err(Error::Mismatch(format!(
+                    "{}: llama_proj is {:?} but the model's is {:?}",
+                    path.display(),
+                    w.dims(),
+                    self.llama_proj.weight.dims()
+                )));
+            }
+            self.llama_proj = Linear::from_weights(w, Some(b));
+        }
+        let dev = self.device().clone();
+        let tensors = f
+            .tensors
+            .into_iter()
+            .map(|(k, v)| Ok((k, v.to_device(&dev)?)))
+            .collect::<Result<std::collections::HashMap<_, _>>>()?;
+        let n = self.llama.load_lora(&tensors, alpha, 0.0, 0)?;
+        if n == 0 {
+            return Err(Error::Invalid(format!(
+                "{}: no LoRA pair matches a LLaMA layer",
+                path.display()
+            )));
+        }
+        Ok(n)
+    }
+
     /// Every trainable Var: `llama_proj.*` (if made trainable) then LoRA A/B by PEFT key.
     pub fn trainable_vars(&self) -> Vec<(String, Var)> {
         let mut v = Vec::new();

@@ -50,8 +50,18 @@ struct Attention {
 impl Attention {
     fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
+        // Current HF conversions store `qkv.bias = [q_bias, 0, v_bias]`; older ones kept
+        // `q_bias` / `v_bias` separately (as LAVIS does).
+        let qkv = if !vb.contains_tensor("qkv.bias") && vb.contains_tensor("q_bias") {
+            let q = vb.get(d, "q_bias")?;
+            let v = vb.get(d, "v_bias")?;
+            let bias = Tensor::cat(&[&q, &q.zeros_like()?, &v], 0)?;
+            Linear::from_weights(vb.get((3 * d, d), "qkv.weight")?, Some(bias))
+        } else {
+            Linear::new(d, 3 * d, true, vb.pp("qkv"))?
+        };
         Ok(Self {
-            qkv: Linear::new(d, 3 * d, true, vb.pp("qkv"))?,
+            qkv,
             projection: Linear::new(d, d, true, vb.pp("projection"))?,
             num_heads: cfg.num_attention_heads,
             head_dim: d / cfg.num_attention_heads,
@@ -149,7 +159,12 @@ impl VisionModel {
         let x = pixel_values.to_dtype(DType::F32)?;
         let w = self.patch_weight.to_dtype(DType::F32)?;
         let x = x.conv2d(&w, 0, self.cfg.patch_size, 1, 1)?;
-        let x = x.broadcast_add(&self.patch_bias.to_dtype(DType::F32)?.reshape((1, (), 1, 1))?)?;
+        let x = x.broadcast_add(&self.patch_bias.to_dtype(DType::F32)?.reshape((
+            1,
+            (),
+            1,
+            1,
+        ))?)?;
         let x = x.to_dtype(dt)?;
         let b = x.dim(0)?;
         // [B, D, gh, gw] -> [B, gh*gw, D], patches in row-major order.

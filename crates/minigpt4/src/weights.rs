@@ -604,3 +604,67 @@ pub fn load_llama(
     }
     Ok((cfg, vb, cfg_path.display().to_string()))
 }
+
+/// A LoRA adapter read from disk: tensors keyed by (PEFT or MiniGPT-4) names plus `lora_alpha`.
+pub struct LoraFile {
+    pub tensors: HashMap<String, Tensor>,
+    /// From `adapter_config.json` when present.
+    pub alpha: Option<f64>,
+    pub r: Option<usize>,
+    /// `llama_proj.{weight,bias}` when the file carries them (MiniGPT-4 checkpoints).
+    pub llama_proj: Option<(Tensor, Tensor)>,
+}
+
+/// Reads a PEFT adapter folder (`adapter_config.json` + `adapter_model.safetensors` or
+/// `adapter_model.bin`), or one file (`.safetensors`, or a MiniGPT-4 `.pth` with
+/// `llama_model.base_model...lora_{A,B}.default.weight` keys and maybe `llama_proj.*`).
+pub fn load_lora_file(path: &Path) -> Result<LoraFile> {
+    let (file, cfg) = if path.is_dir() {
+        let cfg = path.join("adapter_config.json");
+        let f = ["adapter_model.safetensors", "adapter_model.bin"]
+            .iter()
+            .map(|n| path.join(n))
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{}: no adapter_model.safetensors or adapter_model.bin",
+                    path.display()
+                ))
+            })?;
+        (f, cfg.is_file().then_some(cfg))
+    } else {
+        let sib = path.with_file_name("adapter_config.json");
+        (path.to_path_buf(), sib.is_file().then_some(sib))
+    };
+    let all = read_tensors(&file)?;
+    let (alpha, r) = match cfg {
+        Some(c) => {
+            let v: serde_json::Value = read_json(&c)?;
+            (
+                v["lora_alpha"].as_f64(),
+                v["r"].as_u64().map(|x| x as usize),
+            )
+        }
+        None => (None, None),
+    };
+    let llama_proj = match (all.get("llama_proj.weight"), all.get("llama_proj.bias")) {
+        (Some(w), Some(b)) => Some((w.clone(), b.clone())),
+        _ => None,
+    };
+    let tensors: HashMap<String, Tensor> = all
+        .into_iter()
+        .filter(|(k, _)| k.contains(".lora_"))
+        .collect();
+    if tensors.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{}: no LoRA tensors (`*.lora_A/B*`)",
+            file.display()
+        )));
+    }
+    Ok(LoraFile {
+        tensors,
+        alpha,
+        r,
+        llama_proj,
+    })
+}

@@ -551,3 +551,157 @@ fn scoring_matches_full_forward() -> Result<()> {
     }
     Ok(())
 }
+
+/// Runs the fixture's 6 training steps in `mode` ("fc" or "lora") with candle's AdamW (two
+/// instances: with / without weight decay, per the MiniGPT-4 runner rule listed in the JSON).
+fn run_training(mode: &str, final_tol: f32) -> Result<()> {
+    use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
+    let fx = fixture()?;
+    let b = train_batch(&fx)?;
+    let mut m = fx.hf_model()?;
+    let tr = &fx.json["training"];
+    let mt = &tr[mode];
+    if mode == "lora" {
+        let alpha = mt["lora_config"]["lora_alpha"].as_f64().unwrap();
+        let init: HashMap<String, Tensor> =
+            b.tr.iter()
+                .filter_map(|(k, v)| {
+                    k.strip_prefix("train_lora_init.")
+                        .map(|k| (k.to_string(), v.clone()))
+                })
+                .collect();
+        m.llama.load_lora(&init, alpha, 0.0, 0)?;
+    }
+    m.make_projector_trainable()?;
+    let vars = m.trainable_vars();
+    let opt_cfg = &tr["optimizer"];
+    let betas = opt_cfg["betas"].as_array().unwrap();
+    let mk = |wd: f64| ParamsAdamW {
+        lr: 0.0,
+        beta1: betas[0].as_f64().unwrap(),
+        beta2: betas[1].as_f64().unwrap(),
+        eps: opt_cfg["eps"].as_f64().unwrap(),
+        weight_decay: wd,
+    };
+    let wd = opt_cfg["weight_decay"].as_f64().unwrap();
+    // JSON names are MiniGPT-4 parameter names: `llama_model.` prefix and PEFT's `.default`.
+    let decay: Vec<String> = mt["weight_decay_params"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            x.as_str()
+                .unwrap()
+                .trim_start_matches("llama_model.")
+                .replace(".default.weight", ".weight")
+        })
+        .collect();
+    let (dv, nv): (Vec<_>, Vec<_>) = vars.iter().partition(|(n, _)| decay.contains(n));
+    assert_eq!(
+        dv.len(),
+        decay.len(),
+        "every decayed parameter is trainable"
+    );
+    let mut od = AdamW::new(dv.into_iter().map(|(_, v)| v.clone()).collect(), mk(wd))?;
+    let mut on = AdamW::new(nv.into_iter().map(|(_, v)| v.clone()).collect(), mk(0.0))?;
+    let lrs = mt["lrs"].as_array().unwrap();
+    let losses = mt["losses"].as_array().unwrap();
+    for (step, (lr, want)) in lrs.iter().zip(losses).enumerate() {
+        od.set_learning_rate(lr.as_f64().unwrap());
+        on.set_learning_rate(lr.as_f64().unwrap());
+        let (loss, _, _) = train_loss(&m, &b)?;
+        let got = loss.to_scalar::<f32>()? as f64;
+        let want = want.as_f64().unwrap();
+        anyhow::ensure!(
+            ((got - want) / want).abs() <= 1e-4,
+            "{mode} step {step}: loss {got} vs {want}"
+        );
+        let grads = loss.backward()?;
+        od.step(&grads)?;
+        on.step(&grads)?;
+    }
+    for (name, v) in &vars {
+        let key = if name.starts_with("llama_proj") {
+            format!("train_{mode}_final_{name}")
+        } else {
+            format!("train_{mode}_final.{name}")
+        };
+        check(
+            &format!("{mode} final {name}"),
+            v.as_tensor(),
+            &b.tr[&key],
+            final_tol,
+        )?;
+    }
+    let (loss, _, _) = train_loss(&m, &b)?;
+    let want = mt["loss_after_final_step"].as_f64().unwrap();
+    let got = loss.to_scalar::<f32>()? as f64;
+    anyhow::ensure!(
+        ((got - want) / want).abs() <= 1e-4,
+        "{mode} final loss {got} vs {want}"
+    );
+    Ok(())
+}
+
+#[test]
+fn fc_training_six_steps_match_pytorch() -> Result<()> {
+    run_training("fc", 2e-5)
+}
+
+#[test]
+fn lora_training_six_steps_match_pytorch() -> Result<()> {
+    run_training("lora", 1e-4)
+}
+
+#[test]
+fn lora_adapter_files_load() -> Result<()> {
+    let fx = fixture()?;
+    let b = train_batch(&fx)?;
+    let e = {
+        let m = fx.hf_model()?;
+        m.llama.embed_ids(&[1, 5, 9, 11, 40])?.unsqueeze(0)?
+    };
+    // Reference: the final adapter tensors from train.safetensors.
+    let alpha = fx.json["training"]["lora"]["lora_config"]["lora_alpha"]
+        .as_f64()
+        .unwrap();
+    let fin: HashMap<String, Tensor> =
+        b.tr.iter()
+            .filter_map(|(k, v)| {
+                k.strip_prefix("train_lora_final.")
+                    .map(|k| (k.to_string(), v.clone()))
+            })
+            .collect();
+    let mut r = fx.hf_model()?;
+    r.llama.load_lora(&fin, alpha, 0.0, 0)?;
+    let want = r.forward_embeds(&e, None, None, false)?;
+    // PEFT folder.
+    let mut m = fx.hf_model()?;
+    let n = m.load_lora_adapter(&fx.root.join("expected/lora_final_adapter"), None)?;
+    assert_eq!(n * 2, fin.len());
+    check(
+        "peft adapter logits",
+        &m.forward_embeds(&e, None, None, false)?,
+        &want,
+        1e-5,
+    )?;
+    // MiniGPT-4 checkpoint (optional in the fixture): LoRA + llama_proj.
+    let ck = fx.root.join("expected/train_lora_final_minigpt4_ckpt.pth");
+    if ck.is_file() {
+        let mut m = fx.hf_model()?;
+        m.load_lora_adapter(&ck, Some(alpha))?;
+        check(
+            "ckpt adapter logits",
+            &m.forward_embeds(&e, None, None, false)?,
+            &want,
+            1e-5,
+        )?;
+        check(
+            "ckpt llama_proj",
+            &m.llama_proj.weight,
+            &b.tr["train_lora_final_llama_proj.weight"],
+            1e-4,
+        )?;
+    }
+    Ok(())
+}

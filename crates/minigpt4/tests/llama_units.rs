@@ -288,6 +288,19 @@ fn stop_sequences_eos_and_seeded_sampling() -> Result<()> {
     )?;
     assert_eq!(e[0].finish, FinishReason::Eos);
     assert!(e[0].tokens.len() <= 2);
+    let st = generate(
+        &m,
+        &p,
+        &GenerationConfig {
+            max_new_tokens: 8,
+            stop_token_ids: vec![toks[2]],
+            ..Default::default()
+        },
+        None,
+    )?;
+    assert_eq!(st[0].finish, FinishReason::StopSequence);
+    assert_eq!(st[0].tokens.last(), Some(&toks[2]));
+    assert!(st[0].tokens.len() <= 3);
     let sc = GenerationConfig {
         max_new_tokens: 8,
         do_sample: true,

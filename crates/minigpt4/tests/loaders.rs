@@ -140,3 +140,47 @@ fn sharded_hub_and_error_layouts() -> Result<()> {
     assert!(err.contains("llama_proj.weight"), "{err}");
     Ok(())
 }
+
+#[test]
+fn half_precision_loads_and_tracks_f32() -> Result<()> {
+    let r = root();
+    let fwd = candle_core::safetensors::load(r.join("expected/forward.safetensors"), &Device::Cpu)?;
+    let px = &fwd["pixel_values"];
+    let want = &fwd["img_embeds"];
+    let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+    for dt in [DType::F16, DType::BF16] {
+        let m = MiniGpt4::load(
+            &ModelPaths {
+                blip2: r.join("lavis/blip2_pretrained.pth").display().to_string(),
+                blip2_config: Some(r.join("blip2/config.json").display().to_string()),
+                vicuna: r.join("vicuna").display().to_string(),
+                projector: Some(
+                    r.join("minigpt4/pretrained_minigpt4.pth")
+                        .display()
+                        .to_string(),
+                ),
+                ..Default::default()
+            },
+            dt,
+            &Device::Cpu,
+        )?;
+        assert_eq!(m.dtype(), dt);
+        let got = m.encode_images(px)?.to_dtype(DType::F32)?;
+        let d = (got - want)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
+        assert!(
+            d.is_finite() && d < 0.05 * scale,
+            "{dt:?}: {d} vs scale {scale}"
+        );
+        let l = logits(&m)?;
+        assert!(l
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .all(|x| x.is_finite()));
+    }
+    Ok(())
+}

@@ -73,18 +73,33 @@ pub async fn start(plan: Plan, latency: Duration) -> TestServer {
         arrivals: Mutex::new(HashMap::new()),
         last_body: Mutex::new(None),
     });
-    let app = Router::new().route("/v1/chat/completions", post(chat)).with_state(state.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1");
+    let app = Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1");
     let addr = listener.local_addr().expect("local addr");
     let handle = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    TestServer { base_url: format!("http://{addr}/v1"), state, handle }
+    TestServer {
+        base_url: format!("http://{addr}/v1"),
+        state,
+        handle,
+    }
 }
 
 fn key_of(body: &Value) -> String {
     let text = body.to_string();
-    text.split("QID=").nth(1).map(|r| r.chars().take_while(|c| c.is_alphanumeric() || *c == '-' || *c == '_').collect()).unwrap_or_default()
+    text.split("QID=")
+        .nth(1)
+        .map(|r| {
+            r.chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '-' || *c == '_')
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 async fn chat(State(st): State<Arc<ServerState>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -101,11 +116,18 @@ async fn chat(State(st): State<Arc<ServerState>>, headers: HeaderMap, body: Byte
         *n += 1;
         *n
     };
-    st.arrivals.lock().unwrap().entry(key.clone()).or_default().push(std::time::Instant::now());
+    st.arrivals
+        .lock()
+        .unwrap()
+        .entry(key.clone())
+        .or_default()
+        .push(std::time::Instant::now());
     if !st.latency.is_zero() {
         tokio::time::sleep(st.latency).await;
     }
-    let err_body = |msg: &str, t: &str| json!({"error": {"message": msg, "type": t, "param": null, "code": null}}).to_string();
+    let err_body = |msg: &str, t: &str| {
+        json!({"error": {"message": msg, "type": t, "param": null, "code": null}}).to_string()
+    };
     match (st.plan)(&key, attempt) {
         Some(Fault::RateLimit(after)) => {
             return Response::builder()
@@ -116,16 +138,27 @@ async fn chat(State(st): State<Arc<ServerState>>, headers: HeaderMap, body: Byte
                 .unwrap();
         }
         Some(Fault::ServerError) => {
-            return (StatusCode::INTERNAL_SERVER_ERROR, err_body("boom", "server_error")).into_response();
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                err_body("boom", "server_error"),
+            )
+                .into_response();
         }
         Some(Fault::Slow(d)) => {
             tokio::time::sleep(d).await;
-            return (StatusCode::SERVICE_UNAVAILABLE, err_body("late", "server_error")).into_response();
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                err_body("late", "server_error"),
+            )
+                .into_response();
         }
         Some(Fault::Drop) => {
             let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
                 Ok(Bytes::from_static(b"{\"id\":\"x\",\"choices\":[")),
-                Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "dropped")),
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "dropped",
+                )),
             ];
             return Response::builder()
                 .status(200)
@@ -138,16 +171,26 @@ async fn chat(State(st): State<Arc<ServerState>>, headers: HeaderMap, body: Byte
             return Response::builder()
                 .status(200)
                 .header("content-type", "application/json")
-                .body(Body::from("{\"id\": \"x\", \"choices\": [{\"message\": oops"))
+                .body(Body::from(
+                    "{\"id\": \"x\", \"choices\": [{\"message\": oops",
+                ))
                 .unwrap();
         }
         Some(Fault::BadRequest) => {
-            return (StatusCode::BAD_REQUEST, err_body("invalid model", "invalid_request_error")).into_response();
+            return (
+                StatusCode::BAD_REQUEST,
+                err_body("invalid model", "invalid_request_error"),
+            )
+                .into_response();
         }
         None => {}
     }
     *st.successes.lock().unwrap().entry(key.clone()).or_default() += 1;
-    let model = body.get("model").and_then(|m| m.as_str()).unwrap_or("test").to_string();
+    let model = body
+        .get("model")
+        .and_then(|m| m.as_str())
+        .unwrap_or("test")
+        .to_string();
     let resp = json!({
         "id": format!("chatcmpl-{key}-{attempt}"),
         "object": "chat.completion",
@@ -156,5 +199,10 @@ async fn chat(State(st): State<Arc<ServerState>>, headers: HeaderMap, body: Byte
         "choices": [{"index": 0, "message": {"role": "assistant", "content": reply_for(&key)}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150},
     });
-    (StatusCode::OK, [("content-type", "application/json")], resp.to_string()).into_response()
+    (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        resp.to_string(),
+    )
+        .into_response()
 }

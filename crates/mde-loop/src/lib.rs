@@ -1,0 +1,55 @@
+//! The closed loop of mde (round orchestration, built later) and the embedded default's tiny
+//! base model.
+//!
+//! - [`tokenizer_train`]: a LLaMA-style BPE tokenizer trained from scratch on the world's texts
+//!   and MiniGPT-4's prompt template, saved as an HF LLaMA tokenizer folder.
+//! - [`tiny`]: [`tiny::TinyModelConfig`] and [`tiny::build_base_model`], which writes a seeded
+//!   random tiny MiniGPT-4 in the real on-disk layouts (HF BLIP-2 folder, Vicuna folder,
+//!   projector safetensors) that `minigpt4::MiniGpt4::load` reads.
+//!
+//! ```no_run
+//! use mde_loop::tiny::{build_base_model, CorpusSource, TinyModelConfig};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let base = build_base_model(
+//!     &TinyModelConfig::default(),
+//!     CorpusSource::WorldDir("runs/demo/world".as_ref()),
+//!     "runs/demo/base".as_ref(),
+//!     0,
+//! )?;
+//! let model = minigpt4::MiniGpt4::load(
+//!     &base.model_paths(),
+//!     candle_core::DType::F32,
+//!     &candle_core::Device::Cpu,
+//! )?;
+//! # let _ = model; Ok(()) }
+//! ```
+
+pub mod tiny;
+pub mod tokenizer_train;
+
+use std::path::PathBuf;
+
+/// Errors of the loop crate.
+#[derive(Debug, thiserror::Error)]
+pub enum LoopError {
+    #[error(transparent)]
+    Core(#[from] mde_core::CoreError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Model(#[from] minigpt4::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("world: {0}")]
+    World(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("invalid config: {0}")]
+    Config(String),
+}
+
+/// Result alias of this crate.
+pub type Result<T> = std::result::Result<T, LoopError>;

@@ -1,0 +1,873 @@
+//! The training driver: data mixing, image preprocessing, gradient accumulation, schedule,
+//! checkpoints with exact resume, validation-based best-checkpoint selection and exports.
+//!
+//! Everything random (dataset choice, shuffles, random resized crops, LoRA dropout) derives
+//! from `TrainConfig::seed` and the step counter, and all of it is in the checkpoint, so a
+//! run killed and resumed from its last checkpoint reaches the same weights bit for bit (CPU).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, Var};
+use minigpt4::linear::LoraAdapter;
+use minigpt4::llama::LoraConfig;
+use minigpt4::model::MiniGpt4;
+use minigpt4::preprocess::ImageProcessor;
+use minigpt4::tokenizer::LlamaTokenizer;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::batch::{build_batch, LayoutConfig, TrainSample};
+use crate::checkpoint::{
+    latest_checkpoint, load_checkpoint, save_checkpoint, RngState, TrainState,
+};
+use crate::data::TrainRecord;
+use crate::error::{Result, TrainError};
+use crate::mix::{DatasetMixer, MixEntry, MixerState};
+use crate::optim::{AdamW, AdamWConfig};
+use crate::peft::LoraKey;
+use crate::schedule::LinearWarmupCosine;
+use crate::step::BatchTensors;
+
+/// What trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TrainMode {
+    /// Only the projector `llama_proj` (MiniGPT-4 stage 2).
+    #[serde(rename = "fc")]
+    Fc,
+    /// Only LoRA adapters on the LLaMA.
+    #[serde(rename = "lora")]
+    Lora,
+    /// LoRA adapters and the projector (DataEngine's released setting).
+    #[serde(rename = "lora+fc")]
+    LoraFc,
+}
+
+impl TrainMode {
+    fn has_lora(self) -> bool {
+        matches!(self, TrainMode::Lora | TrainMode::LoraFc)
+    }
+    fn has_fc(self) -> bool {
+        matches!(self, TrainMode::Fc | TrainMode::LoraFc)
+    }
+}
+
+/// LoRA settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoraSettings {
+    pub r: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    pub target_modules: Vec<String>,
+    /// Seed of the adapter initialisation.
+    pub init_seed: u64,
+    /// Start from this PEFT adapter folder instead of a fresh init.
+    pub init_adapter: Option<PathBuf>,
+}
+
+impl Default for LoraSettings {
+    fn default() -> Self {
+        Self {
+            r: 8,
+            alpha: 16.0,
+            dropout: 0.05,
+            target_modules: vec!["q_proj".into(), "k_proj".into()],
+            init_seed: 0,
+            init_adapter: None,
+        }
+    }
+}
+
+/// AdamW + warmup-cosine settings (MiniGPT-4 stage-2 defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimSettings {
+    pub init_lr: f64,
+    pub min_lr: f64,
+    pub warmup_lr: f64,
+    pub warmup_steps: usize,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+}
+
+impl Default for OptimSettings {
+    fn default() -> Self {
+        Self {
+            init_lr: 3e-5,
+            min_lr: 1e-5,
+            warmup_lr: 1e-6,
+            warmup_steps: 200,
+            weight_decay: 0.05,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
+    }
+}
+
+/// Training-time image preprocessing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageMode {
+    /// Seeded RandomResizedCrop (scale 0.5-1), as MiniGPT-4's train processor.
+    #[default]
+    Train,
+    /// Deterministic bicubic resize.
+    Eval,
+}
+
+/// Everything that defines a run (besides model and data).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub mode: TrainMode,
+    pub lora: LoraSettings,
+    pub optim: OptimSettings,
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step; the loss of each is divided by it.
+    pub accum_steps: usize,
+    /// Optimizer steps = `max_epoch * iters_per_epoch` (the schedule's horizon).
+    pub max_epoch: usize,
+    pub iters_per_epoch: usize,
+    /// Checkpoint every N optimizer steps (0: only at the end).
+    pub checkpoint_every: u64,
+    /// Validate every N optimizer steps (0: only at the end when a validator is given).
+    pub validate_every: u64,
+    pub seed: u64,
+    /// Max global gradient L2 norm (None: no clipping, the original's default).
+    pub grad_clip: Option<f64>,
+    pub image_mode: ImageMode,
+    pub end_sym: String,
+    pub max_txt_len: usize,
+    /// At the end, also merge LoRA into the LLaMA and write `final/merged/model.safetensors`.
+    pub merge_at_end: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            mode: TrainMode::LoraFc,
+            lora: LoraSettings::default(),
+            optim: OptimSettings::default(),
+            batch_size: 12,
+            accum_steps: 1,
+            max_epoch: 1,
+            iters_per_epoch: 1000,
+            checkpoint_every: 200,
+            validate_every: 0,
+            seed: 42,
+            grad_clip: None,
+            image_mode: ImageMode::Train,
+            end_sym: "###".into(),
+            max_txt_len: 160,
+            merge_at_end: false,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Total optimizer steps.
+    pub fn total_steps(&self) -> u64 {
+        (self.max_epoch * self.iters_per_epoch) as u64
+    }
+
+    fn schedule(&self) -> LinearWarmupCosine {
+        LinearWarmupCosine {
+            max_epoch: self.max_epoch,
+            iters_per_epoch: self.iters_per_epoch,
+            init_lr: self.optim.init_lr,
+            min_lr: self.optim.min_lr,
+            warmup_lr: self.optim.warmup_lr,
+            warmup_steps: self.optim.warmup_steps,
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        let bad = |m: &str| Err(TrainError::Invalid(m.to_string()));
+        if self.batch_size == 0 {
+            return bad("batch_size must be >= 1");
+        }
+        if self.accum_steps == 0 {
+            return bad("accum_steps must be >= 1");
+        }
+        if self.total_steps() == 0 {
+            return bad("max_epoch * iters_per_epoch must be >= 1");
+        }
+        if self.mode.has_lora() {
+            if self.lora.r == 0 {
+                return bad("lora.r must be >= 1");
+            }
+            if !(0.0..1.0).contains(&self.lora.dropout) {
+                return bad("lora.dropout must be in [0, 1)");
+            }
+            if self.lora.target_modules.is_empty() {
+                return bad("lora.target_modules is empty");
+            }
+        }
+        if let Some(c) = self.grad_clip {
+            if !(c > 0.0 && c.is_finite()) {
+                return bad("grad_clip must be a positive number");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A named dataset of records with its sampling ratio.
+#[derive(Debug, Clone)]
+pub struct TrainDataset {
+    pub name: String,
+    pub ratio: Option<f64>,
+    pub records: Vec<TrainRecord>,
+}
+
+/// A validation metric computed on the current model.
+pub trait Validator {
+    /// Metric name (e.g. `aokvqa_da`).
+    fn name(&self) -> &str;
+    /// Whether larger values are better.
+    fn higher_is_better(&self) -> bool {
+        true
+    }
+    /// Evaluates the model after `step` optimizer steps.
+    fn evaluate(&mut self, model: &MiniGpt4, step: u64) -> Result<f64>;
+}
+
+/// A [`Validator`] from a closure.
+pub struct FnValidator<F> {
+    pub name: String,
+    pub higher_is_better: bool,
+    pub f: F,
+}
+
+impl<F: FnMut(&MiniGpt4, u64) -> Result<f64>> Validator for FnValidator<F> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn higher_is_better(&self) -> bool {
+        self.higher_is_better
+    }
+    fn evaluate(&mut self, model: &MiniGpt4, step: u64) -> Result<f64> {
+        (self.f)(model, step)
+    }
+}
+
+/// One validation result.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MetricPoint {
+    pub step: u64,
+    pub value: f64,
+}
+
+/// `metrics.json` of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricHistory {
+    pub metric: String,
+    pub higher_is_better: bool,
+    pub history: Vec<MetricPoint>,
+    pub best: Option<MetricPoint>,
+}
+
+/// Result of one optimizer step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepReport {
+    pub step: u64,
+    /// Mean of the micro-batch losses.
+    pub loss: f32,
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    pub dataset: usize,
+}
+
+/// Options of [`Trainer::run`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Stop (without a final checkpoint, as a killed process) once this many optimizer steps
+    /// are done. For tests and time-boxed jobs.
+    pub stop_after: Option<u64>,
+    /// Show an indicatif progress bar.
+    pub progress: bool,
+}
+
+/// Trainable parameter count of one optimizer group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupSummary {
+    pub weight_decay: f64,
+    pub tensors: usize,
+    pub parameters: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Extra {
+    mixer: MixerState,
+    #[serde(default)]
+    metrics: Option<MetricHistory>,
+    #[serde(default)]
+    last_loss: Option<f32>,
+}
+
+/// The training driver.
+pub struct Trainer {
+    cfg: TrainConfig,
+    model: MiniGpt4,
+    tok: LlamaTokenizer,
+    datasets: Vec<TrainDataset>,
+    mixer: DatasetMixer,
+    rng: ChaCha8Rng,
+    opt: AdamW,
+    /// Trainable vars under runner key names (the names in checkpoints and the optimizer).
+    params: Vec<(String, Var)>,
+    processor: ImageProcessor,
+    layout: LayoutConfig,
+    run_dir: PathBuf,
+    step: u64,
+    metrics: Option<MetricHistory>,
+    last_loss: Option<f32>,
+    resumed_from: Option<PathBuf>,
+}
+
+fn runner_name(n: &str) -> String {
+    LoraKey::parse(n)
+        .map(|k| k.runner_key())
+        .unwrap_or_else(|| n.to_string())
+}
+
+impl Trainer {
+    /// Prepares the model for `cfg.mode` (projector trainable and/or LoRA attached), builds the
+    /// optimizer and data mixer, and resumes from the newest checkpoint in `run_dir` if any.
+    pub fn new(
+        mut model: MiniGpt4,
+        tok: LlamaTokenizer,
+        datasets: Vec<TrainDataset>,
+        cfg: TrainConfig,
+        run_dir: &Path,
+    ) -> Result<Self> {
+        cfg.check()?;
+        let mut vars = Vec::new();
+        if cfg.mode.has_fc() {
+            vars.extend(model.make_projector_trainable()?);
+        }
+        if cfg.mode.has_lora() {
+            let l = &cfg.lora;
+            match &l.init_adapter {
+                Some(dir) => {
+                    let ad = crate::peft::PeftAdapter::load(dir, model.device())?;
+                    let alpha = ad.lora_alpha().unwrap_or(l.alpha);
+                    let t: HashMap<String, Tensor> = ad
+                        .tensors
+                        .iter()
+                        .map(|(k, t)| (k.peft_key(), t.clone()))
+                        .collect();
+                    let n = model
+                        .llama
+                        .load_lora(&t, alpha, l.dropout as f32, l.init_seed)?;
+                    if n == 0 {
+                        return Err(TrainError::file(dir, "adapter has no LoRA matrices"));
+                    }
+                }
+                None => model.enable_lora(&LoraConfig {
+                    r: l.r,
+                    alpha: l.alpha,
+                    dropout: l.dropout as f32,
+                    target_modules: l.target_modules.clone(),
+                    seed: l.init_seed,
+                })?,
+            }
+            vars.extend(model.llama.lora_vars());
+        }
+        let params: Vec<(String, Var)> = vars
+            .iter()
+            .map(|(n, v)| (runner_name(n), v.clone()))
+            .collect();
+        let sched = cfg.schedule();
+        let opt = AdamW::new_runner_groups(
+            params.clone(),
+            AdamWConfig {
+                lr: sched.lr_at(0),
+                beta1: cfg.optim.beta1,
+                beta2: cfg.optim.beta2,
+                eps: cfg.optim.eps,
+                weight_decay: cfg.optim.weight_decay,
+            },
+        )?;
+        let entries = datasets
+            .iter()
+            .map(|d| MixEntry {
+                name: d.name.clone(),
+                size: d.records.len(),
+                ratio: d.ratio,
+            })
+            .collect();
+        let mixer = DatasetMixer::new(entries)?;
+        let image_size = model.vision.cfg.image_size as u32;
+        let processor = match cfg.image_mode {
+            ImageMode::Train => ImageProcessor::train(image_size),
+            ImageMode::Eval => ImageProcessor::eval(image_size),
+        };
+        let n_img = model.config().qformer.num_query_tokens;
+        let layout = LayoutConfig {
+            max_txt_len: cfg.max_txt_len,
+            ..LayoutConfig::minigpt4(n_img)
+        };
+        let rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        let mut t = Self {
+            cfg,
+            model,
+            tok,
+            datasets,
+            mixer,
+            rng,
+            opt,
+            params,
+            processor,
+            layout,
+            run_dir: run_dir.to_path_buf(),
+            step: 0,
+            metrics: None,
+            last_loss: None,
+            resumed_from: None,
+        };
+        if let Some(dir) = latest_checkpoint(run_dir)? {
+            t.resume_from(&dir)?;
+        }
+        Ok(t)
+    }
+
+    fn resume_from(&mut self, dir: &Path) -> Result<()> {
+        let dev = self.model.device().clone();
+        let st = load_checkpoint(dir, &self.params, &mut self.opt, &dev)?;
+        let extra: Extra = serde_json::from_value(st.extra.clone())
+            .map_err(|e| TrainError::file(dir.join("state.json"), format!("bad `extra`: {e}")))?;
+        self.mixer.restore(extra.mixer)?;
+        self.rng = st.rng.restore()?;
+        self.step = st.step;
+        self.metrics = extra.metrics;
+        self.last_loss = extra.last_loss;
+        self.resumed_from = Some(dir.to_path_buf());
+        Ok(())
+    }
+
+    /// Checkpoint the run resumed from, if any.
+    pub fn resumed_from(&self) -> Option<&Path> {
+        self.resumed_from.as_deref()
+    }
+
+    /// Optimizer steps done.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// The run configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &MiniGpt4 {
+        &self.model
+    }
+
+    /// Gives the model back.
+    pub fn into_model(self) -> MiniGpt4 {
+        self.model
+    }
+
+    /// Trainable tensors under runner key names.
+    pub fn trainable(&self) -> &[(String, Var)] {
+        &self.params
+    }
+
+    /// Metric history so far.
+    pub fn metrics(&self) -> Option<&MetricHistory> {
+        self.metrics.as_ref()
+    }
+
+    /// Tensor and parameter counts per optimizer group.
+    pub fn group_summary(&self) -> Vec<GroupSummary> {
+        let sizes: HashMap<&str, usize> = self
+            .params
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_tensor().elem_count()))
+            .collect();
+        self.opt
+            .groups()
+            .iter()
+            .map(|g| GroupSummary {
+                weight_decay: g.weight_decay,
+                tensors: g.names.len(),
+                parameters: g
+                    .names
+                    .iter()
+                    .map(|n| sizes.get(n.as_str()).copied().unwrap_or(0))
+                    .sum(),
+            })
+            .collect()
+    }
+
+    /// Re-seeds every LoRA dropout stream from (seed, step, layer, module) so that dropout masks
+    /// depend only on the step, not on how many steps this process has run (exact resume).
+    fn reseed_dropout(&mut self) -> Result<()> {
+        if !(self.cfg.mode.has_lora() && self.cfg.lora.dropout > 0.0) {
+            return Ok(());
+        }
+        let base = self.cfg.seed ^ 0x5bd1_e995_u64.wrapping_mul(self.step + 1);
+        for (li, layer) in self.model.llama.layers.iter_mut().enumerate() {
+            for (ti, t) in minigpt4::llama::LORA_TARGETS.iter().enumerate() {
+                let Some(lin) = layer.linear_mut(t) else {
+                    continue;
+                };
+                let Some(old) = lin.lora.take() else {
+                    continue;
+                };
+                let seed = base
+                    .wrapping_mul(1_000_003)
+                    .wrapping_add((li * 64 + ti) as u64);
+                let r = old.rank().max(1) as f64;
+                let mut ad = LoraAdapter::from_tensors(
+                    old.a.as_tensor(),
+                    old.b.as_tensor(),
+                    old.scale * r,
+                    old.dropout,
+                    seed,
+                )?;
+                // Keep the very same Vars (the optimizer holds them) and the exact scale.
+                ad.a = old.a.clone();
+                ad.b = old.b.clone();
+                ad.scale = old.scale;
+                lin.lora = Some(ad);
+            }
+        }
+        Ok(())
+    }
+
+    fn micro_batch(&mut self) -> Result<(usize, Tensor, BatchTensors)> {
+        let mb = self.mixer.next_batch(self.cfg.batch_size, &mut self.rng);
+        let ds = &self.datasets[mb.dataset];
+        let dev = self.model.device().clone();
+        let mut imgs = Vec::with_capacity(mb.indices.len());
+        let mut samples: Vec<TrainSample> = Vec::with_capacity(mb.indices.len());
+        for &i in &mb.indices {
+            let r = &ds.records[i];
+            let img = minigpt4::preprocess::load_rgb(&r.image).map_err(|e| {
+                TrainError::file(
+                    &r.image,
+                    format!("dataset {}: cannot read image: {e}", ds.name),
+                )
+            })?;
+            imgs.push(img);
+            samples.push(r.to_sample().map_err(|m| {
+                TrainError::Invalid(format!("dataset {} record {}: {m}", ds.name, i + 1))
+            })?);
+        }
+        let px = self
+            .processor
+            .process_batch(&imgs, &mut self.rng, &dev)
+            .map_err(|e| TrainError::Invalid(format!("preprocessing images: {e}")))?;
+        let px = px.to_dtype(self.model.dtype())?;
+        let qf = self.model.qformer_features(&px)?.detach();
+        let layout = build_batch(&self.tok, &samples, &self.cfg.end_sym, self.layout)?;
+        Ok((mb.dataset, qf, BatchTensors::new(&layout, &dev)?))
+    }
+
+    /// One optimizer step: `accum_steps` micro-batches, optional clipping, AdamW update at
+    /// the scheduled learning rate.
+    pub fn train_step(&mut self) -> Result<StepReport> {
+        let lr = self.cfg.schedule().lr_at(self.step as usize);
+        self.opt.set_learning_rate(lr);
+        self.reseed_dropout()?;
+        let accum = self.cfg.accum_steps;
+        let mut store = None;
+        let mut sums: Vec<Option<Tensor>> = vec![None; self.params.len()];
+        let mut loss_sum = 0f32;
+        let mut dataset = 0;
+        for _ in 0..accum {
+            let (d, qf, batch) = self.micro_batch()?;
+            dataset = d;
+            let mut l = crate::step::loss(&self.model, &qf, &batch)?;
+            let v = l.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+            if !v.is_finite() {
+                return Err(TrainError::Invalid(format!(
+                    "non-finite loss {v} at step {}",
+                    self.step
+                )));
+            }
+            loss_sum += v;
+            if accum > 1 {
+                l = (l / accum as f64)?;
+            }
+            let grads = l.backward()?;
+            for (k, (_, var)) in self.params.iter().enumerate() {
+                if let Some(g) = grads.get(var.as_tensor()) {
+                    sums[k] = Some(match sums[k].take() {
+                        Some(s) => (s + g)?,
+                        None => g.clone(),
+                    });
+                }
+            }
+            store = Some(grads);
+        }
+        let mut store = store.ok_or_else(|| TrainError::Invalid("no micro-batch".into()))?;
+        let mut sq = 0f64;
+        for g in sums.iter().flatten() {
+            sq += g
+                .to_dtype(DType::F32)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f32>()? as f64;
+        }
+        let grad_norm = sq.sqrt();
+        let coef = match self.cfg.grad_clip {
+            Some(max) if grad_norm > max => Some(max / (grad_norm + 1e-6)),
+            _ => None,
+        };
+        for ((_, var), g) in self.params.iter().zip(sums) {
+            if let Some(mut g) = g {
+                if let Some(c) = coef {
+                    g = (g * c)?;
+                }
+                store.insert(var.as_tensor(), g);
+            }
+        }
+        self.opt.step(&store)?;
+        self.step += 1;
+        let loss = loss_sum / accum as f32;
+        self.last_loss = Some(loss);
+        Ok(StepReport {
+            step: self.step,
+            loss,
+            lr,
+            grad_norm,
+            dataset,
+        })
+    }
+
+    /// Writes a checkpoint of the current state (atomic); returns its folder.
+    pub fn save_checkpoint(&self) -> Result<PathBuf> {
+        let extra = Extra {
+            mixer: self.mixer.state(),
+            metrics: self.metrics.clone(),
+            last_loss: self.last_loss,
+        };
+        let state = TrainState {
+            step: self.step,
+            epoch: self.step / self.cfg.iters_per_epoch.max(1) as u64,
+            rng: RngState::capture(&self.rng),
+            extra: serde_json::to_value(&extra)
+                .map_err(|e| TrainError::Invalid(format!("serialising state: {e}")))?,
+        };
+        save_checkpoint(&self.run_dir, &self.params, &self.opt, &state)
+    }
+
+    /// Writes the trainable weights (and the adapter in LoRA modes) to `dir`.
+    pub fn export(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| TrainError::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
+        crate::export::save_runner_safetensors(
+            &self.model,
+            &dir.join("trainable_runner_keys.safetensors"),
+        )?;
+        if self.cfg.mode.has_lora() {
+            let l = &self.cfg.lora;
+            crate::export::peft_adapter(&self.model, l.r, l.alpha, l.dropout, &l.target_modules)?
+                .save(&dir.join("adapter"))?;
+        }
+        Ok(())
+    }
+
+    fn validate(&mut self, v: &mut dyn Validator) -> Result<()> {
+        let value = v.evaluate(&self.model, self.step)?;
+        let m = self.metrics.get_or_insert_with(|| MetricHistory {
+            metric: v.name().to_string(),
+            higher_is_better: v.higher_is_better(),
+            history: Vec::new(),
+            best: None,
+        });
+        let p = MetricPoint {
+            step: self.step,
+            value,
+        };
+        m.history.retain(|q| q.step != p.step);
+        m.history.push(p);
+        let better = match m.best {
+            None => true,
+            Some(b) => {
+                if m.higher_is_better {
+                    value > b.value
+                } else {
+                    value < b.value
+                }
+            }
+        };
+        if better {
+            m.best = Some(p);
+        }
+        let m = m.clone();
+        if better {
+            let best = self.run_dir.join("best");
+            self.export(&best)?;
+            mde_core::io::write_json(best.join("best.json"), &p)?;
+        }
+        mde_core::io::write_json(self.run_dir.join("metrics.json"), &m)?;
+        tracing::info!(step = self.step, metric = %m.metric, value, "validation");
+        Ok(())
+    }
+
+    /// Trains to `total_steps` (or `opts.stop_after`), checkpointing every
+    /// `checkpoint_every` steps and at the end, validating every `validate_every` steps.
+    /// At the natural end, writes `final/` (see [`Trainer::export`]) and, with
+    /// `merge_at_end`, `final/merged/model.safetensors`.
+    pub fn run(
+        &mut self,
+        mut validator: Option<&mut dyn Validator>,
+        opts: RunOptions,
+    ) -> Result<Vec<StepReport>> {
+        let total = self.cfg.total_steps();
+        let limit = opts.stop_after.map_or(total, |s| s.min(total));
+        let bar = if opts.progress {
+            let b = indicatif::ProgressBar::new(total);
+            if let Ok(s) = indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+            ) {
+                b.set_style(s);
+            }
+            b.set_position(self.step);
+            b
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        let mut reports = Vec::new();
+        while self.step < limit {
+            let r = self.train_step()?;
+            bar.set_position(r.step);
+            bar.set_message(format!("loss {:.4} lr {:.3e}", r.loss, r.lr));
+            tracing::debug!(step = r.step, loss = r.loss, lr = r.lr, "step");
+            reports.push(r);
+            if let Some(v) = validator.as_deref_mut() {
+                if self.cfg.validate_every > 0 && self.step.is_multiple_of(self.cfg.validate_every) {
+                    self.validate(v)?;
+                }
+            }
+            if self.cfg.checkpoint_every > 0 && self.step.is_multiple_of(self.cfg.checkpoint_every) {
+                self.save_checkpoint()?;
+            }
+        }
+        if self.step < total {
+            bar.abandon();
+            return Ok(reports);
+        }
+        bar.finish();
+        if let Some(v) = validator {
+            if self
+                .metrics
+                .as_ref()
+                .and_then(|m| m.history.last())
+                .map(|p| p.step)
+                != Some(self.step)
+            {
+                self.validate(v)?;
+            }
+        }
+        let done = latest_checkpoint(&self.run_dir)?
+            .and_then(|d| mde_core::io::read_json::<TrainState>(d.join("state.json")).ok())
+            .map(|s| s.step);
+        if done != Some(self.step) {
+            self.save_checkpoint()?;
+        }
+        let fin = self.run_dir.join("final");
+        self.export(&fin)?;
+        if self.cfg.merge_at_end && self.cfg.mode.has_lora() {
+            let d = fin.join("merged");
+            std::fs::create_dir_all(&d).map_err(|e| TrainError::Io {
+                path: d.clone(),
+                source: e,
+            })?;
+            let dt = self.model.dtype();
+            crate::export::merge_and_save_llama(&mut self.model, &d.join("model.safetensors"), dt)?;
+        }
+        Ok(reports)
+    }
+}
+
+/// Loads the model and tokenizer of a MiniGPT-4 [`minigpt4::ModelPaths`] on `device`.
+pub fn load_model(
+    paths: &minigpt4::ModelPaths,
+    dtype: DType,
+    device: &Device,
+) -> Result<(MiniGpt4, LlamaTokenizer)> {
+    let model = MiniGpt4::load(paths, dtype, device)?;
+    let loc = minigpt4::weights::Location::parse(&paths.vicuna)?;
+    let tok_path = loc
+        .file("tokenizer.json")
+        .ok_or_else(|| TrainError::file(&paths.vicuna, "no tokenizer.json"))?;
+    let tok = LlamaTokenizer::from_file(&tok_path)?;
+    Ok((model, tok))
+}
+
+/// Validation metric: mean training loss (eval mode: no dropout, eval image resize) over a
+/// held-out set of records, in batches; lower is better.
+pub struct LossValidator {
+    pub records: Vec<TrainRecord>,
+    pub tok: LlamaTokenizer,
+    pub end_sym: String,
+    pub batch_size: usize,
+    pub max_txt_len: usize,
+}
+
+impl Validator for LossValidator {
+    fn name(&self) -> &str {
+        "val_loss"
+    }
+    fn higher_is_better(&self) -> bool {
+        false
+    }
+    fn evaluate(&mut self, model: &MiniGpt4, _step: u64) -> Result<f64> {
+        if self.records.is_empty() {
+            return Err(TrainError::Invalid("empty validation set".into()));
+        }
+        let dev = model.device().clone();
+        let proc = ImageProcessor::eval(model.vision.cfg.image_size as u32);
+        let layout_cfg = LayoutConfig {
+            max_txt_len: self.max_txt_len,
+            ..LayoutConfig::minigpt4(model.config().qformer.num_query_tokens)
+        };
+        let (mut total, mut n) = (0f64, 0usize);
+        for chunk in self.records.chunks(self.batch_size.max(1)) {
+            let mut imgs = Vec::new();
+            let mut samples = Vec::new();
+            for r in chunk {
+                imgs.push(minigpt4::preprocess::load_rgb(&r.image).map_err(|e| {
+                    TrainError::file(&r.image, format!("cannot read validation image: {e}"))
+                })?);
+                samples.push(r.to_sample().map_err(TrainError::Invalid)?);
+            }
+            let px = proc
+                .process_batch_eval(&imgs, &dev)
+                .map_err(|e| TrainError::Invalid(format!("preprocessing images: {e}")))?
+                .to_dtype(model.dtype())?;
+            let qf = model.qformer_features(&px)?;
+            let layout = build_batch(&self.tok, &samples, &self.end_sym, layout_cfg)?;
+            let b = BatchTensors::new(&layout, &dev)?;
+            let img = model.project(&qf, false)?;
+            let embeds = model.embed_layout(&b.token_ids, &img)?;
+            let logits = model.forward_embeds(
+                &embeds,
+                Some(&b.attention_mask),
+                Some(&b.position_ids),
+                false,
+            )?;
+            let l = minigpt4::llama::causal_lm_loss(&logits, &b.labels)?
+                .to_dtype(DType::F32)?
+                .to_scalar::<f32>()?;
+            total += l as f64 * chunk.len() as f64;
+            n += chunk.len();
+        }
+        Ok(total / n as f64)
+    }
+}
