@@ -42,6 +42,18 @@ enum IpoCmd {
         #[arg(long)]
         teacher: PathBuf,
     },
+    /// Step 2: generate the active version's trial batch (resumable) with validator pre-labels.
+    Trial {
+        /// Generation queries (JSONL, e.g. from `mde sample`).
+        #[arg(long)]
+        queries: PathBuf,
+        /// Generation config TOML ([teacher], [runner], [postprocess] tables as for `mde generate`).
+        #[arg(long)]
+        teacher: PathBuf,
+        /// Trial size (the paper used 100).
+        #[arg(long, default_value_t = 100)]
+        n: usize,
+    },
     /// Step 2: label the active version's trial batch in the terminal (resumable).
     Label,
     /// Step 2: label in a local web page on 127.0.0.1.
@@ -130,6 +142,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let rt = tokio::runtime::Runtime::new()?;
             let (_, outcome) = rt.block_on(ipo.critique_step(teacher.as_ref(), &mut reviewer))?;
             report(&outcome);
+        }
+        IpoCmd::Trial { queries, teacher, n } => {
+            let ipo = Ipo::open(&args.dir)?;
+            let cfg = mde_gen::GenConfig::load(&teacher).with_context(|| format!("loading {}", teacher.display()))?;
+            let teacher = mde_gen::build_teacher(&cfg.teacher)?;
+            let all: Vec<mde_core::records::GenQuery> = mde_core::io::read_jsonl(&queries)?;
+            let batch: Vec<_> = all.into_iter().take(n).collect();
+            let version = ipo.store.active()?;
+            let rt = tokio::runtime::Runtime::new()?;
+            let s = rt.block_on(mde_ipo::trial_gen::generate_trial(
+                &ipo,
+                version,
+                &batch,
+                teacher,
+                cfg.runner.clone(),
+                &cfg.postprocess,
+            ))?;
+            println!(
+                "v{}: {} replies, {} new trial items, {} pre-labelled as failing; label them with `mde ipo label` or `mde ipo serve`",
+                s.version, s.replies, s.added, s.prelabelled
+            );
         }
         IpoCmd::Label => {
             let ipo = Ipo::open(&args.dir)?;

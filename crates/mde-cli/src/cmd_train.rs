@@ -13,6 +13,8 @@
 //!                    # image_mode, end_sym, max_txt_len, merge_at_end, [train.lora], [train.optim]
 //! [[datasets]]       # mde_train::data::DatasetSpec: name, path, format, image_root, image_pattern, kind, ratio
 //! [validation]       # optional DatasetSpec: held-out records, metric = mean loss (lower is better)
+//! [aokvqa_validation] # or: data = "aokvqa_v1p0_val.json", image_root = "coco", limit = 500
+//!                    # metric = A-OKVQA DA through mde-eval (needs a second model copy in memory)
 //! ```
 //!
 //! Relative model paths are resolved against the config file's folder, dataset paths against
@@ -23,11 +25,19 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
+use mde_core::records::BenchItem;
+use mde_eval::runner::{
+    load_items, run_predictions, score_predictions, select_items, write_official_predictions,
+    Benchmark, ImageLoader, RunConfig,
+};
 use mde_train::data::{load_dataset, DatasetSpec};
 use mde_train::trainer::{load_model, LossValidator};
 use mde_train::{RunOptions, TrainConfig, TrainDataset, Trainer, Validator};
+use minigpt4::eval_adapter::MiniGpt4Eval;
+use minigpt4::model::MiniGpt4;
 use minigpt4::model::ModelPaths;
 use serde::Deserialize;
+use std::collections::HashMap;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -69,6 +79,82 @@ struct TrainToml {
     datasets: Vec<DatasetSpec>,
     #[serde(default)]
     validation: Option<DatasetSpec>,
+    #[serde(default)]
+    aokvqa_validation: Option<AokvqaValidation>,
+}
+
+/// `[aokvqa_validation]`: A-OKVQA DA (the original's selection metric) through mde-eval.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AokvqaValidation {
+    /// `aokvqa_v1p0_val.json`.
+    data: PathBuf,
+    /// COCO image root (`val2017/...` below it).
+    #[serde(default)]
+    image_root: Option<PathBuf>,
+    /// Only the first N questions.
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// Evaluates A-OKVQA DA on a second copy of the model into which the trained weights are
+/// copied before each evaluation (the evaluator owns its model; the trainer keeps borrowing
+/// its own). Predictions and scores go to `OUT/val/step-N/`.
+struct AokvqaValidator {
+    eval: MiniGpt4Eval,
+    items: Vec<BenchItem>,
+    data: PathBuf,
+    images: ImageLoader,
+    limit: Option<usize>,
+    out: PathBuf,
+    alpha: f64,
+}
+
+impl Validator for AokvqaValidator {
+    fn name(&self) -> &str {
+        "aokvqa_da"
+    }
+    fn evaluate(&mut self, model: &MiniGpt4, step: u64) -> mde_train::Result<f64> {
+        let err = |m: String| mde_train::TrainError::Invalid(format!("A-OKVQA validation: {m}"));
+        // Copy the current trainable weights into the evaluator's model.
+        let p = &model.llama_proj;
+        self.eval.model.llama_proj = minigpt4::linear::Linear::from_weights(
+            p.weight.copy()?,
+            p.bias.as_ref().map(|b| b.copy()).transpose()?,
+        );
+        let lora: HashMap<String, candle_core::Tensor> = model
+            .llama
+            .lora_vars()
+            .into_iter()
+            .map(|(n, v)| Ok((n, v.as_tensor().copy()?)))
+            .collect::<mde_train::Result<_>>()?;
+        if !lora.is_empty() {
+            self.eval.model.llama.load_lora(&lora, self.alpha, 0.0, 0)?;
+        }
+        let dir = self.out.join(format!("val/step-{step:06}"));
+        let mut rc = RunConfig::new(Benchmark::Aokvqa);
+        rc.limit = self.limit;
+        let out = run_predictions(
+            &mut self.eval,
+            &self.items,
+            &dir.join("predictions.jsonl"),
+            &rc,
+            &self.images,
+        )
+        .map_err(|e| err(e.to_string()))?;
+        let sel: Vec<BenchItem> = select_items(&self.items, &rc)
+            .into_iter()
+            .cloned()
+            .collect();
+        write_official_predictions(Benchmark::Aokvqa, &self.data, &dir, &sel, &out.predictions)
+            .map_err(|e| err(e.to_string()))?;
+        let scored = score_predictions(Benchmark::Aokvqa, &self.data, &dir, &sel, &out.predictions)
+            .map_err(|e| err(e.to_string()))?;
+        mde_core::io::write_json(dir.join("scores.json"), &scored.json)?;
+        scored.json["DA"]
+            .as_f64()
+            .ok_or_else(|| err("the scorer reported no DA accuracy (no DA questions?)".into()))
+    }
 }
 
 fn parse_dtype(s: &str) -> Result<DType> {
@@ -135,6 +221,32 @@ pub fn run(args: Args) -> Result<()> {
         });
     }
     let (model, tok) = load_model(&paths, dtype, &device).context("loading MiniGPT-4")?;
+    if cfg.validation.is_some() && cfg.aokvqa_validation.is_some() {
+        bail!(
+            "{}: give either [validation] or [aokvqa_validation], not both",
+            args.config.display()
+        );
+    }
+    let mut aokvqa = match &cfg.aokvqa_validation {
+        Some(a) => {
+            let data = cfg_dir.join(&a.data);
+            let root = a.image_root.as_ref().map(|r| cfg_dir.join(r));
+            let items = load_items(Benchmark::Aokvqa, &data, root.as_deref())
+                .with_context(|| format!("loading {}", data.display()))?;
+            let (m2, tok2) =
+                load_model(&paths, dtype, &device).context("loading the evaluation copy")?;
+            Some(AokvqaValidator {
+                eval: MiniGpt4Eval::new(m2, tok2, "mde-train"),
+                items,
+                data,
+                images: ImageLoader::new(root),
+                limit: a.limit,
+                out: args.out.clone(),
+                alpha: cfg.train.lora.alpha,
+            })
+        }
+        None => None,
+    };
     let mut validator = match &cfg.validation {
         Some(s) => Some(LossValidator {
             records: load_dataset(s, &data_dir).context("validation dataset")?,
@@ -161,7 +273,11 @@ pub fn run(args: Args) -> Result<()> {
         total += g.parameters;
     }
     eprintln!("trainable parameters: {total}");
-    let v: Option<&mut dyn Validator> = validator.as_mut().map(|v| v as &mut dyn Validator);
+    let v: Option<&mut dyn Validator> = match (validator.as_mut(), aokvqa.as_mut()) {
+        (Some(v), _) => Some(v as &mut dyn Validator),
+        (None, Some(a)) => Some(a as &mut dyn Validator),
+        (None, None) => None,
+    };
     let reports = trainer.run(
         v,
         RunOptions {

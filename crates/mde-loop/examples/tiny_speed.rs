@@ -18,7 +18,10 @@ use minigpt4::preprocess::{load_rgb, ImageProcessor};
 fn main() -> anyhow::Result<()> {
     let args: Vec<usize> = std::env::args()
         .skip(1)
-        .map(|a| a.parse().context("arguments are numbers: batch text_tokens iters"))
+        .map(|a| {
+            a.parse()
+                .context("arguments are numbers: batch text_tokens iters")
+        })
         .collect::<anyhow::Result<_>>()?;
     let batch = args.first().copied().unwrap_or(32);
     let text = args.get(1).copied().unwrap_or(24);
@@ -31,7 +34,12 @@ fn main() -> anyhow::Result<()> {
     let t_world = t0.elapsed();
     let cfg = TinyModelConfig::default();
     let t0 = Instant::now();
-    let base = build_base_model(&cfg, CorpusSource::WorldDir(world.dir()), &tmp.path().join("base"), 0)?;
+    let base = build_base_model(
+        &cfg,
+        CorpusSource::WorldDir(world.dir()),
+        &tmp.path().join("base"),
+        0,
+    )?;
     let t_build = t0.elapsed();
     let tok = base.tokenizer()?;
     println!(
@@ -42,7 +50,10 @@ fn main() -> anyhow::Result<()> {
         base.manifest.num_parameters
     );
     let sample = "</Img> What color is the large circle?###Assistant: The answer is (B) red.###";
-    println!("pieces of {sample:?}: {:?}", tok.encode_pieces(sample, false)?);
+    println!(
+        "pieces of {sample:?}: {:?}",
+        tok.encode_pieces(sample, false)?
+    );
 
     let (model, varmap) = load_trainable(&base, &dev)?;
     let nq = cfg.num_query_tokens;
@@ -54,10 +65,16 @@ fn main() -> anyhow::Result<()> {
     let mut labels: Vec<i64> = Vec::new();
     for b in 0..batch {
         let it = &items[b % items.len()];
-        let img = load_rgb(world.dir().join("coco").join(&it.image_path))
-            .or_else(|_| load_rgb(world.image_path(it.image_id).context("image")?).map_err(anyhow::Error::from))?;
+        let img = load_rgb(world.dir().join("coco").join(&it.image_path)).or_else(|_| {
+            load_rgb(world.image_path(it.image_id).context("image")?).map_err(anyhow::Error::from)
+        })?;
         px.push(proc.process_eval(&img, &dev)?);
-        let s = format!("</Img> {}###Assistant: The answer is ({}) {}.###", it.question, (b'A' + it.correct_choice_idx as u8) as char, it.choices[it.correct_choice_idx]);
+        let s = format!(
+            "</Img> {}###Assistant: The answer is ({}) {}.###",
+            it.question,
+            (b'A' + it.correct_choice_idx as u8) as char,
+            it.choices[it.correct_choice_idx]
+        );
         let mut t: Vec<i64> = tok.encode(&s, false)?.into_iter().map(i64::from).collect();
         t.resize(text, tok.pad_id() as i64);
         ids.push(tok.bos_id() as i64);
@@ -81,7 +98,13 @@ fn main() -> anyhow::Result<()> {
         .map(|(_, v)| v.clone())
         .collect();
     let n_train: usize = trainable.iter().map(|v| v.elem_count()).sum();
-    let mut opt = AdamW::new(trainable, ParamsAdamW { lr: 1e-3, ..Default::default() })?;
+    let mut opt = AdamW::new(
+        trainable,
+        ParamsAdamW {
+            lr: 1e-3,
+            ..Default::default()
+        },
+    )?;
 
     let time = |f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<f64> {
         f()?; // warm-up
@@ -128,7 +151,9 @@ fn main() -> anyhow::Result<()> {
     let ms_infer = time(&mut || {
         let img = model.project(&qf, false)?;
         let emb = model.embed_layout(&ids, &img)?;
-        let _ = model.forward_embeds(&emb, None, None, false)?.to_dtype(DType::F32)?;
+        let _ = model
+            .forward_embeds(&emb, None, None, false)?
+            .to_dtype(DType::F32)?;
         Ok(())
     })?;
     println!(
@@ -136,9 +161,14 @@ fn main() -> anyhow::Result<()> {
         candle_core::utils::get_num_threads()
     );
     println!("vision + Q-Former forward (frozen): {ms_vis:.1} ms");
-    println!("projector + LLaMA forward + backward + AdamW step: {ms_train:.1} ms (loss {last_loss:.3})");
+    println!(
+        "projector + LLaMA forward + backward + AdamW step: {ms_train:.1} ms (loss {last_loss:.3})"
+    );
     println!("  breakdown: forward (train path) + loss {f_ms:.1} ms, backward {b_ms:.1} ms, AdamW {o_ms:.1} ms");
     println!("projector + LLaMA inference forward: {ms_infer:.1} ms");
-    println!("training step incl. frozen vision: {:.1} ms", ms_vis + ms_train);
+    println!(
+        "training step incl. frozen vision: {:.1} ms",
+        ms_vis + ms_train
+    );
     Ok(())
 }

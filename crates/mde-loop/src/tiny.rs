@@ -129,7 +129,7 @@ impl TinyModelConfig {
                 return bad(format!("{k} must be > 0"));
             }
         }
-        if self.image_size % self.patch_size != 0 {
+        if !self.image_size.is_multiple_of(self.patch_size) {
             return bad(format!(
                 "image_size {} is not a multiple of patch_size {}",
                 self.image_size, self.patch_size
@@ -141,18 +141,16 @@ impl TinyModelConfig {
             ("llm", self.llm_hidden, self.llm_heads),
         ] {
             if h % n != 0 {
-                return bad(format!(
-                    "{k}_hidden {h} is not a multiple of {k}_heads {n}"
-                ));
+                return bad(format!("{k}_hidden {h} is not a multiple of {k}_heads {n}"));
             }
         }
-        if (self.llm_hidden / self.llm_heads) % 2 != 0 {
+        if !(self.llm_hidden / self.llm_heads).is_multiple_of(2) {
             return bad("llm head dim must be even (RoPE rotates halves)".into());
         }
         if !(self.init_std > 0.0 && self.init_std.is_finite()) {
             return bad(format!("init_std must be > 0, got {}", self.init_std));
         }
-        if !(self.rope_theta > 0.0) {
+        if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
             return bad(format!("rope_theta must be > 0, got {}", self.rope_theta));
         }
         Ok(())
@@ -269,8 +267,7 @@ impl BaseModel {
     }
     /// The trained tokenizer through the `minigpt4` wrapper.
     pub fn tokenizer(&self) -> Result<LlamaTokenizer> {
-        LlamaTokenizer::from_dir(self.vicuna_dir())
-            .map_err(|e| LoopError::Tokenizer(e.to_string()))
+        LlamaTokenizer::from_dir(self.vicuna_dir()).map_err(|e| LoopError::Tokenizer(e.to_string()))
     }
     /// The model config (sizes from the manifest).
     pub fn config(&self) -> MiniGpt4Config {
@@ -582,19 +579,19 @@ pub fn build_base_model(
         Ok(())
     };
     let pretty = |v: &serde_json::Value| -> Result<Vec<u8>> {
-        let mut s = serde_json::to_vec_pretty(v)
-            .map_err(|e| LoopError::Config(format!("json: {e}")))?;
+        let mut s =
+            serde_json::to_vec_pretty(v).map_err(|e| LoopError::Config(format!("json: {e}")))?;
         s.push(b'\n');
         Ok(s)
     };
     write("blip2/config.json", &pretty(&blip2_config_json(&mcfg))?)?;
     write("blip2/model.safetensors", &safetensors_bytes(&blip2)?)?;
-    write("vicuna/config.json", &pretty(&llama_config_json(&mcfg.llama))?)?;
-    write("vicuna/model.safetensors", &safetensors_bytes(&llama)?)?;
     write(
-        "minigpt4/projector.safetensors",
-        &safetensors_bytes(&proj)?,
+        "vicuna/config.json",
+        &pretty(&llama_config_json(&mcfg.llama))?,
     )?;
+    write("vicuna/model.safetensors", &safetensors_bytes(&llama)?)?;
+    write("minigpt4/projector.safetensors", &safetensors_bytes(&proj)?)?;
     let mut files = BTreeMap::new();
     for rel in [
         "blip2/config.json",

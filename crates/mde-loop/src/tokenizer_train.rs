@@ -214,10 +214,12 @@ pub fn train_tokenizer(corpus: &[String], cfg: &TokenizerTrainConfig) -> Result<
     let mut kept = Vec::new();
     for (a, b) in merges {
         let r = format!("{a}{b}");
-        if formable.contains(&a) && formable.contains(&b) && allowed_piece(&r) {
-            if formable.insert(r.clone()) {
-                kept.push((a, b, r));
-            }
+        if formable.contains(&a)
+            && formable.contains(&b)
+            && allowed_piece(&r)
+            && formable.insert(r.clone())
+        {
+            kept.push((a, b, r));
         }
     }
     // 4. Final vocabulary: specials, bytes, alphabet, merge results, `$$`.
@@ -298,9 +300,7 @@ pub fn save_tokenizer_folder(tok: &Tokenizer, dir: &Path) -> Result<()> {
     })?;
     let s = tok.to_string(true).map_err(tok_err)?;
     mde_core::io::atomic_write(dir.join("tokenizer.json"), s.as_bytes())?;
-    let special = |c: &str| {
-        json!({"content": c, "lstrip": false, "normalized": false, "rstrip": false, "single_word": false})
-    };
+    let special = |c: &str| json!({"content": c, "lstrip": false, "normalized": false, "rstrip": false, "single_word": false});
     let mut decoder = serde_json::Map::new();
     for (i, s) in SPECIALS.iter().enumerate() {
         let mut v = special(s);

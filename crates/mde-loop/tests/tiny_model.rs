@@ -5,10 +5,10 @@ use std::path::Path;
 
 use candle_core::{DType, Device, IndexOp, Tensor, D};
 use mde_loop::tiny::{build_base_model, load_trainable, BaseModel, CorpusSource, TinyModelConfig};
+use mde_world::{BaseVariant, World, WorldConfig};
 use minigpt4::generation::{generate, GenerationConfig};
 use minigpt4::preprocess::{load_rgb, ImageProcessor};
 use minigpt4::MiniGpt4;
-use mde_world::{BaseVariant, World, WorldConfig};
 
 fn world(dir: &Path) -> anyhow::Result<World> {
     Ok(World::generate(&WorldConfig::tiny(7), dir)?)
@@ -29,7 +29,11 @@ fn world_texts(w: &World) -> anyhow::Result<Vec<String>> {
         v.push(r.question.clone());
         v.extend(r.choices.iter().cloned());
         v.push(r.raw_instructions.clone());
-        v.push(format!("The answer is ({}) {}.###", (b'A' + r.correct_choice_idx as u8) as char, r.answer));
+        v.push(format!(
+            "The answer is ({}) {}.###",
+            (b'A' + r.correct_choice_idx as u8) as char,
+            r.answer
+        ));
     }
     for c in w.load_base_captions()? {
         v.push(c.caption);
@@ -46,7 +50,12 @@ fn tokenizer_pipeline_and_round_trip() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let w = world(&tmp.path().join("world"))?;
     let cfg = small_cfg();
-    let base = build_base_model(&cfg, CorpusSource::WorldDir(w.dir()), &tmp.path().join("base"), 3)?;
+    let base = build_base_model(
+        &cfg,
+        CorpusSource::WorldDir(w.dir()),
+        &tmp.path().join("base"),
+        3,
+    )?;
     let tok = base.tokenizer()?;
     // Ids and pipeline as in LLaMA's tokenizer.json.
     assert_eq!(tok.vocab_size(), base.manifest.vocab_size);
@@ -57,13 +66,19 @@ fn tokenizer_pipeline_and_round_trip() -> anyhow::Result<()> {
     assert_eq!(tok.token_to_id("<0xFF>"), Some(258));
     assert_eq!(tok.pad_id() as usize, tok.vocab_size() - 1);
     assert_eq!(tok.id_to_token(tok.pad_id()).as_deref(), Some("$$"));
-    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(base.vicuna_dir().join("tokenizer.json"))?)?;
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(base.vicuna_dir().join("tokenizer.json"))?)?;
     assert_eq!(j["pre_tokenizer"]["type"], "Metaspace");
     assert_eq!(j["pre_tokenizer"]["prepend_scheme"], "first");
     assert_eq!(j["pre_tokenizer"]["split"], false);
     assert_eq!(j["model"]["type"], "BPE");
     assert_eq!(j["model"]["byte_fallback"], true);
-    let dec: Vec<&str> = j["decoder"]["decoders"].as_array().unwrap().iter().map(|d| d["type"].as_str().unwrap()).collect();
+    let dec: Vec<&str> = j["decoder"]["decoders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["type"].as_str().unwrap())
+        .collect();
     assert_eq!(dec, ["Replace", "ByteFallback", "Fuse", "Strip"]);
     assert_eq!(j["added_tokens"].as_array().unwrap().len(), 3);
     // Learned pieces exist (the corpus words are mostly single pieces).
@@ -81,7 +96,10 @@ fn tokenizer_pipeline_and_round_trip() -> anyhow::Result<()> {
         n_tok += ids.len() - 1;
         n_words += t.split_whitespace().count();
     }
-    assert!((n_tok as f64) < 2.0 * n_words as f64, "{n_tok} tokens for {n_words} words");
+    assert!(
+        (n_tok as f64) < 2.0 * n_words as f64,
+        "{n_tok} tokens for {n_words} words"
+    );
     // Unseen characters fall back to bytes and still round-trip.
     let odd = "Ünïcødé ✓ text";
     assert_eq!(tok.decode(&tok.encode(odd, false)?, true)?, odd);
@@ -92,10 +110,17 @@ fn tokenizer_pipeline_and_round_trip() -> anyhow::Result<()> {
     assert!(!stops.is_empty());
     for t in texts.iter().filter(|t| t.ends_with("###")) {
         let ids = tok.encode(t, false)?;
-        assert!(stops.iter().any(|s| ids.ends_with(s)), "{t:?} -> {:?}", tok.encode_pieces(t, false)?);
+        assert!(
+            stops.iter().any(|s| ids.ends_with(s)),
+            "{t:?} -> {:?}",
+            tok.encode_pieces(t, false)?
+        );
     }
     let seg = tok.encode_pieces("###Human: <Img>", false)?;
-    assert_eq!(seg.concat().replace('▁', " ").trim_start(), "###Human: <Img>");
+    assert_eq!(
+        seg.concat().replace('▁', " ").trim_start(),
+        "###Human: <Img>"
+    );
     Ok(())
 }
 
@@ -111,7 +136,12 @@ fn loads_forwards_and_generates() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let w = world(&tmp.path().join("world"))?;
     let cfg = small_cfg();
-    let base = build_base_model(&cfg, CorpusSource::WorldDir(w.dir()), &tmp.path().join("base"), 11)?;
+    let base = build_base_model(
+        &cfg,
+        CorpusSource::WorldDir(w.dir()),
+        &tmp.path().join("base"),
+        11,
+    )?;
     let model = MiniGpt4::load(&base.model_paths(), DType::F32, &Device::Cpu)?;
     let mc = model.config();
     assert_eq!(mc, base.config());
@@ -132,16 +162,27 @@ fn loads_forwards_and_generates() -> anyhow::Result<()> {
     let lv = logits.flatten_all()?.to_vec1::<f32>()?;
     assert!(lv.iter().all(|x| x.is_finite()));
     // Random init: logits are small but not constant.
-    let spread = lv.iter().cloned().fold(f32::MIN, f32::max) - lv.iter().cloned().fold(f32::MAX, f32::min);
+    let spread =
+        lv.iter().cloned().fold(f32::MIN, f32::max) - lv.iter().cloned().fold(f32::MAX, f32::min);
     assert!(spread > 1e-3 && spread < 50.0, "logit spread {spread}");
     let last = logits.i((0, t - 1))?;
     let argmax = last.argmax(D::Minus1)?.to_scalar::<u32>()?;
 
-    let gcfg = GenerationConfig { max_new_tokens: 5, eos_token_ids: vec![], ..Default::default() };
+    let gcfg = GenerationConfig {
+        max_new_tokens: 5,
+        eos_token_ids: vec![],
+        ..Default::default()
+    };
     let out = generate(&model.llama, &[prompt], &gcfg, None)?;
     assert_eq!(out[0].tokens.len(), 5);
-    assert_eq!(out[0].tokens[0], argmax, "greedy step 0 must be the argmax of the full forward");
-    assert!(out[0].tokens.iter().all(|&i| (i as usize) < base.manifest.vocab_size));
+    assert_eq!(
+        out[0].tokens[0], argmax,
+        "greedy step 0 must be the argmax of the full forward"
+    );
+    assert!(out[0]
+        .tokens
+        .iter()
+        .all(|&i| (i as usize) < base.manifest.vocab_size));
     let _text = tok.decode(&out[0].tokens, true)?;
 
     // The all-Var copy computes the same logits and yields gradients for every LLaMA tensor.
@@ -151,12 +192,21 @@ fn loads_forwards_and_generates() -> anyhow::Result<()> {
     let l2 = tm.forward_embeds(&p2.unsqueeze(0)?, None, None, true)?;
     let diff = (l2 - &logits)?.abs()?.max_all()?.to_scalar::<f32>()?;
     assert!(diff < 1e-4, "trainable copy differs by {diff}");
-    let loss = candle_nn::loss::cross_entropy(&logits_last(&tm, &p2)?, &Tensor::new(&[5u32], &Device::Cpu)?)?;
+    let loss = candle_nn::loss::cross_entropy(
+        &logits_last(&tm, &p2)?,
+        &Tensor::new(&[5u32], &Device::Cpu)?,
+    )?;
     let grads = loss.backward()?;
     let data = varmap.data().lock().unwrap();
-    let with_grad = data.iter().filter(|(k, v)| k.starts_with("llama_") && grads.get(v.as_tensor()).is_some()).count();
+    let with_grad = data
+        .iter()
+        .filter(|(k, v)| k.starts_with("llama_") && grads.get(v.as_tensor()).is_some())
+        .count();
     let llama_vars = data.keys().filter(|k| k.starts_with("llama_")).count();
-    assert_eq!(with_grad, llama_vars, "every projector/LLaMA tensor gets a gradient");
+    assert_eq!(
+        with_grad, llama_vars,
+        "every projector/LLaMA tensor gets a gradient"
+    );
     Ok(())
 }
 
@@ -170,20 +220,44 @@ fn logits_last(m: &MiniGpt4, p: &Tensor) -> anyhow::Result<Tensor> {
 fn reproducible_and_reused() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let texts: Vec<String> = (0..200)
-        .map(|i| format!("What color is the {} number {}? The answer is ({}) blue.###", ["circle", "square", "triangle"][i % 3], i % 7, ["A", "B", "C", "D"][i % 4]))
+        .map(|i| {
+            format!(
+                "What color is the {} number {}? The answer is ({}) blue.###",
+                ["circle", "square", "triangle"][i % 3],
+                i % 7,
+                ["A", "B", "C", "D"][i % 4]
+            )
+        })
         .collect();
-    let cfg = TinyModelConfig { vocab_size: 400, llm_layers: 1, ..Default::default() };
+    let cfg = TinyModelConfig {
+        vocab_size: 400,
+        llm_layers: 1,
+        ..Default::default()
+    };
     let a = build_base_model(&cfg, CorpusSource::Texts(&texts), &tmp.path().join("a"), 5)?;
     let b = build_base_model(&cfg, CorpusSource::Texts(&texts), &tmp.path().join("b"), 5)?;
     let c = build_base_model(&cfg, CorpusSource::Texts(&texts), &tmp.path().join("c"), 6)?;
     assert!(!a.reused && !b.reused);
     for rel in a.manifest.files.keys() {
         let fa = std::fs::read(a.root.join(rel))?;
-        assert_eq!(fa, std::fs::read(b.root.join(rel))?, "{rel} differs for the same seed");
+        assert_eq!(
+            fa,
+            std::fs::read(b.root.join(rel))?,
+            "{rel} differs for the same seed"
+        );
     }
-    assert_eq!(a.manifest.files["vicuna/tokenizer.json"], c.manifest.files["vicuna/tokenizer.json"]);
-    assert_ne!(a.manifest.files["vicuna/model.safetensors"], c.manifest.files["vicuna/model.safetensors"]);
-    assert_ne!(a.manifest.files["blip2/model.safetensors"], c.manifest.files["blip2/model.safetensors"]);
+    assert_eq!(
+        a.manifest.files["vicuna/tokenizer.json"],
+        c.manifest.files["vicuna/tokenizer.json"]
+    );
+    assert_ne!(
+        a.manifest.files["vicuna/model.safetensors"],
+        c.manifest.files["vicuna/model.safetensors"]
+    );
+    assert_ne!(
+        a.manifest.files["blip2/model.safetensors"],
+        c.manifest.files["blip2/model.safetensors"]
+    );
     // Same inputs: reused; a corrupted file or another config: rebuilt.
     let a2 = build_base_model(&cfg, CorpusSource::Texts(&texts), &a.root, 5)?;
     assert!(a2.reused);
@@ -192,7 +266,10 @@ fn reproducible_and_reused() -> anyhow::Result<()> {
     let a3 = build_base_model(&cfg, CorpusSource::Texts(&texts), &a.root, 5)?;
     assert!(!a3.reused);
     assert_eq!(a3.manifest, a.manifest);
-    let cfg2 = TinyModelConfig { llm_mlp: 320, ..cfg.clone() };
+    let cfg2 = TinyModelConfig {
+        llm_mlp: 320,
+        ..cfg.clone()
+    };
     let a4 = build_base_model(&cfg2, CorpusSource::Texts(&texts), &a.root, 5)?;
     assert!(!a4.reused);
     assert_ne!(a4.manifest.key, a.manifest.key);
@@ -200,17 +277,26 @@ fn reproducible_and_reused() -> anyhow::Result<()> {
     let t = candle_core::safetensors::load(a.root.join("vicuna/model.safetensors"), &Device::Cpu)?;
     let norm = t["model.norm.weight"].to_vec1::<f32>()?;
     assert!(norm.iter().all(|&x| x == 1.0));
-    let wq = t["model.layers.0.self_attn.q_proj.weight"].flatten_all()?.to_vec1::<f32>()?;
+    let wq = t["model.layers.0.self_attn.q_proj.weight"]
+        .flatten_all()?
+        .to_vec1::<f32>()?;
     let n = wq.len() as f64;
     let mean = wq.iter().map(|&x| x as f64).sum::<f64>() / n;
     let sd = (wq.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
-    assert!(mean.abs() < 0.002 && (sd - cfg.init_std).abs() < 0.002, "mean {mean} sd {sd}");
+    assert!(
+        mean.abs() < 0.002 && (sd - cfg.init_std).abs() < 0.002,
+        "mean {mean} sd {sd}"
+    );
     let bl = candle_core::safetensors::load(a.root.join("blip2/model.safetensors"), &Device::Cpu)?;
     let qkvb = bl["vision_model.encoder.layers.0.self_attn.qkv.bias"].to_vec1::<f32>()?;
     assert!(qkvb.iter().all(|&x| x == 0.0));
     // Bad config is a clear error.
-    let bad = TinyModelConfig { llm_heads: 3, ..cfg };
-    let e = build_base_model(&bad, CorpusSource::Texts(&texts), &tmp.path().join("d"), 5).unwrap_err();
+    let bad = TinyModelConfig {
+        llm_heads: 3,
+        ..cfg
+    };
+    let e =
+        build_base_model(&bad, CorpusSource::Texts(&texts), &tmp.path().join("d"), 5).unwrap_err();
     assert!(e.to_string().contains("llm_hidden"), "{e}");
     Ok(())
 }
@@ -222,7 +308,10 @@ fn demo_config_parses() -> anyhow::Result<()> {
     let world: WorldConfig = doc["world"].clone().try_into()?;
     world.validate()?;
     let (model, _seed) = mde_loop::tiny::model_section_from_toml(doc["model"].as_table().unwrap())?;
-    assert_eq!(model.image_size as u32, world.image_size, "model and world image sizes differ");
+    assert_eq!(
+        model.image_size as u32, world.image_size,
+        "model and world image sizes differ"
+    );
     // Unknown keys are rejected with their name.
     let mut bad = doc["model"].as_table().unwrap().clone();
     bad.insert("vit_widht".into(), toml::Value::Integer(3));

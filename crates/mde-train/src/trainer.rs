@@ -750,11 +750,13 @@ impl Trainer {
             tracing::debug!(step = r.step, loss = r.loss, lr = r.lr, "step");
             reports.push(r);
             if let Some(v) = validator.as_deref_mut() {
-                if self.cfg.validate_every > 0 && self.step.is_multiple_of(self.cfg.validate_every) {
+                if self.cfg.validate_every > 0 && self.step.is_multiple_of(self.cfg.validate_every)
+                {
                     self.validate(v)?;
                 }
             }
-            if self.cfg.checkpoint_every > 0 && self.step.is_multiple_of(self.cfg.checkpoint_every) {
+            if self.cfg.checkpoint_every > 0 && self.step.is_multiple_of(self.cfg.checkpoint_every)
+            {
                 self.save_checkpoint()?;
             }
         }

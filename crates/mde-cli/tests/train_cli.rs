@@ -1,0 +1,197 @@
+//! `mde train` end to end on the tiny fixture model: a time-boxed first slice, then a re-run on
+//! the same --out that resumes and finishes (final exports, metrics, merged LLaMA).
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+fn golden_dir() -> PathBuf {
+    match std::env::var_os("MDE_GOLDEN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/minigpt4-tiny")
+        }
+    }
+}
+
+/// Writes the datasets `configs/train-fixture.toml` names: captions.jsonl and qma.json.
+fn write_data(dir: &Path) -> Result<()> {
+    let root = golden_dir();
+    let mut imgs: Vec<PathBuf> = std::fs::read_dir(&root)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "png"))
+        .collect();
+    imgs.sort();
+    anyhow::ensure!(!imgs.is_empty(), "no fixture images in {}", root.display());
+    let exp: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("expected/expected.json"))?)?;
+    let answers = exp["training"]["batch"]["answers"]
+        .as_array()
+        .context("training.batch.answers")?;
+    let mut lines = String::new();
+    for (i, a) in answers.iter().enumerate() {
+        let r = serde_json::json!({"image": imgs[i % imgs.len()], "kind": "caption", "answer": a});
+        lines.push_str(&format!("{r}\n"));
+    }
+    std::fs::write(dir.join("captions.jsonl"), lines)?;
+    let qma: Vec<serde_json::Value> = imgs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            serde_json::json!({"image": p, "kind": "qma", "question": "What shape is shown?",
+                "choices": ["circle", "square", "star"], "answer_idx": i % 3})
+        })
+        .collect();
+    std::fs::write(dir.join("qma.json"), serde_json::to_string(&qma)?)?;
+    Ok(())
+}
+
+#[test]
+fn train_resumes_and_finishes() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    write_data(tmp.path())?;
+    // The checked-in config with the model paths pointed at MDE_GOLDEN_DIR.
+    let cfg_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/train-fixture.toml");
+    let mut cfg: toml::Table = toml::from_str(&std::fs::read_to_string(&cfg_path)?)?;
+    let root = golden_dir();
+    let model = cfg
+        .get_mut("model")
+        .and_then(|m| m.as_table_mut())
+        .context("[model]")?;
+    for (k, rel) in [
+        ("blip2", "blip2"),
+        ("vicuna", "vicuna"),
+        ("projector", "minigpt4/pretrained_minigpt4.pth"),
+    ] {
+        model.insert(k.into(), root.join(rel).display().to_string().into());
+    }
+    let total = cfg["train"]["iters_per_epoch"]
+        .as_integer()
+        .context("iters")?
+        * cfg["train"]["max_epoch"]
+            .as_integer()
+            .context("max_epoch")?;
+    let cfg_file = tmp.path().join("train.toml");
+    std::fs::write(&cfg_file, toml::to_string(&cfg)?)?;
+    let out = tmp.path().join("run");
+    let mde = |extra: &[&str]| -> Result<std::process::Output> {
+        Ok(Command::new(env!("CARGO_BIN_EXE_mde"))
+            .arg("train")
+            .arg("--config")
+            .arg(&cfg_file)
+            .arg("--data-dir")
+            .arg(tmp.path())
+            .arg("--out")
+            .arg(&out)
+            .arg("--quiet")
+            .args(extra)
+            .output()?)
+    };
+    let first = mde(&["--stop-after", &(total / 2).to_string()])?;
+    let err1 = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "first slice failed: {err1}");
+    assert!(err1.contains("trainable parameters"), "{err1}");
+    assert!(!out.join("final").exists());
+    let second = mde(&[])?;
+    let err2 = String::from_utf8_lossy(&second.stderr);
+    assert!(second.status.success(), "resumed run failed: {err2}");
+    assert!(err2.contains("resuming from"), "{err2}");
+    assert!(out.join("final/adapter/adapter_config.json").is_file());
+    assert!(out
+        .join("final/trainable_runner_keys.safetensors")
+        .is_file());
+    assert!(out.join("metrics.json").is_file());
+    assert!(out.join("final/merged/model.safetensors").is_file());
+    // Bad config: a clear error naming the file.
+    std::fs::write(tmp.path().join("bad.toml"), "[model]\nblip2 = 3\n")?;
+    let bad = Command::new(env!("CARGO_BIN_EXE_mde"))
+        .args(["train", "--config"])
+        .arg(tmp.path().join("bad.toml"))
+        .arg("--out")
+        .arg(tmp.path().join("bad"))
+        .output()?;
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("bad.toml"));
+    Ok(())
+}
+
+fn eval_fixtures() -> PathBuf {
+    match std::env::var_os("MDE_EVAL_FIXTURES") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/eval"),
+    }
+}
+
+/// A-OKVQA DA validation through mde-eval: the fixture questions with the fixture model's
+/// images standing in for their COCO files.
+#[test]
+fn train_with_aokvqa_validation() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    write_data(tmp.path())?;
+    let data = eval_fixtures().join("aokvqa/aokvqa_v1p0_val.json");
+    let qs: Vec<serde_json::Value> = serde_json::from_slice(&std::fs::read(&data)?)?;
+    let limit = qs.len().min(3);
+    let png = std::fs::read_dir(golden_dir())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "png"))
+        .context("no fixture image")?;
+    for q in &qs[..limit] {
+        let split = q["split"].as_str().context("split")?;
+        let id = q["image_id"].as_u64().context("image_id")?;
+        let dir = tmp.path().join(format!("coco/{split}2017"));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::copy(&png, dir.join(format!("{id:012}.jpg")))?;
+    }
+    let cfg_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/train-fixture.toml");
+    let mut cfg: toml::Table = toml::from_str(&std::fs::read_to_string(&cfg_path)?)?;
+    let root = golden_dir();
+    let model = cfg
+        .get_mut("model")
+        .and_then(|m| m.as_table_mut())
+        .context("[model]")?;
+    for (k, rel) in [
+        ("blip2", "blip2"),
+        ("vicuna", "vicuna"),
+        ("projector", "minigpt4/pretrained_minigpt4.pth"),
+    ] {
+        model.insert(k.into(), root.join(rel).display().to_string().into());
+    }
+    cfg.remove("validation");
+    let mut a = toml::Table::new();
+    a.insert("data".into(), data.display().to_string().into());
+    a.insert(
+        "image_root".into(),
+        tmp.path().join("coco").display().to_string().into(),
+    );
+    a.insert("limit".into(), (limit as i64).into());
+    cfg.insert("aokvqa_validation".into(), a.into());
+    let cfg_file = tmp.path().join("train.toml");
+    std::fs::write(&cfg_file, toml::to_string(&cfg)?)?;
+    let out = tmp.path().join("run");
+    let o = Command::new(env!("CARGO_BIN_EXE_mde"))
+        .arg("train")
+        .arg("--config")
+        .arg(&cfg_file)
+        .arg("--data-dir")
+        .arg(tmp.path())
+        .arg("--out")
+        .arg(&out)
+        .arg("--quiet")
+        .output()?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "mde train failed: {err}");
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("metrics.json"))?)?;
+    assert_eq!(m["metric"], "aokvqa_da");
+    let hist = m["history"].as_array().context("history")?;
+    assert!(!hist.is_empty());
+    for p in hist {
+        let v = p["value"].as_f64().context("value")?;
+        assert!((0.0..=100.0).contains(&v), "DA {v}");
+        let step = p["step"].as_u64().context("step")?;
+        assert!(out
+            .join(format!("val/step-{step:06}/scores.json"))
+            .is_file());
+    }
+    assert!(out.join("best/best.json").is_file());
+    Ok(())
+}
