@@ -4,6 +4,9 @@
 # Usage: benches/compare_small.sh [CONFIG.json] [REPS]
 #   THREADS=2 (default) is passed to both sides (RAYON_NUM_THREADS / torch.set_num_threads).
 #   SKIP_TRAIN=1 skips the train-step workloads on both sides.
+# Needs python3 with torch, transformers, peft (PyPI's torch is the CUDA build; it runs on CPU but
+# only imports with its nvidia-* dependencies installed, so use a plain `pip install torch
+# transformers peft`; see docs/perf/pytorch.md).
 # Prints both sides' raw output, then a table of candle / pytorch time ratios (>1: candle slower).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -7,7 +7,8 @@
 
 use std::sync::Mutex;
 
-use candle_core::{DType, Module, Tensor, Var};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Storage, Tensor, Var};
 use candle_nn::VarBuilder;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -131,6 +132,72 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     Ok(y.reshape(od)?)
 }
 
+/// `x[rows, in] @ W[out, in]ᵀ` for a frozen `W`, as a custom op on `x` alone.
+///
+/// Why: candle's `Op::Matmul` backward computes the gradient of *both* operands, so a plain
+/// `x.matmul(&w.t())` with a frozen `W` still pays a full `xᵀ @ grad` matmul (and a zeros + add of
+/// `W`'s size) per layer in backward, only to throw the result away. This op records only `x` in
+/// the graph and its backward is `grad @ W`, i.e. exactly candle's `lhs_grad` (same kernel, same
+/// layouts, so results are bit-identical). CPU only: callers use the plain path elsewhere.
+struct FrozenMatmulT {
+    /// `W.t()`: a `[in, out]` strided view, the same rhs layout `matmul_t` hands the gemm.
+    wt: Tensor,
+}
+
+impl CustomOp1 for FrozenMatmulT {
+    fn name(&self) -> &'static str {
+        "minigpt4-frozen-matmul-t"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, xl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (m, k) = xl.shape().dims2()?;
+        let (k2, n) = self.wt.dims2()?;
+        if k != k2 {
+            candle_core::bail!("frozen matmul: x is [{m}, {k}] but Wᵀ is [{k2}, {n}]");
+        }
+        let (ws, wl) = self.wt.storage_and_layout();
+        let Storage::Cpu(ws) = &*ws else {
+            candle_core::bail!("frozen matmul: weight is not on the CPU");
+        };
+        let y = x.matmul(ws, (1, m, n, k), xl, wl)?;
+        Ok((y, Shape::from((m, n))))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        // Same expression as candle's Matmul lhs_grad with rhs = W.t(): grad @ (W.t()).t().
+        Ok(Some(grad.matmul(&self.wt.t()?)?))
+    }
+}
+
+/// [`matmul_t`] for a frozen (untracked) `w`: in a graph that will be backpropagated (`x`
+/// tracked) on the CPU, goes through [`FrozenMatmulT`] so backward skips `w`'s gradient;
+/// otherwise (inference, other devices, empty shapes) it is exactly [`matmul_t`].
+fn matmul_t_frozen(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let use_op = x.track_op()
+        && !w.track_op()
+        && x.device().is_cpu()
+        && w.device().is_cpu()
+        && x.dtype() == w.dtype()
+        && x.rank() >= 1
+        && x.elem_count() > 0
+        && w.elem_count() > 0;
+    if !use_op {
+        return matmul_t(x, w);
+    }
+    let dims = x.dims().to_vec();
+    let inp = dims[dims.len() - 1];
+    let rows: usize = dims[..dims.len() - 1].iter().product();
+    let (out, w_in) = w.dims2()?;
+    if w_in != inp {
+        return matmul_t(x, w); // lets candle report the shape mismatch as before
+    }
+    let x2 = x.reshape((rows, inp))?;
+    let y = x2.apply_op1(FrozenMatmulT { wt: w.t()? })?;
+    let mut od = dims;
+    *od.last_mut().unwrap() = out;
+    Ok(y.reshape(od)?)
+}
+
 /// Linear layer with optional LoRA and optional trainable weights.
 #[derive(Debug)]
 pub struct Linear {
@@ -219,7 +286,7 @@ impl Linear {
 
     /// Forward; `train` enables LoRA dropout.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut y = matmul_t(x, &self.weight)?;
+        let mut y = matmul_t_frozen(x, &self.weight)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
@@ -237,5 +304,37 @@ impl Module for Linear {
             Error::Candle(c) => c,
             other => candle_core::Error::Msg(other.to_string()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The frozen-weight path must give bit-identical outputs and input gradients to the plain
+    /// matmul, and no gradient for the weight.
+    #[test]
+    fn frozen_matmul_matches_plain_matmul() -> anyhow::Result<()> {
+        let dev = Device::Cpu;
+        let x0 = Tensor::randn(0f32, 1.0, (2, 5, 7), &dev)?;
+        let w = Tensor::randn(0f32, 1.0, (3, 7), &dev)?;
+        let v = Var::from_tensor(&x0)?;
+        let tgt = Tensor::randn(0f32, 1.0, (2, 5, 3), &dev)?;
+
+        let plain = matmul_t(v.as_tensor(), &w)?;
+        let frozen = matmul_t_frozen(v.as_tensor(), &w)?;
+        assert_eq!(plain.to_vec3::<f32>()?, frozen.to_vec3::<f32>()?);
+
+        let gp = (plain * &tgt)?.sum_all()?.backward()?;
+        let gf = (frozen * &tgt)?.sum_all()?.backward()?;
+        let (a, b) = (gp.get(&v).unwrap(), gf.get(&v).unwrap());
+        assert_eq!(a.to_vec3::<f32>()?, b.to_vec3::<f32>()?);
+        // W is not part of the frozen graph at all: no gradient is computed or stored for it.
+        assert!(gf.get(&w).is_none());
+        // The plain path stored one extra gradient (for the `W.t()` operand); proves the custom
+        // op was taken rather than the plain fallback.
+        assert_eq!(gf.get_ids().count() + 1, gp.get_ids().count());
+        Ok(())
     }
 }
