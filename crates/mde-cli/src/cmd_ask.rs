@@ -80,8 +80,14 @@ fn parse_dtype(s: &str) -> Result<DType> {
 fn model_paths(a: &Args) -> Result<ModelPaths> {
     let mut p: ModelPaths = match &a.config {
         Some(f) => {
-            let s = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
-            toml::from_str(&s).with_context(|| format!("{}: expected keys blip2, vicuna, projector, eva_vit, blip2_config", f.display()))?
+            let s =
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            toml::from_str(&s).with_context(|| {
+                format!(
+                    "{}: expected keys blip2, vicuna, projector, eva_vit, blip2_config",
+                    f.display()
+                )
+            })?
         }
         None => ModelPaths::default(),
     };
@@ -109,14 +115,19 @@ fn model_paths(a: &Args) -> Result<ModelPaths> {
 pub fn run(args: Args) -> Result<()> {
     let paths = model_paths(&args)?;
     let dtype = parse_dtype(&args.dtype)?;
-    let device = if args.cpu { Device::Cpu } else { Device::cuda_if_available(0)? };
+    let device = if args.cpu {
+        Device::Cpu
+    } else {
+        Device::cuda_if_available(0)?
+    };
     let model = MiniGpt4::load(&paths, dtype, &device).context("loading MiniGPT-4")?;
     let tok_path = Location::parse(&paths.vicuna)?
         .file("tokenizer.json")
         .with_context(|| format!("{}: no tokenizer.json", paths.vicuna))?;
     let tok = LlamaTokenizer::from_file(&tok_path)?;
 
-    let img = load_rgb(&args.image).with_context(|| format!("reading image {}", args.image.display()))?;
+    let img =
+        load_rgb(&args.image).with_context(|| format!("reading image {}", args.image.display()))?;
     let proc = ImageProcessor::eval(model.vision.cfg.image_size as u32);
     let px = proc.process_eval(&img, &device)?.unsqueeze(0)?;
     let img_emb = model.encode_images(&px)?;
@@ -154,7 +165,12 @@ pub fn run(args: Args) -> Result<()> {
             }
         }
     };
-    let res = generate(&model.llama, &[embeds], &cfg, if stream { Some(&mut cb) } else { None })?;
+    let res = generate(
+        &model.llama,
+        &[embeds],
+        &cfg,
+        if stream { Some(&mut cb) } else { None },
+    )?;
     let answer = postprocess_answer_ids(&tok, &res[0].tokens)?;
     if stream {
         if answer.starts_with(&printed) {

@@ -78,7 +78,8 @@ enum IpoCmd {
 }
 
 fn teacher_from(path: &PathBuf) -> anyhow::Result<std::sync::Arc<dyn mde_core::teacher::Teacher>> {
-    let cfg = mde_gen::GenConfig::load(path).with_context(|| format!("loading teacher config {}", path.display()))?;
+    let cfg = mde_gen::GenConfig::load(path)
+        .with_context(|| format!("loading teacher config {}", path.display()))?;
     Ok(mde_gen::build_teacher(&cfg.teacher)?)
 }
 
@@ -92,9 +93,14 @@ fn report(outcome: &StepOutcome) {
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.cmd {
         IpoCmd::Init { template } => {
-            let text = std::fs::read_to_string(&template).with_context(|| format!("reading {}", template.display()))?;
+            let text = std::fs::read_to_string(&template)
+                .with_context(|| format!("reading {}", template.display()))?;
             let ipo = Ipo::init(&args.dir, &text)?;
-            println!("IPO workspace {} (active v{})", args.dir.display(), ipo.store.active()?);
+            println!(
+                "IPO workspace {} (active v{})",
+                args.dir.display(),
+                ipo.store.active()?
+            );
         }
         IpoCmd::Status { threshold, write } => {
             let ipo = Ipo::open(&args.dir)?;
@@ -106,8 +112,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 let table = mde_ipo::stats::markdown_table(&stats);
                 println!("{table}");
                 for s in &stats {
-                    let verdict = if s.meets(threshold) { "meets the stop rule" } else { "continue" };
-                    println!("v{}: {} labelled of {}, failure rate {:.1}% -> {verdict}", s.version, s.labelled, s.items, s.failure_rate * 100.0);
+                    let verdict = if s.meets(threshold) {
+                        "meets the stop rule"
+                    } else {
+                        "continue"
+                    };
+                    println!(
+                        "v{}: {} labelled of {}, failure rate {:.1}% -> {verdict}",
+                        s.version,
+                        s.labelled,
+                        s.items,
+                        s.failure_rate * 100.0
+                    );
                 }
                 if write {
                     mde_core::io::write_json(args.dir.join("status.json"), &stats)?;
@@ -123,7 +139,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             };
             let a = match a {
                 Some(a) => a,
-                None => ipo.store.get(b)?.meta.parent.context("the version has no parent; name two versions")?,
+                None => ipo
+                    .store
+                    .get(b)?
+                    .meta
+                    .parent
+                    .context("the version has no parent; name two versions")?,
             };
             print!("{}", ipo.store.diff(a, b)?);
         }
@@ -143,9 +164,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let (_, outcome) = rt.block_on(ipo.critique_step(teacher.as_ref(), &mut reviewer))?;
             report(&outcome);
         }
-        IpoCmd::Trial { queries, teacher, n } => {
+        IpoCmd::Trial {
+            queries,
+            teacher,
+            n,
+        } => {
             let ipo = Ipo::open(&args.dir)?;
-            let cfg = mde_gen::GenConfig::load(&teacher).with_context(|| format!("loading {}", teacher.display()))?;
+            let cfg = mde_gen::GenConfig::load(&teacher)
+                .with_context(|| format!("loading {}", teacher.display()))?;
             let teacher = mde_gen::build_teacher(&cfg.teacher)?;
             let all: Vec<mde_core::records::GenQuery> = mde_core::io::read_jsonl(&queries)?;
             let batch: Vec<_> = all.into_iter().take(n).collect();
@@ -170,7 +196,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let n = ipo.label_step(&mut reviewer)?;
             println!("saved {n} labels");
         }
-        IpoCmd::Serve { port, images, categories } => {
+        IpoCmd::Serve {
+            port,
+            images,
+            categories,
+        } => {
             let ipo = Ipo::open(&args.dir)?;
             let trial = ipo.trial(ipo.store.active()?)?;
             let router = mde_ipo::web::router(trial, images, categories);
@@ -189,7 +219,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let teacher = teacher_from(&teacher)?;
             let mut reviewer = TerminalReviewer::new(std::io::stdin().lock(), std::io::stdout());
             let rt = tokio::runtime::Runtime::new()?;
-            let (_, outcome) = rt.block_on(ipo.correction_step(teacher.as_ref(), &mut reviewer, max_cases))?;
+            let (_, outcome) =
+                rt.block_on(ipo.correction_step(teacher.as_ref(), &mut reviewer, max_cases))?;
             report(&outcome);
         }
     }

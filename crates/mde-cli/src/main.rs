@@ -12,7 +12,11 @@ mod cmd_score;
 mod cmd_train;
 
 #[derive(Parser)]
-#[command(name = "mde", version, about = "MLLM-DataEngine in Rust: evaluate, mine bad cases, sample, generate, train, loop")]
+#[command(
+    name = "mde",
+    version,
+    about = "MLLM-DataEngine in Rust: evaluate, mine bad cases, sample, generate, train, loop"
+)]
 struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "mde=debug".
     #[arg(long, global = true, env = "MDE_LOG", default_value = "info")]
@@ -46,7 +50,9 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match cli.command {

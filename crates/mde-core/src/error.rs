@@ -32,11 +32,17 @@ pub enum CoreError {
 impl CoreError {
     /// Wraps an `std::io::Error` with the path it concerns.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        CoreError::Io { path: path.into(), source }
+        CoreError::Io {
+            path: path.into(),
+            source,
+        }
     }
     /// A semantic error about a file's content.
     pub fn invalid(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
-        CoreError::Invalid { path: path.into(), msg: msg.into() }
+        CoreError::Invalid {
+            path: path.into(),
+            msg: msg.into(),
+        }
     }
 }
 

@@ -10,9 +10,15 @@ use std::path::{Path, PathBuf};
 /// A reader sees the old file or the new one, never a partial one.
 pub fn atomic_write(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
     let path = path.as_ref();
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(|e| CoreError::io(dir, e))?;
-    let file_name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let file_name = path
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
     {
         let mut f = File::create(&tmp).map_err(|e| CoreError::io(&tmp, e))?;
@@ -26,7 +32,10 @@ pub fn atomic_write(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
 /// Serialises `value` as pretty JSON and writes it atomically.
 pub fn write_json<T: Serialize + ?Sized>(path: impl AsRef<Path>, value: &T) -> Result<()> {
     let path = path.as_ref();
-    let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| CoreError::Json { path: path.into(), source: e })?;
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| CoreError::Json {
+        path: path.into(),
+        source: e,
+    })?;
     bytes.push(b'\n');
     atomic_write(path, &bytes)
 }
@@ -35,7 +44,10 @@ pub fn write_json<T: Serialize + ?Sized>(path: impl AsRef<Path>, value: &T) -> R
 pub fn read_json<T: DeserializeOwned>(path: impl AsRef<Path>) -> Result<T> {
     let path = path.as_ref();
     let bytes = fs::read(path).map_err(|e| CoreError::io(path, e))?;
-    serde_json::from_slice(&bytes).map_err(|e| CoreError::Json { path: path.into(), source: e })
+    serde_json::from_slice(&bytes).map_err(|e| CoreError::Json {
+        path: path.into(),
+        source: e,
+    })
 }
 
 /// Reads every record of a JSONL file. Blank lines are skipped. A torn last line (no trailing
@@ -69,7 +81,13 @@ fn parse_jsonl<T: DeserializeOwned>(path: &Path, text: &str) -> Result<(Vec<T>, 
             }
             Ok(_) => unreachable!("only the last line can lack a newline"),
             Err(_) if !complete => break,
-            Err(e) => return Err(CoreError::JsonLine { path: path.into(), line: i + 1, source: e }),
+            Err(e) => {
+                return Err(CoreError::JsonLine {
+                    path: path.into(),
+                    line: i + 1,
+                    source: e,
+                })
+            }
         }
     }
     Ok((out, valid_len))
@@ -98,11 +116,18 @@ impl<T: Serialize + DeserializeOwned + Clone> JsonlStore<T> {
             let text = fs::read_to_string(&path).map_err(|e| CoreError::io(&path, e))?;
             let (recs, valid) = parse_jsonl(&path, &text)?;
             if valid < text.len() {
-                let f = OpenOptions::new().write(true).open(&path).map_err(|e| CoreError::io(&path, e))?;
-                f.set_len(valid as u64).map_err(|e| CoreError::io(&path, e))?;
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| CoreError::io(&path, e))?;
+                f.set_len(valid as u64)
+                    .map_err(|e| CoreError::io(&path, e))?;
             } else if !text.is_empty() && !text.ends_with('\n') {
                 // Complete last record without newline: add it so appends stay line-separated.
-                let mut f = OpenOptions::new().append(true).open(&path).map_err(|e| CoreError::io(&path, e))?;
+                let mut f = OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| CoreError::io(&path, e))?;
                 f.write_all(b"\n").map_err(|e| CoreError::io(&path, e))?;
             }
             (recs, valid)
@@ -110,7 +135,11 @@ impl<T: Serialize + DeserializeOwned + Clone> JsonlStore<T> {
             (Vec::new(), 0)
         };
         let _ = valid_len;
-        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| CoreError::io(&path, e))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| CoreError::io(&path, e))?;
         let mut keys = HashSet::new();
         let mut unique = Vec::with_capacity(records.len());
         for r in records {
@@ -118,7 +147,13 @@ impl<T: Serialize + DeserializeOwned + Clone> JsonlStore<T> {
                 unique.push(r);
             }
         }
-        Ok(Self { path, file, keys, records: unique, key_fn })
+        Ok(Self {
+            path,
+            file,
+            keys,
+            records: unique,
+            key_fn,
+        })
     }
 
     /// Whether a record with this key is already stored.
@@ -132,10 +167,17 @@ impl<T: Serialize + DeserializeOwned + Clone> JsonlStore<T> {
         if self.keys.contains(&key) {
             return Ok(false);
         }
-        let mut line = serde_json::to_vec(record).map_err(|e| CoreError::Json { path: self.path.clone(), source: e })?;
+        let mut line = serde_json::to_vec(record).map_err(|e| CoreError::Json {
+            path: self.path.clone(),
+            source: e,
+        })?;
         line.push(b'\n');
-        self.file.write_all(&line).map_err(|e| CoreError::io(&self.path, e))?;
-        self.file.flush().map_err(|e| CoreError::io(&self.path, e))?;
+        self.file
+            .write_all(&line)
+            .map_err(|e| CoreError::io(&self.path, e))?;
+        self.file
+            .flush()
+            .map_err(|e| CoreError::io(&self.path, e))?;
         self.keys.insert(key);
         self.records.push(record.clone());
         Ok(true)
@@ -160,7 +202,9 @@ impl<T: Serialize + DeserializeOwned + Clone> JsonlStore<T> {
 
     /// Flushes file contents to disk (fsync).
     pub fn sync(&self) -> Result<()> {
-        self.file.sync_all().map_err(|e| CoreError::io(&self.path, e))
+        self.file
+            .sync_all()
+            .map_err(|e| CoreError::io(&self.path, e))
     }
 }
 
@@ -192,9 +236,24 @@ mod tests {
         let p = dir.path().join("x.jsonl");
         {
             let mut s: JsonlStore<R> = JsonlStore::open(&p, |r: &R| r.id.clone()).unwrap();
-            assert!(s.append(&R { id: "a".into(), v: 1 }).unwrap());
-            assert!(!s.append(&R { id: "a".into(), v: 2 }).unwrap());
-            assert!(s.append(&R { id: "b".into(), v: 3 }).unwrap());
+            assert!(s
+                .append(&R {
+                    id: "a".into(),
+                    v: 1
+                })
+                .unwrap());
+            assert!(!s
+                .append(&R {
+                    id: "a".into(),
+                    v: 2
+                })
+                .unwrap());
+            assert!(s
+                .append(&R {
+                    id: "b".into(),
+                    v: 3
+                })
+                .unwrap());
         }
         // simulate a torn write
         let mut f = OpenOptions::new().append(true).open(&p).unwrap();
@@ -203,17 +262,32 @@ mod tests {
         let mut s: JsonlStore<R> = JsonlStore::open(&p, |r: &R| r.id.clone()).unwrap();
         assert_eq!(s.len(), 2);
         assert!(s.contains("b") && !s.contains("c"));
-        assert!(s.append(&R { id: "c".into(), v: 4 }).unwrap());
+        assert!(s
+            .append(&R {
+                id: "c".into(),
+                v: 4
+            })
+            .unwrap());
         let all: Vec<R> = read_jsonl(&p).unwrap();
         assert_eq!(all.len(), 3);
-        assert_eq!(all[2], R { id: "c".into(), v: 4 });
+        assert_eq!(
+            all[2],
+            R {
+                id: "c".into(),
+                v: 4
+            }
+        );
     }
 
     #[test]
     fn invalid_middle_line_names_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("bad.jsonl");
-        fs::write(&p, "{\"id\":\"a\",\"v\":1}\nnot json\n{\"id\":\"b\",\"v\":1}\n").unwrap();
+        fs::write(
+            &p,
+            "{\"id\":\"a\",\"v\":1}\nnot json\n{\"id\":\"b\",\"v\":1}\n",
+        )
+        .unwrap();
         let err = read_jsonl::<R>(&p).unwrap_err().to_string();
         assert!(err.contains("bad.jsonl:2"), "{err}");
     }
@@ -231,8 +305,22 @@ mod tests {
     fn atomic_write_replaces() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("sub/a.json");
-        write_json(&p, &R { id: "x".into(), v: 1 }).unwrap();
-        write_json(&p, &R { id: "x".into(), v: 2 }).unwrap();
+        write_json(
+            &p,
+            &R {
+                id: "x".into(),
+                v: 1,
+            },
+        )
+        .unwrap();
+        write_json(
+            &p,
+            &R {
+                id: "x".into(),
+                v: 2,
+            },
+        )
+        .unwrap();
         let r: R = read_json(&p).unwrap();
         assert_eq!(r.v, 2);
         assert_eq!(fs::read_dir(p.parent().unwrap()).unwrap().count(), 1);

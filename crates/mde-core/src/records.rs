@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 /// Letters used for choices, in order.
 pub const CHOICE_LETTERS: [char; 26] = [
-    'A', 'B', 'C', 'D', 'E', 'F', 'G', 'H', 'I', 'J', 'K', 'L', 'M', 'N', 'O', 'P', 'Q', 'R', 'S', 'T', 'U',
-    'V', 'W', 'X', 'Y', 'Z',
+    'A', 'B', 'C', 'D', 'E', 'F', 'G', 'H', 'I', 'J', 'K', 'L', 'M', 'N', 'O', 'P', 'Q', 'R', 'S',
+    'T', 'U', 'V', 'W', 'X', 'Y', 'Z',
 ];
 
 /// Where an image comes from.
@@ -23,7 +23,9 @@ pub enum ImageRef {
 
 impl Default for ImageRef {
     fn default() -> Self {
-        ImageRef::Path { path: String::new() }
+        ImageRef::Path {
+            path: String::new(),
+        }
     }
 }
 
@@ -135,9 +137,13 @@ impl TypeWeights {
         if value.get("weights").is_some() {
             return serde_json::from_value(value).map_err(|e| e.to_string());
         }
-        let weights: BTreeMap<String, f64> = serde_json::from_value(value)
-            .map_err(|e| format!("expected {{\"weights\": {{type: rate}}}} or {{type: rate}}: {e}"))?;
-        Ok(TypeWeights { weights, stats: BTreeMap::new() })
+        let weights: BTreeMap<String, f64> = serde_json::from_value(value).map_err(|e| {
+            format!("expected {{\"weights\": {{type: rate}}}} or {{type: rate}}: {e}")
+        })?;
+        Ok(TypeWeights {
+            weights,
+            stats: BTreeMap::new(),
+        })
     }
 }
 

@@ -21,10 +21,18 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn system(content: impl Into<String>) -> Self {
-        Self { role: "system".into(), content: content.into(), images: vec![] }
+        Self {
+            role: "system".into(),
+            content: content.into(),
+            images: vec![],
+        }
     }
     pub fn user(content: impl Into<String>) -> Self {
-        Self { role: "user".into(), content: content.into(), images: vec![] }
+        Self {
+            role: "user".into(),
+            content: content.into(),
+            images: vec![],
+        }
     }
 }
 
@@ -38,7 +46,10 @@ pub enum TeacherTask {
     /// Generate one Q&A for this query.
     Generate { query: crate::records::GenQuery },
     /// Classify these numbered questions into these type names.
-    Classify { questions: Vec<String>, types: Vec<String> },
+    Classify {
+        questions: Vec<String>,
+        types: Vec<String>,
+    },
 }
 
 /// A chat-completion request with the original's sampling settings as defaults.
@@ -87,10 +98,18 @@ pub struct TeacherError {
 
 impl TeacherError {
     pub fn fatal(message: impl Into<String>) -> Self {
-        Self { message: message.into(), retryable: false, retry_after: None }
+        Self {
+            message: message.into(),
+            retryable: false,
+            retry_after: None,
+        }
     }
     pub fn retryable(message: impl Into<String>) -> Self {
-        Self { message: message.into(), retryable: true, retry_after: None }
+        Self {
+            message: message.into(),
+            retryable: true,
+            retry_after: None,
+        }
     }
 }
 
@@ -98,5 +117,8 @@ impl TeacherError {
 pub trait Teacher: Send + Sync {
     /// Human-readable name (model id), for logs and summaries.
     fn name(&self) -> String;
-    fn complete<'a>(&'a self, req: &'a TeacherRequest) -> BoxFuture<'a, Result<TeacherReply, TeacherError>>;
+    fn complete<'a>(
+        &'a self,
+        req: &'a TeacherRequest,
+    ) -> BoxFuture<'a, Result<TeacherReply, TeacherError>>;
 }

@@ -79,7 +79,6 @@ impl Flag {
     }
 }
 
-
 /// One flag with a human-readable detail.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FlagHit {

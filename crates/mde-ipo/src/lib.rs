@@ -53,7 +53,10 @@ pub enum IpoError {
 
 impl IpoError {
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
-        IpoError::Io { path: path.as_ref().to_path_buf(), source }
+        IpoError::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -74,11 +77,15 @@ pub enum StepOutcome {
 impl Ipo {
     /// Creates (or opens) a workspace whose version 1 is `template`.
     pub fn init(root: impl Into<PathBuf>, template: &str) -> Result<Self, IpoError> {
-        Ok(Self { store: PromptStore::init(root, template)? })
+        Ok(Self {
+            store: PromptStore::init(root, template)?,
+        })
     }
 
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, IpoError> {
-        Ok(Self { store: PromptStore::open(root)? })
+        Ok(Self {
+            store: PromptStore::open(root)?,
+        })
     }
 
     /// The trial batch of a version.
@@ -86,7 +93,13 @@ impl Ipo {
         trial::Trial::open(self.store.root(), version)
     }
 
-    fn apply(&self, step: &str, source: VersionSource, review: &steps::Review, reviewer: &mut dyn Reviewer) -> Result<StepOutcome, IpoError> {
+    fn apply(
+        &self,
+        step: &str,
+        source: VersionSource,
+        review: &steps::Review,
+        reviewer: &mut dyn Reviewer,
+    ) -> Result<StepOutcome, IpoError> {
         let active = self.store.active()?;
         let current = self.store.get(active)?.template;
         let text = match reviewer.decide(step, &current, review)? {
@@ -105,12 +118,18 @@ impl Ipo {
             rationale.push_str("\nedits:\n");
             rationale.push_str(&review.edits.join("\n"));
         }
-        let v = self.store.add(Some(active), &text, source, rationale.trim())?;
+        let v = self
+            .store
+            .add(Some(active), &text, source, rationale.trim())?;
         Ok(StepOutcome::NewVersion(v))
     }
 
     /// Step 1: critique of the active prompt, decided by `reviewer`.
-    pub async fn critique_step(&self, teacher: &dyn Teacher, reviewer: &mut dyn Reviewer) -> Result<(steps::Review, StepOutcome), IpoError> {
+    pub async fn critique_step(
+        &self,
+        teacher: &dyn Teacher,
+        reviewer: &mut dyn Reviewer,
+    ) -> Result<(steps::Review, StepOutcome), IpoError> {
         let template = self.store.get(self.store.active()?)?.template;
         let review = steps::critique(teacher, &template).await?;
         let outcome = self.apply("critique", VersionSource::Critique, &review, reviewer)?;
@@ -136,7 +155,12 @@ impl Ipo {
     }
 
     /// Step 3: corrections from up to `max_cases` labelled failures of the active version.
-    pub async fn correction_step(&self, teacher: &dyn Teacher, reviewer: &mut dyn Reviewer, max_cases: usize) -> Result<(steps::Review, StepOutcome), IpoError> {
+    pub async fn correction_step(
+        &self,
+        teacher: &dyn Teacher,
+        reviewer: &mut dyn Reviewer,
+        max_cases: usize,
+    ) -> Result<(steps::Review, StepOutcome), IpoError> {
         let active = self.store.active()?;
         let template = self.store.get(active)?.template;
         let trial = self.trial(active)?;
@@ -160,7 +184,13 @@ impl Ipo {
     pub fn status(&self) -> Result<Vec<stats::VersionStats>, IpoError> {
         let mut out = Vec::new();
         for v in self.store.list()? {
-            if self.store.root().join("trials").join(format!("v{v}")).is_dir() {
+            if self
+                .store
+                .root()
+                .join("trials")
+                .join(format!("v{v}"))
+                .is_dir()
+            {
                 out.push(stats::VersionStats::from_trial(v, &self.trial(v)?));
             }
         }

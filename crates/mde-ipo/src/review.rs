@@ -35,17 +35,33 @@ pub struct TerminalReviewer<R, W> {
 
 impl<R: BufRead, W: Write> TerminalReviewer<R, W> {
     pub fn new(input: R, output: W) -> Self {
-        Self { input, output, editor: std::env::var("EDITOR").ok().filter(|e| !e.trim().is_empty()) }
+        Self {
+            input,
+            output,
+            editor: std::env::var("EDITOR")
+                .ok()
+                .filter(|e| !e.trim().is_empty()),
+        }
     }
 
     fn say(&mut self, text: &str) -> Result<(), IpoError> {
-        self.output.write_all(text.as_bytes()).and_then(|_| self.output.flush()).map_err(|e| IpoError::io("<terminal>", e))
+        self.output
+            .write_all(text.as_bytes())
+            .and_then(|_| self.output.flush())
+            .map_err(|e| IpoError::io("<terminal>", e))
     }
 
     fn read_line(&mut self) -> Result<Option<String>, IpoError> {
         let mut s = String::new();
-        let n = self.input.read_line(&mut s).map_err(|e| IpoError::io("<terminal>", e))?;
-        Ok(if n == 0 { None } else { Some(s.trim_end_matches(['\n', '\r']).to_string()) })
+        let n = self
+            .input
+            .read_line(&mut s)
+            .map_err(|e| IpoError::io("<terminal>", e))?;
+        Ok(if n == 0 {
+            None
+        } else {
+            Some(s.trim_end_matches(['\n', '\r']).to_string())
+        })
     }
 
     fn edit(&mut self, text: &str) -> Result<String, IpoError> {
@@ -60,9 +76,13 @@ impl<R: BufRead, W: Write> TerminalReviewer<R, W> {
                 .args(parts)
                 .arg(&path)
                 .status()
-                .map_err(|e| IpoError::Invalid(format!("could not start editor {editor:?}: {e}")))?;
+                .map_err(|e| {
+                    IpoError::Invalid(format!("could not start editor {editor:?}: {e}"))
+                })?;
             if !status.success() {
-                return Err(IpoError::Invalid(format!("editor {editor:?} exited with {status}")));
+                return Err(IpoError::Invalid(format!(
+                    "editor {editor:?} exited with {status}"
+                )));
             }
             return std::fs::read_to_string(&path).map_err(|e| IpoError::io(&path, e));
         }
@@ -80,21 +100,40 @@ impl<R: BufRead, W: Write> TerminalReviewer<R, W> {
 }
 
 fn show_item(item: &TrialItem) -> String {
-    let mut s = format!("\n=== {} ({}) image {} ===\n", item.id, item.query.question_type, item.query.image_id);
+    let mut s = format!(
+        "\n=== {} ({}) image {} ===\n",
+        item.id, item.query.question_type, item.query.image_id
+    );
     s.push_str(&format!("captions: {}\n", item.query.captions.join(" | ")));
     for b in &item.query.boxes {
-        s.push_str(&format!("  {}: [{:.3}, {:.3}, {:.3}, {:.3}]\n", b.category, b.bbox[0], b.bbox[1], b.bbox[2], b.bbox[3]));
+        s.push_str(&format!(
+            "  {}: [{:.3}, {:.3}, {:.3}, {:.3}]\n",
+            b.category, b.bbox[0], b.bbox[1], b.bbox[2], b.bbox[3]
+        ));
     }
     s.push_str(&format!("--- reply ---\n{}\n", item.reply.trim()));
     if !item.prelabels.is_empty() {
-        let cats: Vec<String> = item.prelabels.iter().map(|c| c.as_str().to_string()).collect();
-        s.push_str(&format!("validator suggests: {} ({})\n", cats.join(", "), item.notes.join("; ")));
+        let cats: Vec<String> = item
+            .prelabels
+            .iter()
+            .map(|c| c.as_str().to_string())
+            .collect();
+        s.push_str(&format!(
+            "validator suggests: {} ({})\n",
+            cats.join(", "),
+            item.notes.join("; ")
+        ));
     }
     s
 }
 
 impl<R: BufRead, W: Write> Reviewer for TerminalReviewer<R, W> {
-    fn decide(&mut self, step: &str, _current: &str, review: &Review) -> Result<Decision, IpoError> {
+    fn decide(
+        &mut self,
+        step: &str,
+        _current: &str,
+        review: &Review,
+    ) -> Result<Decision, IpoError> {
         let mut s = format!("\n=== {step}: findings ===\n");
         for (i, f) in review.findings.iter().enumerate() {
             s.push_str(&format!("{}. {f}\n", i + 1));
@@ -106,7 +145,9 @@ impl<R: BufRead, W: Write> Reviewer for TerminalReviewer<R, W> {
             self.say(&format!("{s}(no revised prompt proposed)\n"))?;
             return Ok(Decision::Reject);
         };
-        s.push_str(&format!("--- proposed prompt ---\n{revised}\n--- [a]ccept / [e]dit / [r]eject? "));
+        s.push_str(&format!(
+            "--- proposed prompt ---\n{revised}\n--- [a]ccept / [e]dit / [r]eject? "
+        ));
         self.say(&s)?;
         loop {
             match self.read_line()?.as_deref().map(str::trim) {
@@ -119,21 +160,33 @@ impl<R: BufRead, W: Write> Reviewer for TerminalReviewer<R, W> {
     }
 
     fn label(&mut self, item: &TrialItem) -> Result<Option<Label>, IpoError> {
-        let cats: Vec<&str> = FailureCategory::BUILTIN.iter().map(|c| c.as_str()).collect();
+        let cats: Vec<&str> = FailureCategory::BUILTIN
+            .iter()
+            .map(|c| c.as_str())
+            .collect();
         self.say(&format!(
             "{}[enter] accept suggestion, [o]k, [f CAT[,CAT]] fail ({} or your own), [q]uit: ",
             show_item(item),
             cats.join(", ")
         ))?;
         loop {
-            let Some(line) = self.read_line()? else { return Ok(None) };
+            let Some(line) = self.read_line()? else {
+                return Ok(None);
+            };
             let line = line.trim();
             let failures: Vec<FailureCategory> = match line {
                 "q" | "quit" => return Ok(None),
                 "o" | "ok" => vec![],
                 "" => item.prelabels.clone(),
-                _ => match line.strip_prefix("f ").or_else(|| line.strip_prefix("fail ")) {
-                    Some(rest) => rest.split(',').map(FailureCategory::parse).filter(|c| !c.as_str().is_empty()).collect(),
+                _ => match line
+                    .strip_prefix("f ")
+                    .or_else(|| line.strip_prefix("fail "))
+                {
+                    Some(rest) => rest
+                        .split(',')
+                        .map(FailureCategory::parse)
+                        .filter(|c| !c.as_str().is_empty())
+                        .collect(),
                     None => {
                         self.say("please answer enter, o, f CAT or q: ")?;
                         continue;
@@ -141,12 +194,28 @@ impl<R: BufRead, W: Write> Reviewer for TerminalReviewer<R, W> {
                 },
             };
             if failures.is_empty() {
-                return Ok(Some(Label { item_id: item.id.clone(), ok: true, failures, explanation: String::new(), at: 0 }));
+                return Ok(Some(Label {
+                    item_id: item.id.clone(),
+                    ok: true,
+                    failures,
+                    explanation: String::new(),
+                    at: 0,
+                }));
             }
             self.say("one-line explanation: ")?;
             let explanation = self.read_line()?.unwrap_or_default();
-            let explanation = if explanation.trim().is_empty() { item.notes.join("; ") } else { explanation };
-            return Ok(Some(Label { item_id: item.id.clone(), ok: false, failures, explanation, at: 0 }));
+            let explanation = if explanation.trim().is_empty() {
+                item.notes.join("; ")
+            } else {
+                explanation
+            };
+            return Ok(Some(Label {
+                item_id: item.id.clone(),
+                ok: false,
+                failures,
+                explanation,
+                at: 0,
+            }));
         }
     }
 }

@@ -21,7 +21,11 @@ pub struct VersionStats {
 
 impl VersionStats {
     pub fn from_trial(version: u32, trial: &Trial) -> Self {
-        let mut s = VersionStats { version, items: trial.items().len(), ..Default::default() };
+        let mut s = VersionStats {
+            version,
+            items: trial.items().len(),
+            ..Default::default()
+        };
         for c in FailureCategory::BUILTIN.iter() {
             s.by_category.insert(c.as_str().to_string(), 0);
         }
@@ -39,7 +43,11 @@ impl VersionStats {
                 }
             }
         }
-        s.failure_rate = if s.labelled == 0 { 0.0 } else { s.failed as f64 / s.labelled as f64 };
+        s.failure_rate = if s.labelled == 0 {
+            0.0
+        } else {
+            s.failed as f64 / s.labelled as f64
+        };
         s
     }
 
@@ -69,7 +77,10 @@ pub fn markdown_table(stats: &[VersionStats]) -> String {
     for c in &cats {
         out.push_str(&format!("| {} |", FailureCategory::parse(c).label()));
         for s in stats {
-            out.push_str(&format!(" {} |", s.by_category.get(c).copied().unwrap_or(0)));
+            out.push_str(&format!(
+                " {} |",
+                s.by_category.get(c).copied().unwrap_or(0)
+            ));
         }
         out.push('\n');
     }

@@ -83,7 +83,7 @@ fn numbered_items(section: &str) -> Vec<String> {
             continue;
         }
         let body = t
-            .split_once(|c: char| c == '.' || c == ')')
+            .split_once(['.', ')'])
             .filter(|(n, _)| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
             .map(|(_, rest)| rest.trim())
             .or_else(|| t.strip_prefix("- ").map(str::trim));
@@ -105,7 +105,11 @@ fn numbered_items(section: &str) -> Vec<String> {
 fn section<'a>(text: &'a str, header: &str, next: &[&str]) -> Option<&'a str> {
     let start = text.find(header)? + header.len();
     let rest = &text[start..];
-    let end = next.iter().filter_map(|h| rest.find(h)).min().unwrap_or(rest.len());
+    let end = next
+        .iter()
+        .filter_map(|h| rest.find(h))
+        .min()
+        .unwrap_or(rest.len());
     Some(&rest[..end])
 }
 
@@ -114,20 +118,36 @@ pub fn parse_review(raw: &str) -> Review {
     let revised = raw.find(REVISED_START).map(|s| {
         let body = &raw[s + REVISED_START.len()..];
         let body = body.find(REVISED_END).map(|e| &body[..e]).unwrap_or(body);
-        body.trim_matches(|c| c == '\n' || c == '\r').trim_end().to_string()
+        body.trim_matches(|c| c == '\n' || c == '\r')
+            .trim_end()
+            .to_string()
     });
     let revised = revised.filter(|r| !r.trim().is_empty());
     let findings_text = section(raw, "ISSUES:", &["EDITS:", REVISED_START])
         .or_else(|| section(raw, "CAUSES:", &["EDITS:", REVISED_START]))
         .unwrap_or("");
     let edits_text = section(raw, "EDITS:", &[REVISED_START]).unwrap_or("");
-    Review { findings: numbered_items(findings_text), edits: numbered_items(edits_text), revised, raw: raw.to_string() }
+    Review {
+        findings: numbered_items(findings_text),
+        edits: numbered_items(edits_text),
+        revised,
+        raw: raw.to_string(),
+    }
 }
 
 async fn ask(teacher: &dyn Teacher, messages: Vec<ChatMessage>) -> Result<Review, IpoError> {
     // Prompts are long; allow a long answer and no "###" stop (templates may contain it).
-    let req = TeacherRequest { messages, max_tokens: 4096, stop: vec![], task: TeacherTask::Chat, ..Default::default() };
-    let reply = teacher.complete(&req).await.map_err(|e| IpoError::Teacher(e.message))?;
+    let req = TeacherRequest {
+        messages,
+        max_tokens: 4096,
+        stop: vec![],
+        task: TeacherTask::Chat,
+        ..Default::default()
+    };
+    let reply = teacher
+        .complete(&req)
+        .await
+        .map_err(|e| IpoError::Teacher(e.message))?;
     Ok(parse_review(&reply.text))
 }
 
@@ -137,7 +157,11 @@ pub async fn critique(teacher: &dyn Teacher, template: &str) -> Result<Review, I
 }
 
 /// Step 3: asks the teacher for causes and edits given labelled failures.
-pub async fn correct(teacher: &dyn Teacher, template: &str, failures: &[(&TrialItem, &Label)]) -> Result<Review, IpoError> {
+pub async fn correct(
+    teacher: &dyn Teacher,
+    template: &str,
+    failures: &[(&TrialItem, &Label)],
+) -> Result<Review, IpoError> {
     ask(teacher, correction_messages(template, failures)).await
 }
 
@@ -150,7 +174,13 @@ mod tests {
         let r = parse_review(
             "ISSUES:\n1. \"use boxes\" -- conflicts with rule 3\n   and rule 4\n2) vague wording\nREVISED PROMPT:\nNew {captions}\nline 2\nEND REVISED PROMPT\n",
         );
-        assert_eq!(r.findings, vec!["\"use boxes\" -- conflicts with rule 3 and rule 4", "vague wording"]);
+        assert_eq!(
+            r.findings,
+            vec![
+                "\"use boxes\" -- conflicts with rule 3 and rule 4",
+                "vague wording"
+            ]
+        );
         assert_eq!(r.revised.as_deref(), Some("New {captions}\nline 2"));
         let r = parse_review("CAUSES:\n1. a\nEDITS:\n- b\n- c\n");
         assert_eq!(r.findings, vec!["a"]);

@@ -97,25 +97,43 @@ impl Trial {
 
     /// Items without a label yet, in item order.
     pub fn unlabelled(&self) -> Vec<&TrialItem> {
-        self.items.records().iter().filter(|i| !self.labels.contains_key(&i.id)).collect()
+        self.items
+            .records()
+            .iter()
+            .filter(|i| !self.labels.contains_key(&i.id))
+            .collect()
     }
 
     /// Persists a label immediately (append + flush) and makes it the item's current label.
     pub fn set_label(&mut self, mut label: Label) -> Result<(), IpoError> {
         if self.item(&label.item_id).is_none() {
-            return Err(IpoError::Invalid(format!("no trial item {:?} in {}", label.item_id, self.dir.display())));
+            return Err(IpoError::Invalid(format!(
+                "no trial item {:?} in {}",
+                label.item_id,
+                self.dir.display()
+            )));
         }
         if !label.ok && label.failures.is_empty() {
-            return Err(IpoError::Invalid(format!("label for {:?}: a failure needs at least one category", label.item_id)));
+            return Err(IpoError::Invalid(format!(
+                "label for {:?}: a failure needs at least one category",
+                label.item_id
+            )));
         }
         if label.ok {
             label.failures.clear();
         }
         if label.at == 0 {
-            label.at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            label.at = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
         }
         let path = self.dir.join("labels.jsonl");
-        let mut f = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| IpoError::io(&path, e))?;
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| IpoError::io(&path, e))?;
         let mut line = serde_json::to_vec(&label).map_err(|e| IpoError::Invalid(e.to_string()))?;
         line.push(b'\n');
         f.write_all(&line).map_err(|e| IpoError::io(&path, e))?;

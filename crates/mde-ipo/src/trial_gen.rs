@@ -39,19 +39,38 @@ pub async fn generate_trial(
     let replies_path = trial.dir().join("replies.jsonl");
     let runner = Runner::new(teacher, runner_cfg);
     runner
-        .run(queries, |q| prompt.request(q), &replies_path, Some(&trial.dir().join("generation_summary.json")))
+        .run(
+            queries,
+            |q| prompt.request(q),
+            &replies_path,
+            Some(&trial.dir().join("generation_summary.json")),
+        )
         .await
         .map_err(|e| IpoError::Teacher(e.to_string()))?;
     let replies: Vec<TeacherReplyRecord> = read_jsonl(&replies_path)?;
     // Every reply goes to the human: validation only flags, it never drops here.
-    let cfg = PostprocessConfig { validation: ValidationMode::Flag, ..postprocess_cfg.clone() };
+    let cfg = PostprocessConfig {
+        validation: ValidationMode::Flag,
+        ..postprocess_cfg.clone()
+    };
     let out = mde_gen::postprocess(&replies, queries, &cfg).map_err(IpoError::Invalid)?;
-    let by_query: std::collections::HashMap<&str, &GenQuery> = queries.iter().map(|q| (q.id.as_str(), q)).collect();
-    let raw: std::collections::HashMap<&str, &str> = replies.iter().map(|r| (r.query_id.as_str(), r.text.as_str())).collect();
-    let mut summary = TrialGenSummary { version, queries: queries.len(), replies: replies.len(), ..Default::default() };
+    let by_query: std::collections::HashMap<&str, &GenQuery> =
+        queries.iter().map(|q| (q.id.as_str(), q)).collect();
+    let raw: std::collections::HashMap<&str, &str> = replies
+        .iter()
+        .map(|r| (r.query_id.as_str(), r.text.as_str()))
+        .collect();
+    let mut summary = TrialGenSummary {
+        version,
+        queries: queries.len(),
+        replies: replies.len(),
+        ..Default::default()
+    };
     let mut items: Vec<TrialItem> = Vec::new();
     for it in &out.items {
-        let Some(q) = by_query.get(it.query_id.as_str()) else { continue };
+        let Some(q) = by_query.get(it.query_id.as_str()) else {
+            continue;
+        };
         let mut prelabels: Vec<FailureCategory> = Vec::new();
         for f in &it.flags {
             if !prelabels.contains(&f.category) {
@@ -66,11 +85,17 @@ pub async fn generate_trial(
             choices: it.choices.clone(),
             answer_idx: Some(it.answer_idx),
             prelabels,
-            notes: it.flags.iter().map(|f| format!("{}: {}", f.flag.name(), f.detail)).collect(),
+            notes: it
+                .flags
+                .iter()
+                .map(|f| format!("{}: {}", f.flag.name(), f.detail))
+                .collect(),
         });
     }
     for d in &out.dropped {
-        let Some(q) = by_query.get(d.query_id.as_str()) else { continue };
+        let Some(q) = by_query.get(d.query_id.as_str()) else {
+            continue;
+        };
         let mut prelabels: Vec<FailureCategory> = Vec::new();
         for f in &d.flags {
             if !prelabels.contains(&f.category) {
@@ -81,18 +106,30 @@ pub async fn generate_trial(
             prelabels.push(FailureCategory::Custom("dropped_by_filters".into()));
         }
         let mut notes = vec![format!("dropped by the released filters: {}", d.reason)];
-        notes.extend(d.flags.iter().map(|f| format!("{}: {}", f.flag.name(), f.detail)));
+        notes.extend(
+            d.flags
+                .iter()
+                .map(|f| format!("{}: {}", f.flag.name(), f.detail)),
+        );
         items.push(TrialItem {
             id: d.query_id.clone(),
             query: (*q).clone(),
-            reply: raw.get(d.query_id.as_str()).copied().unwrap_or_default().to_string(),
+            reply: raw
+                .get(d.query_id.as_str())
+                .copied()
+                .unwrap_or_default()
+                .to_string(),
             prelabels,
             notes,
             ..Default::default()
         });
     }
     // Keep the queries' order so labelling follows the batch.
-    let order: std::collections::HashMap<&str, usize> = queries.iter().enumerate().map(|(i, q)| (q.id.as_str(), i)).collect();
+    let order: std::collections::HashMap<&str, usize> = queries
+        .iter()
+        .enumerate()
+        .map(|(i, q)| (q.id.as_str(), i))
+        .collect();
     items.sort_by_key(|i| order.get(i.id.as_str()).copied().unwrap_or(usize::MAX));
     for item in &items {
         if !item.prelabels.is_empty() {

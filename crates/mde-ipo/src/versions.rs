@@ -43,7 +43,10 @@ pub struct PromptStore {
 }
 
 fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl PromptStore {
@@ -107,10 +110,22 @@ impl PromptStore {
     }
 
     /// Adds a new version (the next number) and makes it active.
-    pub fn add(&self, parent: Option<u32>, template: &str, source: VersionSource, rationale: &str) -> Result<u32, IpoError> {
+    pub fn add(
+        &self,
+        parent: Option<u32>,
+        template: &str,
+        source: VersionSource,
+        rationale: &str,
+    ) -> Result<u32, IpoError> {
         let v = self.list()?.last().copied().unwrap_or(0) + 1;
         let dir = self.dir(v);
-        let meta = VersionMeta { version: v, parent, created: now_secs(), source, rationale: rationale.to_string() };
+        let meta = VersionMeta {
+            version: v,
+            parent,
+            created: now_secs(),
+            source,
+            rationale: rationale.to_string(),
+        };
         // template first, meta last: a version only counts once meta.json exists (see `list`).
         atomic_write(dir.join("template.txt"), template.as_bytes())?;
         write_json(dir.join("meta.json"), &meta)?;
@@ -122,14 +137,21 @@ impl PromptStore {
     pub fn active(&self) -> Result<u32, IpoError> {
         let p = self.root.join("active");
         let text = fs::read_to_string(&p).map_err(|e| IpoError::io(&p, e))?;
-        text.trim()
-            .parse()
-            .map_err(|_| IpoError::Invalid(format!("{}: expected a version number, found {:?}", p.display(), text.trim())))
+        text.trim().parse().map_err(|_| {
+            IpoError::Invalid(format!(
+                "{}: expected a version number, found {:?}",
+                p.display(),
+                text.trim()
+            ))
+        })
     }
 
     pub fn set_active(&self, v: u32) -> Result<(), IpoError> {
         if !self.dir(v).join("meta.json").is_file() {
-            return Err(IpoError::Invalid(format!("no prompt version v{v} in {}", self.root.display())));
+            return Err(IpoError::Invalid(format!(
+                "no prompt version v{v} in {}",
+                self.root.display()
+            )));
         }
         atomic_write(self.root.join("active"), format!("{v}\n").as_bytes())?;
         Ok(())
@@ -143,7 +165,12 @@ impl PromptStore {
     /// Unified-style line diff between two versions.
     pub fn diff(&self, a: u32, b: u32) -> Result<String, IpoError> {
         let (va, vb) = (self.get(a)?, self.get(b)?);
-        Ok(line_diff(&va.template, &vb.template, &format!("v{a}"), &format!("v{b}")))
+        Ok(line_diff(
+            &va.template,
+            &vb.template,
+            &format!("v{a}"),
+            &format!("v{b}"),
+        ))
     }
 }
 
@@ -156,7 +183,11 @@ pub fn line_diff(a: &str, b: &str, name_a: &str, name_b: &str) -> String {
     let mut lcs = vec![vec![0u32; m + 1]; n + 1];
     for i in (0..n).rev() {
         for j in (0..m).rev() {
-            lcs[i][j] = if la[i] == lb[j] { lcs[i + 1][j + 1] + 1 } else { lcs[i + 1][j].max(lcs[i][j + 1]) };
+            lcs[i][j] = if la[i] == lb[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
         }
     }
     let mut out = format!("--- {name_a}\n+++ {name_b}\n");
@@ -186,12 +217,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = PromptStore::init(dir.path(), "a\nb\nc\n").unwrap();
         assert_eq!(s.active().unwrap(), 1);
-        let v2 = s.add(Some(1), "a\nB\nc\nd\n", VersionSource::Manual, "fix b").unwrap();
+        let v2 = s
+            .add(Some(1), "a\nB\nc\nd\n", VersionSource::Manual, "fix b")
+            .unwrap();
         assert_eq!(v2, 2);
         assert_eq!(s.active().unwrap(), 2);
         assert_eq!(s.list().unwrap(), vec![1, 2]);
         let d = s.diff(1, 2).unwrap();
-        assert!(d.contains("- b\n") && d.contains("+ B\n") && d.contains("+ d\n") && d.contains("  a\n"), "{d}");
+        assert!(
+            d.contains("- b\n")
+                && d.contains("+ B\n")
+                && d.contains("+ d\n")
+                && d.contains("  a\n"),
+            "{d}"
+        );
         // re-init keeps existing versions
         let s2 = PromptStore::init(dir.path(), "other").unwrap();
         assert_eq!(s2.get(1).unwrap().template, "a\nb\nc\n");

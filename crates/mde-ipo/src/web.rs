@@ -49,7 +49,10 @@ fn image_path(state: &AppState, rel: &str) -> Option<PathBuf> {
     let root = state.image_root.as_ref()?;
     let p = std::path::Path::new(rel);
     // Only plain relative paths below the root are served.
-    if p.is_absolute() || p.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+    if p.is_absolute()
+        || p.components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
         return None;
     }
     Some(root.join(p))
@@ -64,7 +67,12 @@ async fn items(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
             id: i.id.clone(),
             question_type: i.query.question_type.clone(),
             image_id: i.query.image_id,
-            has_image: i.query.image_path.as_deref().and_then(|p| image_path(&st, p)).is_some_and(|p| p.is_file()),
+            has_image: i
+                .query
+                .image_path
+                .as_deref()
+                .and_then(|p| image_path(&st, p))
+                .is_some_and(|p| p.is_file()),
             captions: i.query.captions.clone(),
             boxes: i.query.boxes.clone(),
             reply: i.reply.clone(),
@@ -73,20 +81,33 @@ async fn items(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
             label: trial.label(&i.id).cloned(),
         })
         .collect();
-    let cats: Vec<serde_json::Value> =
-        st.categories.iter().map(|c| serde_json::json!({"id": c.as_str(), "label": c.label()})).collect();
+    let cats: Vec<serde_json::Value> = st
+        .categories
+        .iter()
+        .map(|c| serde_json::json!({"id": c.as_str(), "label": c.label()}))
+        .collect();
     Json(serde_json::json!({"items": views, "categories": cats}))
 }
 
 async fn image(State(st): State<Arc<AppState>>, AxPath(id): AxPath<String>) -> Response {
     let path = {
         let trial = st.trial.lock().unwrap_or_else(|e| e.into_inner());
-        trial.item(&id).and_then(|i| i.query.image_path.clone()).and_then(|p| image_path(&st, &p))
+        trial
+            .item(&id)
+            .and_then(|i| i.query.image_path.clone())
+            .and_then(|p| image_path(&st, &p))
     };
-    let Some(path) = path else { return (StatusCode::NOT_FOUND, "no image").into_response() };
+    let Some(path) = path else {
+        return (StatusCode::NOT_FOUND, "no image").into_response();
+    };
     match tokio::fs::read(&path).await {
         Ok(bytes) => {
-            let ct = match path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref() {
+            let ct = match path
+                .extension()
+                .and_then(|e| e.to_str())
+                .map(|e| e.to_ascii_lowercase())
+                .as_deref()
+            {
                 Some("png") => "image/png",
                 Some("jpg") | Some("jpeg") => "image/jpeg",
                 _ => "application/octet-stream",
@@ -101,7 +122,11 @@ async fn label(State(st): State<Arc<AppState>>, Json(inp): Json<LabelIn>) -> Res
     let label = Label {
         item_id: inp.item_id,
         ok: inp.ok,
-        failures: inp.failures.iter().map(|f| FailureCategory::parse(f)).collect(),
+        failures: inp
+            .failures
+            .iter()
+            .map(|f| FailureCategory::parse(f))
+            .collect(),
         explanation: inp.explanation,
         at: 0,
     };
@@ -121,7 +146,11 @@ pub fn router(trial: Trial, image_root: Option<PathBuf>, extra_categories: Vec<S
             categories.push(c);
         }
     }
-    let state = Arc::new(AppState { trial: Mutex::new(trial), image_root, categories });
+    let state = Arc::new(AppState {
+        trial: Mutex::new(trial),
+        image_root,
+        categories,
+    });
     Router::new()
         .route("/", get(|| async { Html(PAGE) }))
         .route("/api/items", get(items))
@@ -138,8 +167,12 @@ pub async fn serve(
     on_bound: impl FnOnce(SocketAddr),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), IpoError> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| IpoError::io(format!("{addr}"), e))?;
-    let bound = listener.local_addr().map_err(|e| IpoError::io(format!("{addr}"), e))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| IpoError::io(format!("{addr}"), e))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| IpoError::io(format!("{addr}"), e))?;
     on_bound(bound);
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)

@@ -36,13 +36,37 @@ impl Driver {
         anyhow::ensure!(status.is_success(), "webdriver {path}: {status} {v}");
         Ok(v["value"].clone())
     }
+    /// The WebDriver element id of the first element matching a CSS selector.
+    async fn find(&self, css: &str) -> anyhow::Result<String> {
+        let v = self
+            .cmd(
+                reqwest::Method::POST,
+                "/element",
+                json!({"using": "css selector", "value": css}),
+            )
+            .await?;
+        v.as_object()
+            .and_then(|o| o.values().next())
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| anyhow::anyhow!("no element for {css}: {v}"))
+    }
     async fn script(&self, js: &str) -> anyhow::Result<Value> {
-        self.cmd(reqwest::Method::POST, "/execute/sync", json!({"script": js, "args": []})).await
+        self.cmd(
+            reqwest::Method::POST,
+            "/execute/sync",
+            json!({"script": js, "args": []}),
+        )
+        .await
     }
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn find_exe(name: &str) -> Option<String> {
@@ -57,14 +81,21 @@ fn find_exe(name: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn page_loads_shows_boxes_and_persists_a_click() -> anyhow::Result<()> {
-    let (Some(chromium), Some(chromedriver)) = (find_exe("chromium"), find_exe("chromedriver")) else {
+    let (Some(chromium), Some(chromedriver)) = (find_exe("chromium"), find_exe("chromedriver"))
+    else {
         eprintln!("SKIPPED: chromium/chromedriver not installed (apt-get install chromium chromium-driver)");
         return Ok(());
     };
     let dir = tempfile::tempdir()?;
     let images = dir.path().join("images");
     std::fs::create_dir_all(&images)?;
-    let img = image::RgbImage::from_fn(64, 64, |x, y| if x > 10 && x < 30 && y > 10 && y < 30 { image::Rgb([220, 20, 20]) } else { image::Rgb([200, 200, 200]) });
+    let img = image::RgbImage::from_fn(64, 64, |x, y| {
+        if x > 10 && x < 30 && y > 10 && y < 30 {
+            image::Rgb([220, 20, 20])
+        } else {
+            image::Rgb([200, 200, 200])
+        }
+    });
     img.save(images.join("1.png"))?;
 
     let ipo = Ipo::init(dir.path().join("ipo"), "prompt v1 {captions}")?;
@@ -75,7 +106,10 @@ async fn page_loads_shows_boxes_and_persists_a_click() -> anyhow::Result<()> {
         image_id: 1,
         image_path: Some("1.png".into()),
         captions: vec!["A red square on a grey background.".into()],
-        boxes: vec![ObjectBox { category: "square".into(), bbox: [0.156, 0.156, 0.469, 0.469] }],
+        boxes: vec![ObjectBox {
+            category: "square".into(),
+            bbox: [0.156, 0.156, 0.469, 0.469],
+        }],
         ..Default::default()
     };
     for (id, reply) in [
@@ -85,7 +119,13 @@ async fn page_loads_shows_boxes_and_persists_a_click() -> anyhow::Result<()> {
         trial.add_item(&TrialItem { id: id.into(), query: query.clone(), reply: reply.into(), ..Default::default() })?;
     }
     // t0 is already labelled OK: the page must open on t1, the first unlabelled item.
-    trial.set_label(Label { item_id: "t0".into(), ok: true, failures: vec![], explanation: String::new(), at: 0 })?;
+    trial.set_label(Label {
+        item_id: "t0".into(),
+        ok: true,
+        failures: vec![],
+        explanation: String::new(),
+        at: 0,
+    })?;
     let trial_dir = trial.dir().to_path_buf();
 
     let router = mde_ipo::web::router(trial, Some(images), vec![]);
@@ -104,14 +144,31 @@ async fn page_loads_shows_boxes_and_persists_a_click() -> anyhow::Result<()> {
     let addr = rx.await?;
 
     let port = free_port();
-    let child = Command::new(&chromedriver).arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
-    let mut d = Driver { child, base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new(), session: None };
+    let child = Command::new(&chromedriver)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut d = Driver {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        http: reqwest::Client::new(),
+        session: None,
+    };
     let start = Instant::now();
     loop {
-        if d.http.get(format!("{}/status", d.base)).send().await.is_ok() {
+        if d.http
+            .get(format!("{}/status", d.base))
+            .send()
+            .await
+            .is_ok()
+        {
             break;
         }
-        anyhow::ensure!(start.elapsed() < Duration::from_secs(20), "chromedriver did not start");
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(20),
+            "chromedriver did not start"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let profile = dir.path().join("profile");
@@ -123,32 +180,62 @@ async fn page_loads_shows_boxes_and_persists_a_click() -> anyhow::Result<()> {
     let sess = d.cmd(reqwest::Method::POST, "/session", caps).await?;
     d.session = Some(sess["sessionId"].as_str().unwrap_or_default().to_string());
 
-    d.cmd(reqwest::Method::POST, "/url", json!({"url": format!("http://{addr}/")})).await?;
+    d.cmd(
+        reqwest::Method::POST,
+        "/url",
+        json!({"url": format!("http://{addr}/")}),
+    )
+    .await?;
     let start = Instant::now();
     while d.script("return document.body.dataset.ready || ''").await? != json!("1") {
-        anyhow::ensure!(start.elapsed() < Duration::from_secs(20), "page did not become ready");
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(20),
+            "page did not become ready"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let info = d.script("return document.getElementById('info').textContent").await?;
-    assert!(info.as_str().unwrap_or("").starts_with("t1"), "page should open on the first unlabelled item: {info}");
-    let annotated = d.script("return document.querySelectorAll('#boxes rect.annotated').length").await?;
-    let mentioned = d.script("return document.querySelectorAll('#boxes rect.mentioned').length").await?;
+    let info = d
+        .script("return document.getElementById('info').textContent")
+        .await?;
+    assert!(
+        info.as_str().unwrap_or("").starts_with("t1"),
+        "page should open on the first unlabelled item: {info}"
+    );
+    let annotated = d
+        .script("return document.querySelectorAll('#boxes rect.annotated').length")
+        .await?;
+    let mentioned = d
+        .script("return document.querySelectorAll('#boxes rect.mentioned').length")
+        .await?;
     assert_eq!((annotated, mentioned), (json!(1), json!(1)));
     let start = Instant::now();
-    while d.script("const i=document.getElementById('img');return i.complete && i.naturalWidth").await? != json!(64) {
-        anyhow::ensure!(start.elapsed() < Duration::from_secs(10), "image did not load");
+    while d
+        .script("const i=document.getElementById('img');return i.complete && i.naturalWidth")
+        .await?
+        != json!(64)
+    {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(10),
+            "image did not load"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     // Type an explanation, then click "illusion".
-    let input = d.cmd(reqwest::Method::POST, "/element", json!({"using": "css selector", "value": "#expl"})).await?;
-    let input_id = input.as_object().and_then(|o| o.values().next()).and_then(|v| v.as_str()).unwrap_or_default().to_string();
-    d.cmd(reqwest::Method::POST, &format!("/element/{input_id}/value"), json!({"text": "there is no dog"})).await?;
-    let button = d
-        .cmd(reqwest::Method::POST, "/element", json!({"using": "css selector", "value": "#cats button[data-cat=\"illusion\"]"}))
-        .await?;
-    let button_id = button.as_object().and_then(|o| o.values().next()).and_then(|v| v.as_str()).unwrap_or_default().to_string();
-    d.cmd(reqwest::Method::POST, &format!("/element/{button_id}/click"), json!({})).await?;
+    let input_id = d.find("#expl").await?;
+    d.cmd(
+        reqwest::Method::POST,
+        &format!("/element/{input_id}/value"),
+        json!({"text": "there is no dog"}),
+    )
+    .await?;
+    let button_id = d.find("#cats button[data-cat=\"illusion\"]").await?;
+    d.cmd(
+        reqwest::Method::POST,
+        &format!("/element/{button_id}/click"),
+        json!({}),
+    )
+    .await?;
 
     let start = Instant::now();
     let labels_path = trial_dir.join("labels.jsonl");
@@ -158,11 +245,17 @@ async fn page_loads_shows_boxes_and_persists_a_click() -> anyhow::Result<()> {
             let last: Label = serde_json::from_str(text.lines().last().unwrap())?;
             assert_eq!(last.item_id, "t1");
             assert!(!last.ok);
-            assert_eq!(last.failures, vec![mde_core::records::FailureCategory::Illusion]);
+            assert_eq!(
+                last.failures,
+                vec![mde_core::records::FailureCategory::Illusion]
+            );
             assert_eq!(last.explanation, "there is no dog");
             break;
         }
-        anyhow::ensure!(start.elapsed() < Duration::from_secs(10), "label click was not persisted");
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(10),
+            "label click was not persisted"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Re-opening the trial from disk sees the label (resumable).
