@@ -10,7 +10,9 @@ fn main() -> Result<()> {
     if args.get(1).map(String::as_str) == Some("--bench") {
         return bench();
     }
-    let dir = args.get(1).context("usage: gen_world <dir> [config.json]")?;
+    let dir = args
+        .get(1)
+        .context("usage: gen_world <dir> [config.json]")?;
     let cfg: WorldConfig = match args.get(2) {
         Some(p) => mde_core::io::read_json(p)?,
         None => WorldConfig::default(),
@@ -31,7 +33,9 @@ fn bench() -> Result<()> {
     let cfg = WorldConfig::default();
     let mut rng = mde_world::world::item_rng(0, 1, 0);
     let t = std::time::Instant::now();
-    let scenes: Vec<_> = (0..2000).map(|i| sample_scene(&cfg, &mut rng, i, "train", SceneRequest::default())).collect();
+    let scenes: Vec<_> = (0..2000)
+        .map(|i| sample_scene(&cfg, &mut rng, i, "train", SceneRequest::default()))
+        .collect();
     let t_scene = t.elapsed().as_secs_f64();
     let t = std::time::Instant::now();
     let imgs: Vec<_> = scenes.iter().map(render).collect();

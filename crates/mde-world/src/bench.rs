@@ -50,8 +50,22 @@ pub struct MmbenchRow {
 }
 
 /// MMBench TSV columns, in order.
-pub const MMBENCH_COLUMNS: [&str; 14] =
-    ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "image", "source", "l2-category", "comment", "split"];
+pub const MMBENCH_COLUMNS: [&str; 14] = [
+    "index",
+    "question",
+    "hint",
+    "A",
+    "B",
+    "C",
+    "D",
+    "answer",
+    "category",
+    "image",
+    "source",
+    "l2-category",
+    "comment",
+    "split",
+];
 
 /// Offset of circular copy k: index + k * CIRCULAR_OFFSET.
 pub const CIRCULAR_OFFSET: u64 = 1_000_000;
@@ -139,7 +153,13 @@ pub fn mmbench_tsv(mains: &[MmbenchRow]) -> String {
                 r.comment.clone(),
                 r.split.clone(),
             ];
-            out.push_str(&fields.iter().map(|f| tsv_field(f)).collect::<Vec<_>>().join("\t"));
+            out.push_str(
+                &fields
+                    .iter()
+                    .map(|f| tsv_field(f))
+                    .collect::<Vec<_>>()
+                    .join("\t"),
+            );
             out.push('\n');
         }
     }
@@ -147,9 +167,18 @@ pub fn mmbench_tsv(mains: &[MmbenchRow]) -> String {
 }
 
 /// Teacher reply text (REFERENCE §4) for a question: the format GPTVQA's raw_instructions keep.
-pub fn reply_text(question: &str, choices: &[String], answer_idx: usize, explanation: &str) -> String {
+pub fn reply_text(
+    question: &str,
+    choices: &[String],
+    answer_idx: usize,
+    explanation: &str,
+) -> String {
     let letters = mde_core::records::CHOICE_LETTERS;
-    let ch: Vec<String> = choices.iter().enumerate().map(|(i, c)| format!("({}) {}", letters[i], c)).collect();
+    let ch: Vec<String> = choices
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("({}) {}", letters[i], c))
+        .collect();
     format!(
         "Question: {}\nChoices: {}\nAnswer: The answer is ({}): {}.\nExplanations: {}",
         question,

@@ -5,8 +5,12 @@ use crate::scene::{BackgroundKind, Object, Quality, Scene};
 
 /// "one".."eight" (digits beyond).
 pub fn number_word(n: usize) -> String {
-    const W: [&str; 9] = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight"];
-    W.get(n).map(|s| s.to_string()).unwrap_or_else(|| n.to_string())
+    const W: [&str; 9] = [
+        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
+    ];
+    W.get(n)
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| n.to_string())
 }
 
 fn article(word: &str) -> &'static str {
@@ -83,8 +87,16 @@ pub fn captions(scene: &Scene) -> Vec<String> {
         Quality::Noisy => "A noisy, grainy picture",
     };
     let c4 = format!("{q} of {}.", join_list(&cats));
-    let large: Vec<String> = objs.iter().filter(|o| o.size == crate::scene::Size::Large).map(|o| o.category()).collect();
-    let small: Vec<String> = objs.iter().filter(|o| o.size == crate::scene::Size::Small).map(|o| o.category()).collect();
+    let large: Vec<String> = objs
+        .iter()
+        .filter(|o| o.size == crate::scene::Size::Large)
+        .map(|o| o.category())
+        .collect();
+    let small: Vec<String> = objs
+        .iter()
+        .filter(|o| o.size == crate::scene::Size::Small)
+        .map(|o| o.category())
+        .collect();
     let mut parts = vec![];
     if !large.is_empty() {
         parts.push(format!("large {}", join_list(&large)));

@@ -102,20 +102,36 @@ impl Default for WorldConfig {
 impl WorldConfig {
     /// A small world for tests and quick demos.
     pub fn tiny(seed: u64) -> Self {
-        WorldConfig { seed, pool_images: 40, base_size: 60, aokvqa_per_type: 6, mmbench_per_type: 5, ..Default::default() }
+        WorldConfig {
+            seed,
+            pool_images: 40,
+            base_size: 60,
+            aokvqa_per_type: 6,
+            mmbench_per_type: 5,
+            ..Default::default()
+        }
     }
 
     /// Checks the invariants the generators rely on.
     pub fn validate(&self) -> Result<(), WorldError> {
         let bad = |m: String| Err(WorldError::Config(m));
         if self.image_size < 32 || self.image_size > 1024 {
-            return bad(format!("image_size must be in 32..=1024, got {}", self.image_size));
+            return bad(format!(
+                "image_size must be in 32..=1024, got {}",
+                self.image_size
+            ));
         }
         if self.shapes.len() < 4 || dedup_len(&self.shapes) != self.shapes.len() {
-            return bad(format!("shapes must list at least 4 distinct shapes, got {:?}", self.shapes));
+            return bad(format!(
+                "shapes must list at least 4 distinct shapes, got {:?}",
+                self.shapes
+            ));
         }
         if self.colors.len() < 4 || dedup_len(&self.colors) != self.colors.len() {
-            return bad(format!("colors must list at least 4 distinct colours, got {:?}", self.colors));
+            return bad(format!(
+                "colors must list at least 4 distinct colours, got {:?}",
+                self.colors
+            ));
         }
         if self.min_objects < 1 || self.max_objects < self.min_objects || self.max_objects > 8 {
             return bad(format!(
@@ -126,7 +142,10 @@ impl WorldConfig {
         if self.max_objects < 2 {
             return bad("max_objects must be at least 2 (comparison and relation questions need two objects)".into());
         }
-        if !(self.small_radius > 0.0 && self.large_radius > self.small_radius && self.large_radius <= 16.0) {
+        if !(self.small_radius > 0.0
+            && self.large_radius > self.small_radius
+            && self.large_radius <= 16.0)
+        {
             return bad(format!(
                 "need 0 < small_radius < large_radius <= 16 (at 64 px), got {} / {}",
                 self.small_radius, self.large_radius
@@ -134,7 +153,10 @@ impl WorldConfig {
         }
         let s: f64 = self.quality_probs.iter().sum();
         if self.quality_probs.iter().any(|p| *p < 0.0) || (s - 1.0).abs() > 1e-6 {
-            return bad(format!("quality_probs must be non-negative and sum to 1, got {:?}", self.quality_probs));
+            return bad(format!(
+                "quality_probs must be non-negative and sum to 1, got {:?}",
+                self.quality_probs
+            ));
         }
         if self.types.is_empty() {
             return bad("types must not be empty".into());
@@ -144,18 +166,32 @@ impl WorldConfig {
                 return bad(format!("base_type_weights: unknown question type {k:?}"));
             }
         }
-        if self.base_type_weights.values().any(|v| *v < 0.0 || !v.is_finite()) {
+        if self
+            .base_type_weights
+            .values()
+            .any(|v| *v < 0.0 || !v.is_finite())
+        {
             return bad("base_type_weights must be finite and non-negative".into());
         }
-        if self.base_size > 0 && self.types.iter().all(|t| self.base_type_weights.get(t.id()).copied().unwrap_or(0.0) <= 0.0)
+        if self.base_size > 0
+            && self
+                .types
+                .iter()
+                .all(|t| self.base_type_weights.get(t.id()).copied().unwrap_or(0.0) <= 0.0)
         {
             return bad("base_type_weights gives weight 0 to every configured type".into());
         }
         if !(0.0..=1.0).contains(&self.where_fraction) {
-            return bad(format!("where_fraction must be in 0..=1, got {}", self.where_fraction));
+            return bad(format!(
+                "where_fraction must be in 0..=1, got {}",
+                self.where_fraction
+            ));
         }
         if !(1..=100).contains(&self.jpeg_quality) {
-            return bad(format!("jpeg_quality must be in 1..=100, got {}", self.jpeg_quality));
+            return bad(format!(
+                "jpeg_quality must be in 1..=100, got {}",
+                self.jpeg_quality
+            ));
         }
         if self.mmbench_per_type * self.types.len() >= 1_000_000 {
             return bad("mmbench set too large: main indices must stay below 1,000,000".into());

@@ -79,8 +79,12 @@ impl QType {
     /// MMBench-style L2 category of the type.
     pub fn l2_category(self) -> &'static str {
         match self {
-            QType::AttributeRecognition | QType::ObjectLocalization => "fine-grained_perception (instance-level)",
-            QType::AttributeComparison | QType::SpatialRelationship => "fine-grained_perception (cross-instance)",
+            QType::AttributeRecognition | QType::ObjectLocalization => {
+                "fine-grained_perception (instance-level)"
+            }
+            QType::AttributeComparison | QType::SpatialRelationship => {
+                "fine-grained_perception (cross-instance)"
+            }
             QType::ImageQuality | QType::ImageScene => "coarse_perception",
         }
     }
@@ -231,20 +235,39 @@ pub fn left_right_gap(width: u32) -> f64 {
 }
 
 /// Answer texts of the left/right template.
-pub const LEFT_RIGHT_CHOICES: [&str; 4] = ["on the left", "on the right", "in the same place", "it is not in the picture"];
+pub const LEFT_RIGHT_CHOICES: [&str; 4] = [
+    "on the left",
+    "on the right",
+    "in the same place",
+    "it is not in the picture",
+];
 /// Answer texts of the size template besides the two objects.
 pub const SAME_SIZE: &str = "they are the same size";
 pub const NEITHER: &str = "neither of them";
 
 /// Puts `correct` and `others` in random order; returns the choices and the correct index.
-fn shuffle_choices<R: Rng>(rng: &mut R, correct: String, others: Vec<String>) -> (Vec<String>, usize) {
-    let mut all: Vec<(bool, String)> = std::iter::once((true, correct)).chain(others.into_iter().map(|o| (false, o))).collect();
+fn shuffle_choices<R: Rng>(
+    rng: &mut R,
+    correct: String,
+    others: Vec<String>,
+) -> (Vec<String>, usize) {
+    let mut all: Vec<(bool, String)> = std::iter::once((true, correct))
+        .chain(others.into_iter().map(|o| (false, o)))
+        .collect();
     all.shuffle(rng);
-    let idx = all.iter().position(|(c, _)| *c).expect("correct choice present");
+    let idx = all
+        .iter()
+        .position(|(c, _)| *c)
+        .expect("correct choice present");
     (all.into_iter().map(|(_, s)| s).collect(), idx)
 }
 
-fn pick_distinct<R: Rng, T: Clone + PartialEq>(rng: &mut R, pool: &[T], exclude: &T, n: usize) -> Vec<T> {
+fn pick_distinct<R: Rng, T: Clone + PartialEq>(
+    rng: &mut R,
+    pool: &[T],
+    exclude: &T,
+    n: usize,
+) -> Vec<T> {
     let mut cands: Vec<T> = pool.iter().filter(|x| *x != exclude).cloned().collect();
     cands.shuffle(rng);
     cands.truncate(n);
@@ -252,7 +275,12 @@ fn pick_distinct<R: Rng, T: Clone + PartialEq>(rng: &mut R, pool: &[T], exclude:
 }
 
 /// Asks a question of `qtype` about `scene`, or `None` when the scene cannot support one.
-pub fn ask<R: Rng>(cfg: &WorldConfig, scene: &Scene, qtype: QType, rng: &mut R) -> Option<Question> {
+pub fn ask<R: Rng>(
+    cfg: &WorldConfig,
+    scene: &Scene,
+    qtype: QType,
+    rng: &mut R,
+) -> Option<Question> {
     match qtype {
         QType::AttributeRecognition => {
             if rng.random_bool(0.5) {
@@ -272,7 +300,11 @@ pub fn ask<R: Rng>(cfg: &WorldConfig, scene: &Scene, qtype: QType, rng: &mut R) 
         QType::SpatialRelationship => ask_left_right(scene, rng),
         QType::ImageQuality => {
             let correct = scene.quality.phrase().to_string();
-            let others = Quality::ALL.iter().filter(|q| **q != scene.quality).map(|q| q.phrase().to_string()).collect();
+            let others = Quality::ALL
+                .iter()
+                .filter(|q| **q != scene.quality)
+                .map(|q| q.phrase().to_string())
+                .collect();
             let (choices, answer_idx) = shuffle_choices(rng, correct, others);
             Some(Question {
                 qtype,
@@ -285,7 +317,11 @@ pub fn ask<R: Rng>(cfg: &WorldConfig, scene: &Scene, qtype: QType, rng: &mut R) 
         }
         QType::ImageScene => {
             let k = scene.background.kind;
-            let others = crate::scene::BackgroundKind::ALL.iter().filter(|b| **b != k).map(|b| b.phrase().to_string()).collect();
+            let others = crate::scene::BackgroundKind::ALL
+                .iter()
+                .filter(|b| **b != k)
+                .map(|b| b.phrase().to_string())
+                .collect();
             let (choices, answer_idx) = shuffle_choices(rng, k.phrase().to_string(), others);
             Some(Question {
                 qtype,
@@ -300,11 +336,22 @@ pub fn ask<R: Rng>(cfg: &WorldConfig, scene: &Scene, qtype: QType, rng: &mut R) 
 }
 
 fn ask_color<R: Rng>(cfg: &WorldConfig, scene: &Scene, rng: &mut R) -> Option<Question> {
-    let cands: Vec<usize> =
-        (0..scene.objects.len()).filter(|&i| scene.objects.iter().filter(|o| o.shape == scene.objects[i].shape).count() == 1).collect();
+    let cands: Vec<usize> = (0..scene.objects.len())
+        .filter(|&i| {
+            scene
+                .objects
+                .iter()
+                .filter(|o| o.shape == scene.objects[i].shape)
+                .count()
+                == 1
+        })
+        .collect();
     let &i = cands.choose_one(rng)?;
     let o = &scene.objects[i];
-    let others = pick_distinct(rng, &cfg.colors, &o.color, 3).iter().map(|c| c.name().to_string()).collect();
+    let others = pick_distinct(rng, &cfg.colors, &o.color, 3)
+        .iter()
+        .map(|c| c.name().to_string())
+        .collect();
     let (choices, answer_idx) = shuffle_choices(rng, o.color.name().to_string(), others);
     Some(Question {
         qtype: QType::AttributeRecognition,
@@ -317,11 +364,22 @@ fn ask_color<R: Rng>(cfg: &WorldConfig, scene: &Scene, rng: &mut R) -> Option<Qu
 }
 
 fn ask_shape<R: Rng>(cfg: &WorldConfig, scene: &Scene, rng: &mut R) -> Option<Question> {
-    let cands: Vec<usize> =
-        (0..scene.objects.len()).filter(|&i| scene.objects.iter().filter(|o| o.color == scene.objects[i].color).count() == 1).collect();
+    let cands: Vec<usize> = (0..scene.objects.len())
+        .filter(|&i| {
+            scene
+                .objects
+                .iter()
+                .filter(|o| o.color == scene.objects[i].color)
+                .count()
+                == 1
+        })
+        .collect();
     let &i = cands.choose_one(rng)?;
     let o = &scene.objects[i];
-    let others = pick_distinct(rng, &cfg.shapes, &o.shape, 3).iter().map(|s| s.name().to_string()).collect();
+    let others = pick_distinct(rng, &cfg.shapes, &o.shape, 3)
+        .iter()
+        .map(|s| s.name().to_string())
+        .collect();
     let (choices, answer_idx) = shuffle_choices(rng, o.shape.name().to_string(), others);
     Some(Question {
         qtype: QType::AttributeRecognition,
@@ -343,7 +401,10 @@ fn ask_count<R: Rng>(cfg: &WorldConfig, scene: &Scene, rng: &mut R) -> Option<Qu
     if n == 0 {
         return None;
     }
-    let others = pick_distinct(rng, &count_candidates(cfg), &n, 3).iter().map(|c| c.to_string()).collect();
+    let others = pick_distinct(rng, &count_candidates(cfg), &n, 3)
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
     let (choices, answer_idx) = shuffle_choices(rng, n.to_string(), others);
     Some(Question {
         qtype: QType::ObjectLocalization,
@@ -363,12 +424,19 @@ fn ask_quadrant<R: Rng>(scene: &Scene, rng: &mut R) -> Option<Question> {
         .filter_map(|(i, o)| quadrant_of(o, scene.width, scene.height).map(|q| (i, q)))
         .collect();
     let &(i, q) = cands.choose_one(rng)?;
-    let others = QUADRANTS.iter().filter(|x| **x != q).map(|x| x.to_string()).collect();
+    let others = QUADRANTS
+        .iter()
+        .filter(|x| **x != q)
+        .map(|x| x.to_string())
+        .collect();
     let (choices, answer_idx) = shuffle_choices(rng, q.to_string(), others);
     Some(Question {
         qtype: QType::ObjectLocalization,
         template: Template::Quadrant,
-        question: format!("In which part of the image is the {}?", scene.objects[i].category()),
+        question: format!(
+            "In which part of the image is the {}?",
+            scene.objects[i].category()
+        ),
         choices,
         answer_idx,
         objects: vec![i],
@@ -413,13 +481,24 @@ fn ask_larger<R: Rng>(scene: &Scene, rng: &mut R) -> Option<Question> {
     } else {
         plain_mention(ob)
     };
-    let others: Vec<String> =
-        [plain_mention(oa), plain_mention(ob), SAME_SIZE.to_string(), NEITHER.to_string()].into_iter().filter(|c| *c != correct).collect();
+    let others: Vec<String> = [
+        plain_mention(oa),
+        plain_mention(ob),
+        SAME_SIZE.to_string(),
+        NEITHER.to_string(),
+    ]
+    .into_iter()
+    .filter(|c| *c != correct)
+    .collect();
     let (choices, answer_idx) = shuffle_choices(rng, correct, others);
     Some(Question {
         qtype: QType::AttributeComparison,
         template: Template::Larger,
-        question: format!("Which is larger, the {} or the {}?", oa.category(), ob.category()),
+        question: format!(
+            "Which is larger, the {} or the {}?",
+            oa.category(),
+            ob.category()
+        ),
         choices,
         answer_idx,
         objects: vec![a, b],
@@ -440,13 +519,25 @@ fn ask_left_right<R: Rng>(scene: &Scene, rng: &mut R) -> Option<Question> {
     }
     let &(a, b) = pairs.choose_one(rng)?;
     let (oa, ob) = (&scene.objects[a], &scene.objects[b]);
-    let correct = if oa.xyxy()[2] <= ob.xyxy()[0] { LEFT_RIGHT_CHOICES[0] } else { LEFT_RIGHT_CHOICES[1] };
-    let others = LEFT_RIGHT_CHOICES.iter().filter(|c| **c != correct).map(|c| c.to_string()).collect();
+    let correct = if oa.xyxy()[2] <= ob.xyxy()[0] {
+        LEFT_RIGHT_CHOICES[0]
+    } else {
+        LEFT_RIGHT_CHOICES[1]
+    };
+    let others = LEFT_RIGHT_CHOICES
+        .iter()
+        .filter(|c| **c != correct)
+        .map(|c| c.to_string())
+        .collect();
     let (choices, answer_idx) = shuffle_choices(rng, correct.to_string(), others);
     Some(Question {
         qtype: QType::SpatialRelationship,
         template: Template::LeftRight,
-        question: format!("Is the {} on the left or on the right of the {}?", oa.category(), ob.category()),
+        question: format!(
+            "Is the {} on the left or on the right of the {}?",
+            oa.category(),
+            ob.category()
+        ),
         choices,
         answer_idx,
         objects: vec![a, b],
@@ -462,7 +553,10 @@ pub fn classify_question(text: &str) -> Option<QType> {
         Some(QType::ObjectLocalization)
     } else if t.contains("larger") || t.contains("smaller") || t.contains("bigger") {
         Some(QType::AttributeComparison)
-    } else if t.contains("on the left or on the right") || t.contains("left of") || t.contains("right of") {
+    } else if t.contains("on the left or on the right")
+        || t.contains("left of")
+        || t.contains("right of")
+    {
         Some(QType::SpatialRelationship)
     } else if t.contains("quality") || t.contains("blurry") {
         Some(QType::ImageQuality)

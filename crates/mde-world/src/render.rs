@@ -42,9 +42,20 @@ pub fn render(scene: &Scene) -> Rgb8 {
         (a.cos(), a.sin())
     };
     // Projection range of the image onto the gradient direction, to map it to 0..1.
-    let corners = [(0.0, 0.0), (w as f64, 0.0), (0.0, h as f64), (w as f64, h as f64)];
-    let pmin = corners.iter().map(|(x, y)| x * dx + y * dy).fold(f64::MAX, f64::min);
-    let pmax = corners.iter().map(|(x, y)| x * dx + y * dy).fold(f64::MIN, f64::max);
+    let corners = [
+        (0.0, 0.0),
+        (w as f64, 0.0),
+        (0.0, h as f64),
+        (w as f64, h as f64),
+    ];
+    let pmin = corners
+        .iter()
+        .map(|(x, y)| x * dx + y * dy)
+        .fold(f64::MAX, f64::min);
+    let pmax = corners
+        .iter()
+        .map(|(x, y)| x * dx + y * dy)
+        .fold(f64::MIN, f64::max);
     let period = bg.period.max(1) as f64;
     for y in 0..h {
         for x in 0..w {
@@ -123,10 +134,19 @@ pub fn render(scene: &Scene) -> Rgb8 {
             }
         }
         Quality::Dark => buf.iter_mut().for_each(|v| *v *= 0.30),
-        Quality::Noisy => buf.iter_mut().for_each(|v| *v += rng.random_range(-55.0f32..55.0)),
+        Quality::Noisy => buf
+            .iter_mut()
+            .for_each(|v| *v += rng.random_range(-55.0f32..55.0)),
     }
-    let data = buf.iter().map(|v| v.round().clamp(0.0, 255.0) as u8).collect();
-    Rgb8 { width: scene.width, height: scene.height, data }
+    let data = buf
+        .iter()
+        .map(|v| v.round().clamp(0.0, 255.0) as u8)
+        .collect();
+    Rgb8 {
+        width: scene.width,
+        height: scene.height,
+        data,
+    }
 }
 
 /// Separable box blur with clamped edges.
@@ -187,5 +207,9 @@ pub fn encode_jpeg(img: &Rgb8, quality: u8) -> Result<Vec<u8>, image::ImageError
 /// Decodes any PNG/JPEG bytes to RGB8 (format sniffed from the content).
 pub fn decode(bytes: &[u8]) -> Result<Rgb8, image::ImageError> {
     let img = image::load_from_memory(bytes)?.to_rgb8();
-    Ok(Rgb8 { width: img.width(), height: img.height(), data: img.into_raw() })
+    Ok(Rgb8 {
+        width: img.width(),
+        height: img.height(),
+        data: img.into_raw(),
+    })
 }

@@ -16,7 +16,13 @@ pub enum Shape {
 }
 
 impl Shape {
-    pub const ALL: [Shape; 5] = [Shape::Circle, Shape::Square, Shape::Triangle, Shape::Star, Shape::Cross];
+    pub const ALL: [Shape; 5] = [
+        Shape::Circle,
+        Shape::Square,
+        Shape::Triangle,
+        Shape::Star,
+        Shape::Cross,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -57,7 +63,14 @@ pub enum Color {
 }
 
 impl Color {
-    pub const ALL: [Color; 6] = [Color::Red, Color::Green, Color::Blue, Color::Yellow, Color::Purple, Color::Orange];
+    pub const ALL: [Color; 6] = [
+        Color::Red,
+        Color::Green,
+        Color::Blue,
+        Color::Yellow,
+        Color::Purple,
+        Color::Orange,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -114,8 +127,12 @@ pub enum BackgroundKind {
 }
 
 impl BackgroundKind {
-    pub const ALL: [BackgroundKind; 4] =
-        [BackgroundKind::Plain, BackgroundKind::Gradient, BackgroundKind::Stripes, BackgroundKind::Checkerboard];
+    pub const ALL: [BackgroundKind; 4] = [
+        BackgroundKind::Plain,
+        BackgroundKind::Gradient,
+        BackgroundKind::Stripes,
+        BackgroundKind::Checkerboard,
+    ];
 
     /// The answer text used in questions and captions.
     pub fn phrase(self) -> &'static str {
@@ -140,8 +157,13 @@ pub enum BackgroundTint {
 }
 
 impl BackgroundTint {
-    pub const ALL: [BackgroundTint; 5] =
-        [BackgroundTint::White, BackgroundTint::Gray, BackgroundTint::Beige, BackgroundTint::LightBlue, BackgroundTint::Mint];
+    pub const ALL: [BackgroundTint; 5] = [
+        BackgroundTint::White,
+        BackgroundTint::Gray,
+        BackgroundTint::Beige,
+        BackgroundTint::LightBlue,
+        BackgroundTint::Mint,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -186,7 +208,12 @@ pub enum Quality {
 }
 
 impl Quality {
-    pub const ALL: [Quality; 4] = [Quality::Clean, Quality::Blurry, Quality::Dark, Quality::Noisy];
+    pub const ALL: [Quality; 4] = [
+        Quality::Clean,
+        Quality::Blurry,
+        Quality::Dark,
+        Quality::Noisy,
+    ];
 
     /// The answer text of the `image_quality` question.
     pub fn phrase(self) -> &'static str {
@@ -220,19 +247,34 @@ impl Object {
 
     /// "large red circle".
     pub fn full_name(&self) -> String {
-        format!("{} {} {}", self.size.name(), self.color.name(), self.shape.name())
+        format!(
+            "{} {} {}",
+            self.size.name(),
+            self.color.name(),
+            self.shape.name()
+        )
     }
 
     /// Box as (x1, y1, x2, y2) in pixels.
     pub fn xyxy(&self) -> [f64; 4] {
-        [self.bbox[0], self.bbox[1], self.bbox[0] + self.bbox[2], self.bbox[1] + self.bbox[3]]
+        [
+            self.bbox[0],
+            self.bbox[1],
+            self.bbox[0] + self.bbox[2],
+            self.bbox[1] + self.bbox[3],
+        ]
     }
 
     /// Box normalised to 0..1 and rounded to 3 decimals, as in the sampler's image information.
     pub fn norm_box(&self, width: u32, height: u32) -> [f64; 4] {
         let b = self.xyxy();
         let r3 = |v: f64| (v * 1000.0).round() / 1000.0;
-        [r3(b[0] / width as f64), r3(b[1] / height as f64), r3(b[2] / width as f64), r3(b[3] / height as f64)]
+        [
+            r3(b[0] / width as f64),
+            r3(b[1] / height as f64),
+            r3(b[2] / width as f64),
+            r3(b[3] / height as f64),
+        ]
     }
 }
 
@@ -272,9 +314,18 @@ pub fn polygon(shape: Shape, cx: f64, cy: f64, r: f64) -> Option<Vec<(f64, f64)>
         // A square of the same visual weight as the circle: half-side 0.85 r.
         Shape::Square => {
             let h = 0.85 * r;
-            Some(vec![(cx - h, cy - h), (cx + h, cy - h), (cx + h, cy + h), (cx - h, cy + h)])
+            Some(vec![
+                (cx - h, cy - h),
+                (cx + h, cy - h),
+                (cx + h, cy + h),
+                (cx - h, cy + h),
+            ])
         }
-        Shape::Triangle => Some(vec![(cx, cy - r), (cx + r, cy + 0.8 * r), (cx - r, cy + 0.8 * r)]),
+        Shape::Triangle => Some(vec![
+            (cx, cy - r),
+            (cx + r, cy + 0.8 * r),
+            (cx - r, cy + 0.8 * r),
+        ]),
         Shape::Star => {
             let mut v = Vec::with_capacity(10);
             for i in 0..10 {
@@ -308,9 +359,11 @@ pub fn polygon(shape: Shape, cx: f64, cy: f64, r: f64) -> Option<Vec<(f64, f64)>
 pub fn shape_bbox(shape: Shape, cx: f64, cy: f64, r: f64) -> [f64; 4] {
     let (x1, y1, x2, y2) = match polygon(shape, cx, cy, r) {
         None => (cx - r, cy - r, cx + r, cy + r),
-        Some(p) => p.iter().fold((f64::MAX, f64::MAX, f64::MIN, f64::MIN), |a, &(x, y)| {
-            (a.0.min(x), a.1.min(y), a.2.max(x), a.3.max(y))
-        }),
+        Some(p) => p
+            .iter()
+            .fold((f64::MAX, f64::MAX, f64::MIN, f64::MIN), |a, &(x, y)| {
+                (a.0.min(x), a.1.min(y), a.2.max(x), a.3.max(y))
+            }),
     };
     let r4 = |v: f64| (v * 10000.0).round() / 10000.0;
     [r4(x1), r4(y1), r4(x2 - x1), r4(y2 - y1)]
@@ -326,11 +379,19 @@ pub struct SceneRequest {
 
 /// Draws a random scene. Objects never overlap (2 px clearance) and lie fully inside the image;
 /// each colour + shape combination occurs at most once, so "the red circle" is unambiguous.
-pub fn sample_scene<R: Rng>(cfg: &WorldConfig, rng: &mut R, image_id: u64, split: &str, req: SceneRequest) -> Scene {
+pub fn sample_scene<R: Rng>(
+    cfg: &WorldConfig,
+    rng: &mut R,
+    image_id: u64,
+    split: &str,
+    req: SceneRequest,
+) -> Scene {
     let w = cfg.image_size;
     let h = cfg.image_size;
     let scale = cfg.image_size as f64 / 64.0;
-    let kind = req.background.unwrap_or_else(|| BackgroundKind::ALL[rng.random_range(0..4)]);
+    let kind = req
+        .background
+        .unwrap_or_else(|| BackgroundKind::ALL[rng.random_range(0..4)]);
     let tint = BackgroundTint::ALL[rng.random_range(0..BackgroundTint::ALL.len())];
     let angle = [0u32, 45, 90, 135][rng.random_range(0..4)];
     let period = ((rng.random_range(3..=5) as f64) * scale).round().max(2.0) as u32;
@@ -358,7 +419,11 @@ pub fn sample_scene<R: Rng>(cfg: &WorldConfig, rng: &mut R, image_id: u64, split
         if objects.iter().any(|o| o.shape == shape && o.color == color) {
             continue;
         }
-        let size = if rng.random_bool(0.5) { Size::Small } else { Size::Large };
+        let size = if rng.random_bool(0.5) {
+            Size::Small
+        } else {
+            Size::Large
+        };
         let r = match size {
             Size::Small => cfg.small_radius,
             Size::Large => cfg.large_radius,
@@ -380,7 +445,15 @@ pub fn sample_scene<R: Rng>(cfg: &WorldConfig, rng: &mut R, image_id: u64, split
             continue;
         }
         let bbox = shape_bbox(shape, cx, cy, r);
-        objects.push(Object { shape, color, size, cx, cy, r, bbox });
+        objects.push(Object {
+            shape,
+            color,
+            size,
+            cx,
+            cy,
+            r,
+            bbox,
+        });
     }
     Scene {
         image_id,
@@ -388,7 +461,12 @@ pub fn sample_scene<R: Rng>(cfg: &WorldConfig, rng: &mut R, image_id: u64, split
         file_name: format!("{:012}.{}", image_id, cfg.image_format.extension()),
         width: w,
         height: h,
-        background: Background { kind, tint, angle, period },
+        background: Background {
+            kind,
+            tint,
+            angle,
+            period,
+        },
         quality,
         objects,
         noise_seed: rng.random(),

@@ -17,7 +17,9 @@ use crate::questions::{ask, classify_question, plain_mention, QType, Question};
 use crate::scene::{Object, Scene};
 use crate::world::{fnv1a, World};
 use mde_core::records::GenQuery;
-use mde_core::teacher::{BoxFuture, Teacher, TeacherError, TeacherReply, TeacherRequest, TeacherTask};
+use mde_core::teacher::{
+    BoxFuture, Teacher, TeacherError, TeacherReply, TeacherRequest, TeacherTask,
+};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -41,7 +43,12 @@ pub struct TeacherOptions {
 
 impl Default for TeacherOptions {
     fn default() -> Self {
-        TeacherOptions { seed: 0, error_rate: 0.0, cite_boxes: true, model: "mde-world-grounded".into() }
+        TeacherOptions {
+            seed: 0,
+            error_rate: 0.0,
+            cite_boxes: true,
+            model: "mde-world-grounded".into(),
+        }
     }
 }
 
@@ -76,12 +83,23 @@ fn fmt_box(b: [f64; 4]) -> String {
 
 impl WorldTeacher {
     pub fn new(world: &World, opts: TeacherOptions) -> Self {
-        let scenes = world.scenes().iter().map(|(k, v)| (*k, v.clone())).collect();
-        WorldTeacher { cfg: world.config().clone(), scenes: Arc::new(scenes), opts }
+        let scenes = world
+            .scenes()
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        WorldTeacher {
+            cfg: world.config().clone(),
+            scenes: Arc::new(scenes),
+            opts,
+        }
     }
 
     /// Loads the world at `dir` and builds a teacher over it.
-    pub fn from_dir(dir: impl AsRef<std::path::Path>, opts: TeacherOptions) -> Result<Self, crate::WorldError> {
+    pub fn from_dir(
+        dir: impl AsRef<std::path::Path>,
+        opts: TeacherOptions,
+    ) -> Result<Self, crate::WorldError> {
         Ok(Self::new(&World::load(dir)?, opts))
     }
 
@@ -103,13 +121,25 @@ impl WorldTeacher {
     fn draw_error(rng: &mut ChaCha8Rng, rate: f64) -> Option<InjectedError> {
         let u: f64 = rng.random();
         let k = rng.random_range(0..3);
-        (u < rate).then_some([InjectedError::WrongBox, InjectedError::InventedObject, InjectedError::WrongType][k])
+        (u < rate).then_some(
+            [
+                InjectedError::WrongBox,
+                InjectedError::InventedObject,
+                InjectedError::WrongType,
+            ][k],
+        )
     }
 
     /// Answers a generation query: the reply text and the error actually injected.
-    pub fn generate(&self, query: &GenQuery) -> Result<(String, Option<InjectedError>), TeacherError> {
+    pub fn generate(
+        &self,
+        query: &GenQuery,
+    ) -> Result<(String, Option<InjectedError>), TeacherError> {
         let scene = self.scenes.get(&query.image_id).ok_or_else(|| {
-            TeacherError::fatal(format!("query {}: image {} is not in this world", query.id, query.image_id))
+            TeacherError::fatal(format!(
+                "query {}: image {} is not in this world",
+                query.id, query.image_id
+            ))
         })?;
         let mut rng = self.query_rng(&query.id);
         let planned = Self::draw_error(&mut rng, self.opts.error_rate);
@@ -124,7 +154,11 @@ impl WorldTeacher {
         };
         let cite_true = |o: &Object| {
             if self.opts.cite_boxes {
-                format!("{} {}", plain_mention(o), fmt_box(o.norm_box(scene.width, scene.height)))
+                format!(
+                    "{} {}",
+                    plain_mention(o),
+                    fmt_box(o.norm_box(scene.width, scene.height))
+                )
             } else {
                 plain_mention(o)
             }
@@ -136,7 +170,13 @@ impl WorldTeacher {
                 }
             }
             Some(InjectedError::WrongType) => {
-                let mut others: Vec<QType> = self.cfg.types.iter().copied().filter(|t| *t != qtype).collect();
+                let mut others: Vec<QType> = self
+                    .cfg
+                    .types
+                    .iter()
+                    .copied()
+                    .filter(|t| *t != qtype)
+                    .collect();
                 others.shuffle(&mut rng);
                 for t in others {
                     if let Some(q) = ask(&self.cfg, scene, t, &mut rng) {
@@ -159,14 +199,21 @@ impl WorldTeacher {
                     let nx = if b[0] > 0.5 { b[0] - 0.4 } else { b[0] + 0.4 }.clamp(0.0, 1.0 - w);
                     let ny = if b[1] > 0.5 { b[1] - 0.35 } else { b[1] + 0.35 }.clamp(0.0, 1.0 - h);
                     let r3 = |v: f64| (v * 1000.0).round() / 1000.0;
-                    format!("{} {}", plain_mention(o), fmt_box([r3(nx), r3(ny), r3(nx + w), r3(ny + h)]))
+                    format!(
+                        "{} {}",
+                        plain_mention(o),
+                        fmt_box([r3(nx), r3(ny), r3(nx + w), r3(ny + h)])
+                    )
                 } else {
                     cite_true(o)
                 }
             };
             let mut text = self.format(scene, &q, &cite_wrong);
             if q.objects.is_empty() {
-                text.push_str(&format!(" This is easy to judge around {}.", cite_wrong(&scene.objects[target])));
+                text.push_str(&format!(
+                    " This is easy to judge around {}.",
+                    cite_wrong(&scene.objects[target])
+                ));
             }
             return Ok((text, planned));
         }
@@ -174,12 +221,22 @@ impl WorldTeacher {
     }
 
     fn format(&self, scene: &Scene, q: &Question, cite: &dyn Fn(&Object) -> String) -> String {
-        crate::bench::reply_text(&q.question, &q.choices, q.answer_idx, &q.explanation(scene, cite))
+        crate::bench::reply_text(
+            &q.question,
+            &q.choices,
+            q.answer_idx,
+            &q.explanation(scene, cite),
+        )
     }
 
     /// A question about a colour/shape the image does not contain, answered as if it did.
     fn invented(&self, scene: &Scene, rng: &mut ChaCha8Rng) -> Option<String> {
-        let absent: Vec<_> = self.cfg.shapes.iter().filter(|s| !scene.objects.iter().any(|o| o.shape == **s)).collect();
+        let absent: Vec<_> = self
+            .cfg
+            .shapes
+            .iter()
+            .filter(|s| !scene.objects.iter().any(|o| o.shape == **s))
+            .collect();
         if absent.is_empty() {
             return None;
         }
@@ -189,7 +246,10 @@ impl WorldTeacher {
         colors.truncate(4);
         let ans = rng.random_range(0..4);
         let choices: Vec<String> = colors.iter().map(|c| c.name().to_string()).collect();
-        let (x, y) = (rng.random_range(0.05..0.6f64), rng.random_range(0.05..0.6f64));
+        let (x, y) = (
+            rng.random_range(0.05..0.6f64),
+            rng.random_range(0.05..0.6f64),
+        );
         let r3 = |v: f64| (v * 1000.0).round() / 1000.0;
         let b = fmt_box([r3(x), r3(y), r3(x + 0.25), r3(y + 0.25)]);
         let expl = if self.opts.cite_boxes {
@@ -197,13 +257,20 @@ impl WorldTeacher {
         } else {
             format!("The {} is {}.", shape.name(), choices[ans])
         };
-        Some(crate::bench::reply_text(&format!("What color is the {}?", shape.name()), &choices, ans, &expl))
+        Some(crate::bench::reply_text(
+            &format!("What color is the {}?", shape.name()),
+            &choices,
+            ans,
+            &expl,
+        ))
     }
 
     /// Answers a classification batch: `N. (k) type` per question.
     pub fn classify(&self, questions: &[String], types: &[String]) -> Result<String, TeacherError> {
         if types.is_empty() {
-            return Err(TeacherError::fatal("classification request without type names"));
+            return Err(TeacherError::fatal(
+                "classification request without type names",
+            ));
         }
         let norm = |s: &str| s.trim().to_lowercase().replace([' ', '-'], "_");
         let lines: Vec<String> = questions
@@ -244,8 +311,12 @@ fn skip_reason(qtype: QType, scene: &Scene) -> String {
         QType::AttributeComparison | QType::SpatialRelationship if scene.objects.len() < 2 => {
             "the image shows only one object, so there is nothing to compare it with".to_string()
         }
-        QType::SpatialRelationship => "no two objects are far enough apart to tell left from right without doubt".to_string(),
-        QType::AttributeRecognition => "no object can be named unambiguously by its shape or color".to_string(),
+        QType::SpatialRelationship => {
+            "no two objects are far enough apart to tell left from right without doubt".to_string()
+        }
+        QType::AttributeRecognition => {
+            "no object can be named unambiguously by its shape or color".to_string()
+        }
         _ => "the image does not show what this type of question needs".to_string(),
     };
     format!("Skip\nReason: {why}.")
@@ -256,7 +327,10 @@ impl Teacher for WorldTeacher {
         self.opts.model.clone()
     }
 
-    fn complete<'a>(&'a self, req: &'a TeacherRequest) -> BoxFuture<'a, Result<TeacherReply, TeacherError>> {
+    fn complete<'a>(
+        &'a self,
+        req: &'a TeacherRequest,
+    ) -> BoxFuture<'a, Result<TeacherReply, TeacherError>> {
         let r = self.answer(req);
         Box::pin(async move { r })
     }

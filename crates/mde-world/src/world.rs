@@ -149,7 +149,13 @@ struct Item {
 }
 
 /// Draws scenes until one supports a question of `qtype` (deterministic: one rng stream).
-fn gen_item(cfg: &WorldConfig, rng: &mut ChaCha8Rng, image_id: u64, split: &str, qtype: QType) -> Result<Item, WorldError> {
+fn gen_item(
+    cfg: &WorldConfig,
+    rng: &mut ChaCha8Rng,
+    image_id: u64,
+    split: &str,
+    qtype: QType,
+) -> Result<Item, WorldError> {
     for _ in 0..200 {
         let req = SceneRequest {
             // Balanced answers: the quality question sees every quality equally often.
@@ -165,12 +171,18 @@ fn gen_item(cfg: &WorldConfig, rng: &mut ChaCha8Rng, image_id: u64, split: &str,
             return Ok(Item { scene, question });
         }
     }
-    Err(WorldError::Config(format!("could not draw a scene for a {} question in 200 tries; enlarge the image or object counts", qtype.id())))
+    Err(WorldError::Config(format!(
+        "could not draw a scene for a {} question in 200 tries; enlarge the image or object counts",
+        qtype.id()
+    )))
 }
 
 /// Largest-remainder allocation of `n` over weights (deterministic, exact total).
 fn allocate(n: usize, types: &[QType], weights: &BTreeMap<String, f64>) -> Vec<(QType, usize)> {
-    let w: Vec<f64> = types.iter().map(|t| weights.get(t.id()).copied().unwrap_or(0.0)).collect();
+    let w: Vec<f64> = types
+        .iter()
+        .map(|t| weights.get(t.id()).copied().unwrap_or(0.0))
+        .collect();
     let total: f64 = w.iter().sum();
     if total <= 0.0 {
         return types.iter().map(|t| (*t, 0)).collect();
@@ -179,7 +191,11 @@ fn allocate(n: usize, types: &[QType], weights: &BTreeMap<String, f64>) -> Vec<(
     let mut counts: Vec<usize> = exact.iter().map(|x| x.floor() as usize).collect();
     let mut rest = n - counts.iter().sum::<usize>();
     let mut order: Vec<usize> = (0..types.len()).collect();
-    order.sort_by(|&a, &b| (exact[b] - exact[b].floor()).total_cmp(&(exact[a] - exact[a].floor())).then(a.cmp(&b)));
+    order.sort_by(|&a, &b| {
+        (exact[b] - exact[b].floor())
+            .total_cmp(&(exact[a] - exact[a].floor()))
+            .then(a.cmp(&b))
+    });
     for &i in order.iter().cycle() {
         if rest == 0 {
             break;
@@ -195,7 +211,9 @@ fn allocate(n: usize, types: &[QType], weights: &BTreeMap<String, f64>) -> Vec<(
 /// A base-62 id like A-OKVQA's 22-character question ids.
 fn question_id(rng: &mut ChaCha8Rng) -> String {
     const A: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    (0..22).map(|_| A[rng.random_range(0..A.len())] as char).collect()
+    (0..22)
+        .map(|_| A[rng.random_range(0..A.len())] as char)
+        .collect()
 }
 
 /// Collects every written file into the content hash.
@@ -209,12 +227,18 @@ impl Writer {
         let path = self.root.join(rel);
         self.hash.update(rel.as_bytes());
         self.hash.update(bytes);
-        std::fs::write(&path, bytes).map_err(|e| WorldError::Core(mde_core::CoreError::io(&path, e)))
+        std::fs::write(&path, bytes)
+            .map_err(|e| WorldError::Core(mde_core::CoreError::io(&path, e)))
     }
     fn json<T: Serialize>(&mut self, rel: &str, v: &T) -> Result<(), WorldError> {
         // Compact JSON, like the distributed COCO / A-OKVQA files (they are large).
         let path = self.root.join(rel);
-        let mut bytes = serde_json::to_vec(v).map_err(|e| WorldError::Core(mde_core::CoreError::Json { path: path.clone(), source: e }))?;
+        let mut bytes = serde_json::to_vec(v).map_err(|e| {
+            WorldError::Core(mde_core::CoreError::Json {
+                path: path.clone(),
+                source: e,
+            })
+        })?;
         bytes.push(b'\n');
         mde_core::io::atomic_write(&path, &bytes)?;
         self.hash.update(rel.as_bytes());
@@ -252,14 +276,30 @@ impl World {
                 ),
             });
         }
-        if cfg.base_size >= 1_000_000 || cfg.pool_images >= 1_000_000 || cfg.aokvqa_per_type * cfg.types.len() >= 1_000_000 {
-            return Err(WorldError::Config("each set must hold fewer than 1,000,000 images".into()));
+        if cfg.base_size >= 1_000_000
+            || cfg.pool_images >= 1_000_000
+            || cfg.aokvqa_per_type * cfg.types.len() >= 1_000_000
+        {
+            return Err(WorldError::Config(
+                "each set must hold fewer than 1,000,000 images".into(),
+            ));
         }
-        for sub in ["coco/train2017", "coco/val2017", "coco/annotations", "bench/aokvqa", "bench/mmbench", "train"] {
+        for sub in [
+            "coco/train2017",
+            "coco/val2017",
+            "coco/annotations",
+            "bench/aokvqa",
+            "bench/mmbench",
+            "train",
+        ] {
             let p = dir.join(sub);
-            std::fs::create_dir_all(&p).map_err(|e| WorldError::Core(mde_core::CoreError::io(&p, e)))?;
+            std::fs::create_dir_all(&p)
+                .map_err(|e| WorldError::Core(mde_core::CoreError::io(&p, e)))?;
         }
-        let mut w = Writer { root: dir.clone(), hash: Sha256::new() };
+        let mut w = Writer {
+            root: dir.clone(),
+            hash: Sha256::new(),
+        };
         let mut train: Vec<Scene> = vec![];
         let mut val: Vec<Scene> = vec![];
         let mut counts = Counts::default();
@@ -267,24 +307,43 @@ impl World {
         // 1. Candidate pool (what ABS draws query images from).
         for i in 0..cfg.pool_images {
             let mut rng = item_rng(cfg.seed, 1, i as u64);
-            train.push(sample_scene(cfg, &mut rng, POOL_ID_BASE + i as u64, "train", SceneRequest::default()));
+            train.push(sample_scene(
+                cfg,
+                &mut rng,
+                POOL_ID_BASE + i as u64,
+                "train",
+                SceneRequest::default(),
+            ));
         }
         // 2. Base VQA sets: one question per fresh image.
         let mut base_sets = vec![];
-        for (variant, stream, id_base) in
-            [(BaseVariant::Unbalanced, 2u64, BASE_UNBALANCED_ID_BASE), (BaseVariant::Balanced, 3, BASE_BALANCED_ID_BASE)]
-        {
+        for (variant, stream, id_base) in [
+            (BaseVariant::Unbalanced, 2u64, BASE_UNBALANCED_ID_BASE),
+            (BaseVariant::Balanced, 3, BASE_BALANCED_ID_BASE),
+        ] {
             let alloc = match variant {
-                BaseVariant::Unbalanced => allocate(cfg.base_size, &cfg.types, &cfg.base_type_weights),
+                BaseVariant::Unbalanced => {
+                    allocate(cfg.base_size, &cfg.types, &cfg.base_type_weights)
+                }
                 BaseVariant::Balanced => {
-                    let uniform = cfg.types.iter().map(|t| (t.id().to_string(), 1.0)).collect();
+                    let uniform = cfg
+                        .types
+                        .iter()
+                        .map(|t| (t.id().to_string(), 1.0))
+                        .collect();
                     allocate(cfg.base_size, &cfg.types, &uniform)
                 }
             };
             if variant == BaseVariant::Unbalanced {
-                counts.base_unbalanced_per_type = alloc.iter().map(|(t, n)| (t.id().to_string(), *n)).collect();
+                counts.base_unbalanced_per_type = alloc
+                    .iter()
+                    .map(|(t, n)| (t.id().to_string(), *n))
+                    .collect();
             }
-            let mut order: Vec<QType> = alloc.iter().flat_map(|(t, n)| std::iter::repeat_n(*t, *n)).collect();
+            let mut order: Vec<QType> = alloc
+                .iter()
+                .flat_map(|(t, n)| std::iter::repeat_n(*t, *n))
+                .collect();
             order.shuffle(&mut item_rng(cfg.seed, stream, u64::MAX));
             let mut records = Vec::with_capacity(order.len());
             for (j, t) in order.iter().enumerate() {
@@ -292,7 +351,15 @@ impl World {
                 let it = gen_item(cfg, &mut rng, id_base + j as u64, "train", *t)?;
                 let expl = it.question.explanation(&it.scene, &plain_mention);
                 records.push(VqaRecord {
-                    id: format!("{}_{:06}", if variant == BaseVariant::Unbalanced { "ub" } else { "bal" }, j),
+                    id: format!(
+                        "{}_{:06}",
+                        if variant == BaseVariant::Unbalanced {
+                            "ub"
+                        } else {
+                            "bal"
+                        },
+                        j
+                    ),
                     image_id: it.scene.image_id,
                     image: it.scene.rel_path(),
                     question_type: t.id().to_string(),
@@ -300,7 +367,12 @@ impl World {
                     choices: it.question.choices.clone(),
                     correct_choice_idx: it.question.answer_idx,
                     answer: it.question.answer().to_string(),
-                    raw_instructions: bench::reply_text(&it.question.question, &it.question.choices, it.question.answer_idx, &expl),
+                    raw_instructions: bench::reply_text(
+                        &it.question.question,
+                        &it.question.choices,
+                        it.question.answer_idx,
+                        &expl,
+                    ),
                     rationales: vec![expl],
                 });
                 train.push(it.scene);
@@ -360,13 +432,20 @@ impl World {
         // Images: train, then val (A-OKVQA then MMBench).
         let mut encoded: HashMap<u64, Vec<u8>> = HashMap::new();
         let mm_ids: HashSet<u64> = mm_items.iter().map(|it| it.scene.image_id).collect();
-        for s in train.iter().chain(val.iter()).chain(mm_items.iter().map(|it| &it.scene)) {
+        for s in train
+            .iter()
+            .chain(val.iter())
+            .chain(mm_items.iter().map(|it| &it.scene))
+        {
             let img = render(s);
             let bytes = match cfg.image_format {
                 ImageFormat::Jpeg => encode_jpeg(&img, cfg.jpeg_quality),
                 ImageFormat::Png => encode_png(&img),
             }
-            .map_err(|e| WorldError::Image { path: dir.join("coco").join(s.rel_path()), msg: e.to_string() })?;
+            .map_err(|e| WorldError::Image {
+                path: dir.join("coco").join(s.rel_path()),
+                msg: e.to_string(),
+            })?;
             w.image(&format!("coco/{}", s.rel_path()), &bytes)?;
             if mm_ids.contains(&s.image_id) {
                 encoded.insert(s.image_id, bytes);
@@ -378,9 +457,14 @@ impl World {
             // MMBench carries PNG; decode the stored file so the pixels equal what the file holds.
             let png = match cfg.image_format {
                 ImageFormat::Png => bytes.clone(),
-                ImageFormat::Jpeg => decode(bytes)
-                    .and_then(|img| encode_png(&img))
-                    .map_err(|e| WorldError::Image { path: dir.join("coco").join(it.scene.rel_path()), msg: e.to_string() })?,
+                ImageFormat::Jpeg => {
+                    decode(bytes)
+                        .and_then(|img| encode_png(&img))
+                        .map_err(|e| WorldError::Image {
+                            path: dir.join("coco").join(it.scene.rel_path()),
+                            msg: e.to_string(),
+                        })?
+                }
             };
             let q = &it.question;
             mains.push(MmbenchRow {
@@ -412,12 +496,18 @@ impl World {
                 supercategory: s.name().into(),
             })
             .collect();
-        let cat_id: HashMap<String, u64> = categories.iter().map(|c| (c.name.clone(), c.id)).collect();
+        let cat_id: HashMap<String, u64> =
+            categories.iter().map(|c| (c.name.clone(), c.id)).collect();
         let mut all_captions = BTreeMap::new();
         for (split, scenes) in [("train", &train), ("val", &val)] {
             let images: Vec<coco::Image> = scenes
                 .iter()
-                .map(|s| coco::Image { id: s.image_id, file_name: s.file_name.clone(), width: s.width, height: s.height })
+                .map(|s| coco::Image {
+                    id: s.image_id,
+                    file_name: s.file_name.clone(),
+                    width: s.width,
+                    height: s.height,
+                })
                 .collect();
             let mut anns = vec![];
             let mut caps = vec![];
@@ -439,18 +529,35 @@ impl World {
                 }
                 let cs = captions(s);
                 for c in &cs {
-                    caps.push(coco::Caption { id: caps.len() as u64 + 1, image_id: s.image_id, caption: c.clone() });
+                    caps.push(coco::Caption {
+                        id: caps.len() as u64 + 1,
+                        image_id: s.image_id,
+                        caption: c.clone(),
+                    });
                 }
                 all_captions.insert(s.image_id, cs);
             }
             w.json(
                 &format!("coco/annotations/instances_{split}2017.json"),
-                &coco::Instances { images: images.clone(), annotations: anns, categories: categories.clone() },
+                &coco::Instances {
+                    images: images.clone(),
+                    annotations: anns,
+                    categories: categories.clone(),
+                },
             )?;
-            w.json(&format!("coco/annotations/captions_{split}2017.json"), &coco::Captions { images, annotations: caps })?;
+            w.json(
+                &format!("coco/annotations/captions_{split}2017.json"),
+                &coco::Captions {
+                    images,
+                    annotations: caps,
+                },
+            )?;
             w.json(&format!("coco/annotations/scenes_{split}2017.json"), scenes)?;
         }
-        let types: BTreeMap<&str, &str> = aok.iter().map(|a| (a.question_id.as_str(), a.question_type.as_str())).collect();
+        let types: BTreeMap<&str, &str> = aok
+            .iter()
+            .map(|a| (a.question_id.as_str(), a.question_type.as_str()))
+            .collect();
         w.json("bench/aokvqa/aokvqa_v1p0_val.json", &aok)?;
         w.json("bench/aokvqa/question_types.json", &types)?;
         let tsv = bench::mmbench_tsv(&mains);
@@ -466,7 +573,11 @@ impl World {
             .iter()
             .filter(|s| s.image_id < BASE_UNBALANCED_ID_BASE)
             .flat_map(|s| {
-                all_captions[&s.image_id].iter().map(|c| CaptionRecord { image_id: s.image_id, image: s.rel_path(), caption: c.clone() })
+                all_captions[&s.image_id].iter().map(|c| CaptionRecord {
+                    image_id: s.image_id,
+                    image: s.rel_path(),
+                    caption: c.clone(),
+                })
             })
             .collect();
         w.json("train/base_captions.json", &cap_records)?;
@@ -487,8 +598,17 @@ impl World {
             counts,
         };
         write_json(&mpath, &manifest)?;
-        let scenes = train.into_iter().chain(val).map(|s| (s.image_id, s)).collect();
-        Ok(World { dir, manifest, scenes, captions: all_captions })
+        let scenes = train
+            .into_iter()
+            .chain(val)
+            .map(|s| (s.image_id, s))
+            .collect();
+        Ok(World {
+            dir,
+            manifest,
+            scenes,
+            captions: all_captions,
+        })
     }
 
     /// Loads a complete world (one with a manifest) from `dir`.
@@ -496,7 +616,10 @@ impl World {
         let dir = dir.as_ref().to_path_buf();
         let mpath = dir.join("manifest.json");
         if !mpath.exists() {
-            return Err(WorldError::Mismatch { path: mpath, msg: "missing: not a complete world directory (run World::generate)".into() });
+            return Err(WorldError::Mismatch {
+                path: mpath,
+                msg: "missing: not a complete world directory (run World::generate)".into(),
+            });
         }
         let manifest: Manifest = read_json(&mpath)?;
         let mut scenes = BTreeMap::new();
@@ -506,7 +629,10 @@ impl World {
             let list: Vec<Scene> = read_json(&spath)?;
             for s in list {
                 if scenes.insert(s.image_id, s).is_some() {
-                    return Err(WorldError::Mismatch { path: spath.clone(), msg: "duplicate image id".into() });
+                    return Err(WorldError::Mismatch {
+                        path: spath.clone(),
+                        msg: "duplicate image id".into(),
+                    });
                 }
             }
             let cpath = dir.join(format!("coco/annotations/captions_{split}2017.json"));
@@ -519,10 +645,19 @@ impl World {
         if scenes.len() != expect {
             return Err(WorldError::Mismatch {
                 path: dir.join("coco/annotations"),
-                msg: format!("scenes files hold {} images, manifest says {}", scenes.len(), expect),
+                msg: format!(
+                    "scenes files hold {} images, manifest says {}",
+                    scenes.len(),
+                    expect
+                ),
             });
         }
-        Ok(World { dir, manifest, scenes, captions: caps })
+        Ok(World {
+            dir,
+            manifest,
+            scenes,
+            captions: caps,
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -540,10 +675,12 @@ impl World {
     }
     /// `instances_{split}2017.json` for split "train" or "val".
     pub fn instances_path(&self, split: &str) -> PathBuf {
-        self.dir.join(format!("coco/annotations/instances_{split}2017.json"))
+        self.dir
+            .join(format!("coco/annotations/instances_{split}2017.json"))
     }
     pub fn captions_path(&self, split: &str) -> PathBuf {
-        self.dir.join(format!("coco/annotations/captions_{split}2017.json"))
+        self.dir
+            .join(format!("coco/annotations/captions_{split}2017.json"))
     }
     pub fn aokvqa_path(&self) -> PathBuf {
         self.dir.join("bench/aokvqa/aokvqa_v1p0_val.json")
@@ -565,7 +702,9 @@ impl World {
     }
     /// Absolute path of an image file.
     pub fn image_path(&self, image_id: u64) -> Option<PathBuf> {
-        self.scenes.get(&image_id).map(|s| self.coco_dir().join(s.rel_path()))
+        self.scenes
+            .get(&image_id)
+            .map(|s| self.coco_dir().join(s.rel_path()))
     }
     /// Ground truth of one image.
     pub fn scene(&self, image_id: u64) -> Option<&Scene> {
@@ -577,17 +716,32 @@ impl World {
     }
     /// The five captions of an image.
     pub fn captions(&self, image_id: u64) -> &[String] {
-        self.captions.get(&image_id).map(|v| v.as_slice()).unwrap_or(&[])
+        self.captions
+            .get(&image_id)
+            .map(|v| v.as_slice())
+            .unwrap_or(&[])
     }
     /// Ids of the train2017 images: the candidate pool ABS draws query images from.
     pub fn pool_image_ids(&self) -> Vec<u64> {
-        self.scenes.values().filter(|s| s.split == "train").map(|s| s.image_id).collect()
+        self.scenes
+            .values()
+            .filter(|s| s.split == "train")
+            .map(|s| s.image_id)
+            .collect()
     }
     /// The objects of an image as the sampler passes them to a teacher ("red circle", 0..1 box).
     pub fn object_boxes(&self, image_id: u64) -> Vec<ObjectBox> {
         self.scenes
             .get(&image_id)
-            .map(|s| s.objects.iter().map(|o| ObjectBox { category: o.category(), bbox: o.norm_box(s.width, s.height) }).collect())
+            .map(|s| {
+                s.objects
+                    .iter()
+                    .map(|o| ObjectBox {
+                        category: o.category(),
+                        bbox: o.norm_box(s.width, s.height),
+                    })
+                    .collect()
+            })
             .unwrap_or_default()
     }
     pub fn load_aokvqa(&self) -> Result<Vec<AokvqaItem>, WorldError> {
