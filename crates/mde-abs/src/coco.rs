@@ -292,15 +292,8 @@ fn round3(x: f64) -> f64 {
     py_round(x, 3)
 }
 
-/// Rounds like Python's `round(x, n)`: to the nearest n-decimal value of the exact binary
-/// number, ties to even (0.0625 -> 0.062, 0.1235 -> 0.123). `(x * 1000).round() / 1000` differs
-/// on such values; Rust's fixed-precision formatting rounds exactly like Python.
-pub fn py_round(x: f64, decimals: usize) -> f64 {
-    if !x.is_finite() {
-        return x;
-    }
-    format!("{x:.decimals$}").parse().unwrap_or(x)
-}
+/// Python's `round(x, n)` (exact ties to even), shared with the weights in mde-core.
+pub use mde_core::io::round_to as py_round;
 
 /// Formats a float the way Python's `repr` prints a value rounded to a few decimals
 /// (`1.0`, `0.5`, `0.123`), so rendered boxes read like the released ones.

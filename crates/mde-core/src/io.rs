@@ -112,7 +112,7 @@ impl<T: Serialize + DeserializeOwned + Clone> JsonlStore<T> {
         if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             fs::create_dir_all(dir).map_err(|e| CoreError::io(dir, e))?;
         }
-        let (records, valid_len): (Vec<T>, usize) = if path.exists() {
+        let records: Vec<T> = if path.exists() {
             let text = fs::read_to_string(&path).map_err(|e| CoreError::io(&path, e))?;
             let (recs, valid) = parse_jsonl(&path, &text)?;
             if valid < text.len() {
@@ -130,11 +130,10 @@ impl<T: Serialize + DeserializeOwned + Clone> JsonlStore<T> {
                     .map_err(|e| CoreError::io(&path, e))?;
                 f.write_all(b"\n").map_err(|e| CoreError::io(&path, e))?;
             }
-            (recs, valid)
+            recs
         } else {
-            (Vec::new(), 0)
+            Vec::new()
         };
-        let _ = valid_len;
         let file = OpenOptions::new()
             .create(true)
             .append(true)

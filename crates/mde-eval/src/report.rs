@@ -51,59 +51,8 @@ fn escape_cell(s: &str) -> String {
     out
 }
 
-/// Python's `repr(float)`: the shortest string that round-trips, in fixed notation when the
-/// decimal exponent is in `-4..16` and in scientific notation (`1e+16`, `1.5e-05`) otherwise;
-/// integral values keep a trailing `.0`. Rust's `{}` would print `200` for `200.0`.
-pub fn py_float_repr(x: f64) -> String {
-    if x.is_nan() {
-        return "nan".into();
-    }
-    if x.is_infinite() {
-        return if x > 0.0 { "inf".into() } else { "-inf".into() };
-    }
-    if x == 0.0 {
-        return if x.is_sign_negative() {
-            "-0.0".into()
-        } else {
-            "0.0".into()
-        };
-    }
-    // `{:e}` gives the shortest round-trip digits as `d.ddddde<exp>`.
-    let sci = format!("{:e}", x);
-    let (mant, exp) = sci.split_once('e').expect("`{:e}` always has an exponent");
-    let exp: i32 = exp.parse().expect("`{:e}` exponent is an integer");
-    let (sign, mant) = match mant.strip_prefix('-') {
-        Some(m) => ("-", m),
-        None => ("", mant),
-    };
-    let digits: String = mant.chars().filter(|c| *c != '.').collect();
-    if (-4..16).contains(&exp) {
-        let n = digits.len() as i32;
-        let body = if exp >= 0 {
-            let int_len = exp + 1;
-            if n <= int_len {
-                format!("{}{}.0", digits, "0".repeat((int_len - n) as usize))
-            } else {
-                format!(
-                    "{}.{}",
-                    &digits[..int_len as usize],
-                    &digits[int_len as usize..]
-                )
-            }
-        } else {
-            format!("0.{}{}", "0".repeat((-exp - 1) as usize), digits)
-        };
-        format!("{sign}{body}")
-    } else {
-        let m = if digits.len() > 1 {
-            format!("{}.{}", &digits[..1], &digits[1..])
-        } else {
-            digits
-        };
-        let esign = if exp < 0 { '-' } else { '+' };
-        format!("{sign}{m}e{esign}{:02}", exp.abs())
-    }
-}
+pub use crate::matching::{py_is_space as is_py_space, py_split_whitespace};
+pub use crate::tsv::py_float_repr;
 
 /// Python's `f"{x:.{prec}f}"` (correctly rounded, half-even on exact ties, as Rust's `{:.prec$}`
 /// is since 1.67), with Python's spelling of NaN and infinities.
@@ -189,17 +138,6 @@ impl<'de, V: serde::Deserialize<'de>> serde::Deserialize<'de> for OrderedMap<V> 
         }
         d.deserialize_map(Visit(std::marker::PhantomData))
     }
-}
-
-/// Python's `str.split()` with no argument: splits on runs of Unicode whitespace as Python
-/// defines it (Rust's `char::is_whitespace` plus the separators `\x1c`..`\x1f`).
-pub fn py_split_whitespace(s: &str) -> impl Iterator<Item = &str> {
-    s.split(is_py_space).filter(|w| !w.is_empty())
-}
-
-/// Python's `str.isspace()` for one character.
-pub fn is_py_space(c: char) -> bool {
-    c.is_whitespace() || ('\x1c'..='\x1f').contains(&c)
 }
 
 #[cfg(test)]

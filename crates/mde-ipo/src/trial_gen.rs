@@ -22,6 +22,17 @@ pub struct TrialGenSummary {
     pub prelabelled: usize,
 }
 
+/// The distinct failure categories of a reply's flags, in first-seen order.
+fn categories(flags: &[mde_gen::validate::FlagHit]) -> Vec<FailureCategory> {
+    let mut out: Vec<FailureCategory> = Vec::new();
+    for f in flags {
+        if !out.contains(&f.category) {
+            out.push(f.category.clone());
+        }
+    }
+    out
+}
+
 /// Generates the trial batch of `version` for `queries` (use ~100, as in the paper) and adds the
 /// replies as trial items with pre-labels. Re-running skips queries already answered.
 pub async fn generate_trial(
@@ -71,12 +82,7 @@ pub async fn generate_trial(
         let Some(q) = by_query.get(it.query_id.as_str()) else {
             continue;
         };
-        let mut prelabels: Vec<FailureCategory> = Vec::new();
-        for f in &it.flags {
-            if !prelabels.contains(&f.category) {
-                prelabels.push(f.category.clone());
-            }
-        }
+        let prelabels = categories(&it.flags);
         items.push(TrialItem {
             id: it.query_id.clone(),
             query: (*q).clone(),
@@ -96,12 +102,7 @@ pub async fn generate_trial(
         let Some(q) = by_query.get(d.query_id.as_str()) else {
             continue;
         };
-        let mut prelabels: Vec<FailureCategory> = Vec::new();
-        for f in &d.flags {
-            if !prelabels.contains(&f.category) {
-                prelabels.push(f.category.clone());
-            }
-        }
+        let mut prelabels = categories(&d.flags);
         if prelabels.is_empty() {
             prelabels.push(FailureCategory::Custom("dropped_by_filters".into()));
         }
