@@ -1,8 +1,73 @@
-//! Not implemented yet.
+//! `mde loop`: the closed loop (evaluate -> mine bad cases -> ABS -> generate -> validate ->
+//! train -> evaluate), round after round, resumable at step granularity.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use mde_loop::config::LoopConfig;
+use mde_loop::run::LoopRun;
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Loop config (TOML), e.g. configs/shapes-demo.toml or configs/minigpt4-7b.toml.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Output folder; re-running the same command resumes there.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Only check every input (files, shapes, teacher settings) and exit; starts no work.
+    #[arg(long)]
+    pub check: bool,
+    /// Override `[run] rounds`.
+    #[arg(long)]
+    pub rounds: Option<usize>,
+    /// Override `[abs] strategy` (uniform, error_rate, chance_discounted[:POWER], softmax:T).
+    #[arg(long)]
+    pub strategy: Option<String>,
+    /// No progress bars.
+    #[arg(long)]
+    pub no_progress: bool,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("this command is not implemented yet")
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let mut cfg = LoopConfig::load(&args.config)?;
+    if let Some(r) = args.rounds {
+        cfg.run.rounds = r;
+    }
+    if let Some(s) = args.strategy {
+        cfg.abs.strategy = s;
+        cfg.validate()?;
+    }
+    if args.check {
+        let report = mde_loop::check::check(&cfg, args.out.as_deref());
+        print!("{}", report.to_text());
+        if !report.is_ok() {
+            bail!("{}: inputs are missing or do not fit (see above)", args.config.display());
+        }
+        return Ok(());
+    }
+    let out = args
+        .out
+        .context("--out DIR is required (where the run writes; re-run to resume)")?;
+    let mut run = LoopRun::new(cfg, &out)?;
+    if args.no_progress {
+        run.set_progress(false);
+    }
+    let report = run.run()?;
+    let last = report.rounds.last();
+    eprintln!(
+        "done in {:.0} s: {} round(s); report in {}",
+        report.total_seconds,
+        report.rounds.len().saturating_sub(1),
+        out.join("report").join("report.md").display()
+    );
+    if let (Some(first), Some(last)) = (report.rounds.first(), last) {
+        if let (Some(a), Some(b)) = (&first.report, &last.report) {
+            eprintln!(
+                "report benchmark ({}): overall {:.1}% -> {:.1}%",
+                a.benchmark, a.overall, b.overall
+            );
+        }
+    }
+    Ok(())
 }

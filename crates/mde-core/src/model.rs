@@ -110,6 +110,11 @@ pub enum PromptStyle {
     Mme,
     /// SEED-Bench likelihood ranking of the choices (the official protocol ranks candidates).
     SeedRank,
+    /// Likelihood ranking of a multiple-choice question with an optional hint (MMBench scored
+    /// by ranking, for models too small to follow the generation prompt): the training-format
+    /// prompt `{hint} {question}` + `(L) choice` listing with the choices' own letters, each
+    /// `(L) choice` continuation scored. The runner turns the best choice into its letter.
+    McqRank,
 }
 
 /// One question for the model: the decoded image plus the question's parts.

@@ -1,7 +1,9 @@
 //! Inference runners: turn an [`EvalModel`] and a list of [`BenchItem`]s into [`Prediction`]s.
 //!
 //! - MMBench and MME by generation; SEED-Bench by likelihood ranking (the official protocol) or
-//!   generation; A-OKVQA by likelihood ranking of its four choices (argmin of the mean token
+//!   generation; MMBench optionally by likelihood ranking too ([`Method::Rank`], for models too
+//!   small to follow the generation prompt: the best option's letter is the prediction, scored
+//!   by the unchanged circular scorer); A-OKVQA by likelihood ranking of its four choices (argmin of the mean token
 //!   cross-entropy), with the MC and DA predictions both taken from the chosen choice.
 //! - Batched to the model's [`EvalModel::max_batch`] (or less), with a progress bar.
 //! - Never loses work: every prediction is appended (and flushed) to a JSONL store keyed by item
@@ -155,7 +157,10 @@ impl RunConfig {
     /// The prompt style the model adapter must use.
     pub fn style(&self) -> PromptStyle {
         match (self.benchmark, self.method) {
-            (Benchmark::MMBench, _) => PromptStyle::MMBench,
+            (Benchmark::MMBench, Method::Generate) => PromptStyle::MMBench,
+            // Ranking the options' likelihoods (tiny models that cannot follow the generation
+            // prompt); the prediction is the best option's letter, scored unchanged.
+            (Benchmark::MMBench, Method::Rank) => PromptStyle::McqRank,
             (Benchmark::Mme, _) => PromptStyle::Mme,
             (Benchmark::Aokvqa, Method::Rank) => PromptStyle::AokvqaRank {
                 released_quirks: self.released_quirks,
@@ -169,9 +174,9 @@ impl RunConfig {
 
     fn check(&self) -> Result<(), RunError> {
         let ok = match self.benchmark {
-            Benchmark::MMBench | Benchmark::Mme => self.method == Method::Generate,
+            Benchmark::Mme => self.method == Method::Generate,
             Benchmark::Aokvqa => self.method == Method::Rank,
-            Benchmark::SeedBench => true,
+            Benchmark::MMBench | Benchmark::SeedBench => true,
         };
         if !ok {
             return Err(RunError::Config(format!(
@@ -1065,5 +1070,13 @@ mod tests {
         c.method = Method::Generate;
         assert!(c.check().is_ok());
         assert_eq!(c.style(), PromptStyle::MMBench);
+        let mut c = RunConfig::new(Benchmark::Mme);
+        c.method = Method::Rank;
+        assert!(c.check().is_err());
+        let mut c = RunConfig::new(Benchmark::MMBench);
+        assert_eq!(c.style(), PromptStyle::MMBench);
+        c.method = Method::Rank;
+        assert!(c.check().is_ok());
+        assert_eq!(c.style(), PromptStyle::McqRank);
     }
 }

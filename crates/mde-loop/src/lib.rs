@@ -24,6 +24,11 @@
 //! # let _ = model; Ok(()) }
 //! ```
 
+pub mod base;
+pub mod check;
+pub mod config;
+pub mod report;
+pub mod run;
 pub mod tiny;
 pub mod tokenizer_train;
 
@@ -49,6 +54,15 @@ pub enum LoopError {
     Tokenizer(String),
     #[error("invalid config: {0}")]
     Config(String),
+    #[error(transparent)]
+    Train(#[from] mde_train::TrainError),
+    #[error(transparent)]
+    Abs(#[from] mde_abs::AbsError),
+    #[error(transparent)]
+    Gen(#[from] mde_gen::GenError),
+    /// Drawing a report chart failed.
+    #[error("report: {0}")]
+    Report(String),
 }
 
 /// Result alias of this crate.

@@ -277,7 +277,7 @@ impl BaseModel {
     }
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     let d = Sha256::digest(bytes);
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -411,7 +411,7 @@ pub fn init_parameters(
     Ok(out)
 }
 
-fn safetensors_bytes(tensors: &BTreeMap<String, Tensor>) -> Result<Vec<u8>> {
+pub(crate) fn safetensors_bytes(tensors: &BTreeMap<String, Tensor>) -> Result<Vec<u8>> {
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
     let data: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -630,33 +630,11 @@ pub fn build_base_model(
 /// by MiniGPT-4 root names: `vision_model.*`, `qformer.*`, `query_tokens`, `llama_proj.*`,
 /// `llama_model.*`), for full fine-tuning from scratch. Values come from the written files.
 pub fn load_trainable(base: &BaseModel, device: &Device) -> Result<(MiniGpt4, VarMap)> {
-    let mut all: HashMap<String, Tensor> = HashMap::new();
-    for (rel, prefix) in [
-        ("blip2/model.safetensors", ""),
-        ("vicuna/model.safetensors", "llama_model."),
-        ("minigpt4/projector.safetensors", ""),
-    ] {
-        let p = base.root.join(rel);
-        for (k, v) in candle_core::safetensors::load(&p, device)? {
-            all.insert(format!("{prefix}{k}"), v);
-        }
-    }
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
-    let model = MiniGpt4::new(&base.config(), vb)?;
-    {
-        let data = varmap
-            .data()
-            .lock()
-            .map_err(|_| LoopError::Config("varmap poisoned".into()))?;
-        for (name, var) in data.iter() {
-            let t = all.get(name).ok_or_else(|| {
-                LoopError::Config(format!("{}: no tensor `{name}`", base.root.display()))
-            })?;
-            var.set(t)?;
-        }
-    }
-    Ok((model, varmap))
+    Ok(MiniGpt4::load_varmap(
+        &base.model_paths(),
+        DType::F32,
+        device,
+    )?)
 }
 
 /// Parses a `[model]` TOML table: an optional `seed` (the init seed, default 0) plus the fields

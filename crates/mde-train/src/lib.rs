@@ -1,7 +1,8 @@
 //! Fine-tuning foundations for MiniGPT-4 (MLLM-DataEngine's stage 2): torch-exact AdamW with
 //! parameter groups and checkpointable state, MiniGPT-4's warmup-cosine schedule, the
 //! training batch layout, PEFT adapter I/O, resumable checkpoints and seeded dataset mixing,
-//! plus the [`Trainer`] driver (fc / lora / lora+fc, gradient accumulation, exact resume,
+//! plus the [`Trainer`] driver (fc / lora / lora+fc, and full / llm+fc on a model whose
+//! parameters are Vars; gradient accumulation, exact resume,
 //! validation-based best checkpoint) and exports (PEFT adapter, runner-keyed safetensors,
 //! merged LLaMA).
 //!
@@ -16,6 +17,19 @@
 //! // Resumes if `runs/r1` already holds a checkpoint.
 //! let mut t = Trainer::new(model, tok, data, cfg, std::path::Path::new("runs/r1"))?;
 //! t.run(None, RunOptions { progress: true, ..Default::default() })?;
+//! # Ok(()) }
+//! ```
+//!
+//! Full training (every parameter, vision tower and Q-Former included):
+//!
+//! ```no_run
+//! # fn demo(paths: minigpt4::ModelPaths, data: Vec<mde_train::TrainDataset>) -> mde_train::Result<()> {
+//! use mde_train::{RunOptions, TrainConfig, TrainMode, Trainer};
+//! let dev = candle_core::Device::Cpu;
+//! let (model, varmap, tok) = mde_train::trainer::load_model_varmap(&paths, &dev)?;
+//! let cfg = TrainConfig { mode: TrainMode::Full, ..Default::default() };
+//! let mut t = Trainer::new_full(model, varmap, tok, data, cfg, std::path::Path::new("runs/f"))?;
+//! t.run(None, RunOptions::default())?; // writes runs/f/final/model.safetensors
 //! # Ok(()) }
 //! ```
 //!

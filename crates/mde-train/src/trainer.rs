@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarMap;
+use image::RgbImage;
 use minigpt4::linear::LoraAdapter;
 use minigpt4::llama::LoraConfig;
 use minigpt4::model::MiniGpt4;
@@ -42,6 +44,14 @@ pub enum TrainMode {
     /// LoRA adapters and the projector (DataEngine's released setting).
     #[serde(rename = "lora+fc")]
     LoraFc,
+    /// Every parameter: vision tower, Q-Former (and query tokens), projector and LLaMA.
+    /// Needs [`Trainer::new_full`] (the parameters as Vars from `MiniGpt4::load_varmap`).
+    #[serde(rename = "full")]
+    Full,
+    /// The whole LLaMA and the projector; vision tower and Q-Former frozen.
+    /// Needs [`Trainer::new_full`].
+    #[serde(rename = "llm+fc")]
+    LlmFc,
 }
 
 impl TrainMode {
@@ -50,6 +60,33 @@ impl TrainMode {
     }
     fn has_fc(self) -> bool {
         matches!(self, TrainMode::Fc | TrainMode::LoraFc)
+    }
+    /// Modes whose parameters come from a [`VarMap`] ([`Trainer::new_full`]).
+    pub fn needs_varmap(self) -> bool {
+        matches!(self, TrainMode::Full | TrainMode::LlmFc)
+    }
+    /// Whether the vision tower and Q-Former train (features are not detached).
+    pub fn trains_vision(self) -> bool {
+        matches!(self, TrainMode::Full)
+    }
+    /// The serde name (`fc`, `lora`, `lora+fc`, `full`, `llm+fc`).
+    pub fn name(self) -> &'static str {
+        match self {
+            TrainMode::Fc => "fc",
+            TrainMode::Lora => "lora",
+            TrainMode::LoraFc => "lora+fc",
+            TrainMode::Full => "full",
+            TrainMode::LlmFc => "llm+fc",
+        }
+    }
+    /// Whether the VarMap parameter `name` (MiniGPT-4 root naming) trains in this mode.
+    pub fn trains_param(self, name: &str) -> bool {
+        match self {
+            TrainMode::Full => true,
+            TrainMode::LlmFc => name.starts_with("llama_model.") || name.starts_with("llama_proj."),
+            TrainMode::Fc | TrainMode::LoraFc => name.starts_with("llama_proj."),
+            TrainMode::Lora => false,
+        }
     }
 }
 
@@ -329,6 +366,16 @@ pub struct Trainer {
     metrics: Option<MetricHistory>,
     last_loss: Option<f32>,
     resumed_from: Option<PathBuf>,
+    /// Use the two in-memory caches below (on by default; results do not depend on it).
+    caching: bool,
+    /// Decoded images by path (decoding is deterministic; the random crop runs after it).
+    images: HashMap<PathBuf, RgbImage>,
+    /// Detached Q-Former features `[num_query, hidden]` by image path: only when the vision
+    /// side is frozen and preprocessing is deterministic (`ImageMode::Eval`). Each image is
+    /// encoded alone, so a feature never depends on which batch first needed it (exact resume).
+    features: HashMap<PathBuf, Tensor>,
+    /// Every parameter as a Var (root names), when built by [`Trainer::new_full`].
+    varmap: Option<VarMap>,
 }
 
 fn runner_name(n: &str) -> String {
@@ -348,6 +395,14 @@ impl Trainer {
         run_dir: &Path,
     ) -> Result<Self> {
         cfg.check()?;
+        if cfg.mode.needs_varmap() {
+            return Err(TrainError::Invalid(format!(
+                "train mode `{}` trains parameters that are not Vars in a model from \
+                 MiniGpt4::load: load it with MiniGpt4::load_varmap and build the trainer with \
+                 Trainer::new_full(model, varmap, ...)",
+                cfg.mode.name()
+            )));
+        }
         let mut vars = Vec::new();
         if cfg.mode.has_fc() {
             vars.extend(model.make_projector_trainable()?);
@@ -384,6 +439,77 @@ impl Trainer {
             .iter()
             .map(|(n, v)| (runner_name(n), v.clone()))
             .collect();
+        Self::build(model, tok, datasets, cfg, run_dir, params)
+    }
+
+    /// Trainer for the modes that train base weights: `full` (everything) and `llm+fc`
+    /// (LLaMA + projector), and also `fc`. `varmap` is the one [`MiniGpt4::load_varmap`]
+    /// returned with `model`; the trained parameters are picked from it by name (MiniGPT-4
+    /// root names, which are also the checkpoint keys and the names in `export`'s
+    /// `model.safetensors`). Resumes from the newest checkpoint in `run_dir` if any.
+    /// LoRA modes are refused: use [`Trainer::new`].
+    pub fn new_full(
+        model: MiniGpt4,
+        varmap: VarMap,
+        tok: LlamaTokenizer,
+        datasets: Vec<TrainDataset>,
+        cfg: TrainConfig,
+        run_dir: &Path,
+    ) -> Result<Self> {
+        cfg.check()?;
+        if cfg.mode.has_lora() {
+            return Err(TrainError::Invalid(format!(
+                "train mode `{}` attaches LoRA adapters: use Trainer::new",
+                cfg.mode.name()
+            )));
+        }
+        let mut params: Vec<(String, Var)> = varmap
+            .data()
+            .lock()
+            .map_err(|_| TrainError::Invalid("VarMap lock poisoned".into()))?
+            .iter()
+            .filter(|(n, _)| cfg.mode.trains_param(n))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        // A fixed order (HashMap order varies per process): the gradient norm sums in it.
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        if params.is_empty() {
+            return Err(TrainError::Invalid(format!(
+                "the VarMap holds no parameter that mode `{}` trains (names must be MiniGPT-4 \
+                 root names as MiniGpt4::load_varmap gives them)",
+                cfg.mode.name()
+            )));
+        }
+        // The Vars must be the model's own tensors, or training would not change the model.
+        if let Some((n, v)) = params.iter().find(|(n, _)| n == "llama_proj.weight") {
+            if v.as_tensor().id() != model.llama_proj.weight.id() {
+                return Err(TrainError::Invalid(format!(
+                    "VarMap entry {n} is not the model's tensor: pass the VarMap that \
+                     MiniGpt4::load_varmap returned with this model"
+                )));
+            }
+        }
+        for (n, v) in &params {
+            if v.as_tensor().dtype() != DType::F32 {
+                return Err(TrainError::Invalid(format!(
+                    "{n} is {:?}: full training needs an F32 model",
+                    v.as_tensor().dtype()
+                )));
+            }
+        }
+        let mut t = Self::build(model, tok, datasets, cfg, run_dir, params)?;
+        t.varmap = Some(varmap);
+        Ok(t)
+    }
+
+    fn build(
+        model: MiniGpt4,
+        tok: LlamaTokenizer,
+        datasets: Vec<TrainDataset>,
+        cfg: TrainConfig,
+        run_dir: &Path,
+        params: Vec<(String, Var)>,
+    ) -> Result<Self> {
         let sched = cfg.schedule();
         let opt = AdamW::new_runner_groups(
             params.clone(),
@@ -431,6 +557,10 @@ impl Trainer {
             metrics: None,
             last_loss: None,
             resumed_from: None,
+            caching: true,
+            images: HashMap::new(),
+            features: HashMap::new(),
+            varmap: None,
         };
         if let Some(dir) = latest_checkpoint(run_dir)? {
             t.resume_from(&dir)?;
@@ -450,6 +580,22 @@ impl Trainer {
         self.last_loss = extra.last_loss;
         self.resumed_from = Some(dir.to_path_buf());
         Ok(())
+    }
+
+    /// Turns the in-memory image and feature caches on (default) or off; off also empties
+    /// them. Results are the same either way up to float rounding of batched vs per-image
+    /// encoding; mainly for tests and memory-tight runs.
+    pub fn set_caching(&mut self, on: bool) {
+        self.caching = on;
+        if !on {
+            self.images.clear();
+            self.features.clear();
+        }
+    }
+
+    /// Number of decoded images and of Q-Former feature rows held in the caches.
+    pub fn cache_sizes(&self) -> (usize, usize) {
+        (self.images.len(), self.features.len())
     }
 
     /// Checkpoint the run resumed from, if any.
@@ -475,6 +621,12 @@ impl Trainer {
     /// Gives the model back.
     pub fn into_model(self) -> MiniGpt4 {
         self.model
+    }
+
+    /// Every parameter of the model (trained and frozen) under MiniGPT-4 root names, when the
+    /// trainer was built by [`Trainer::new_full`]; e.g. to write a complete model folder.
+    pub fn varmap(&self) -> Option<&VarMap> {
+        self.varmap.as_ref()
     }
 
     /// Trainable tensors under runner key names.
@@ -545,31 +697,79 @@ impl Trainer {
         Ok(())
     }
 
-    fn micro_batch(&mut self) -> Result<(usize, Tensor, BatchTensors)> {
-        let mb = self.mixer.next_batch(self.cfg.batch_size, &mut self.rng);
-        let ds = &self.datasets[mb.dataset];
-        let dev = self.model.device().clone();
-        let mut imgs = Vec::with_capacity(mb.indices.len());
-        let mut samples: Vec<TrainSample> = Vec::with_capacity(mb.indices.len());
-        for &i in &mb.indices {
-            let r = &ds.records[i];
-            let img = minigpt4::preprocess::load_rgb(&r.image).map_err(|e| {
-                TrainError::file(
-                    &r.image,
-                    format!("dataset {}: cannot read image: {e}", ds.name),
-                )
-            })?;
-            imgs.push(img);
-            samples.push(r.to_sample().map_err(|m| {
-                TrainError::Invalid(format!("dataset {} record {}: {m}", ds.name, i + 1))
-            })?);
+    fn load_image(&mut self, path: &Path, dataset: &str) -> Result<RgbImage> {
+        if let Some(img) = self.images.get(path) {
+            return Ok(img.clone());
         }
+        let img = minigpt4::preprocess::load_rgb(path).map_err(|e| {
+            TrainError::file(path, format!("dataset {dataset}: cannot read image: {e}"))
+        })?;
+        if self.caching {
+            self.images.insert(path.to_path_buf(), img.clone());
+        }
+        Ok(img)
+    }
+
+    /// Detached Q-Former features of one image through the cache (eval preprocessing).
+    fn cached_features(&mut self, path: &Path, dataset: &str) -> Result<Tensor> {
+        if let Some(f) = self.features.get(path) {
+            return Ok(f.clone());
+        }
+        let img = self.load_image(path, dataset)?;
+        let dev = self.model.device().clone();
         let px = self
             .processor
-            .process_batch(&imgs, &mut self.rng, &dev)
-            .map_err(|e| TrainError::Invalid(format!("preprocessing images: {e}")))?;
-        let px = px.to_dtype(self.model.dtype())?;
-        let qf = self.model.qformer_features(&px)?.detach();
+            .process_eval(&img, &dev)
+            .map_err(|e| TrainError::Invalid(format!("preprocessing {}: {e}", path.display())))?
+            .unsqueeze(0)?
+            .to_dtype(self.model.dtype())?;
+        let f = self.model.qformer_features(&px)?.detach().squeeze(0)?;
+        self.features.insert(path.to_path_buf(), f.clone());
+        // The raw image is not needed again once its features are known.
+        self.images.remove(path);
+        Ok(f)
+    }
+
+    fn micro_batch(&mut self) -> Result<(usize, Tensor, BatchTensors)> {
+        let mb = self.mixer.next_batch(self.cfg.batch_size, &mut self.rng);
+        let dev = self.model.device().clone();
+        let ds_name = self.datasets[mb.dataset].name.clone();
+        let mut paths = Vec::with_capacity(mb.indices.len());
+        let mut samples: Vec<TrainSample> = Vec::with_capacity(mb.indices.len());
+        for &i in &mb.indices {
+            let r = &self.datasets[mb.dataset].records[i];
+            paths.push(r.image.clone());
+            samples.push(r.to_sample().map_err(|m| {
+                TrainError::Invalid(format!("dataset {ds_name} record {}: {m}", i + 1))
+            })?);
+        }
+        let use_feature_cache = self.caching
+            && !self.cfg.mode.trains_vision()
+            && self.cfg.image_mode == ImageMode::Eval;
+        let qf = if use_feature_cache {
+            // Eval preprocessing draws nothing from `rng`, so skipping it keeps the stream.
+            let fs = paths
+                .iter()
+                .map(|p| self.cached_features(p, &ds_name))
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::stack(&fs, 0)?
+        } else {
+            let imgs = paths
+                .iter()
+                .map(|p| self.load_image(p, &ds_name))
+                .collect::<Result<Vec<_>>>()?;
+            let px = self
+                .processor
+                .process_batch(&imgs, &mut self.rng, &dev)
+                .map_err(|e| TrainError::Invalid(format!("preprocessing images: {e}")))?;
+            let px = px.to_dtype(self.model.dtype())?;
+            if self.cfg.mode.trains_vision() {
+                // Full training: gradients flow through the Q-Former and the vision tower.
+                self.model.qformer_features_t(&px, true)?
+            } else {
+                self.model.qformer_features(&px)?.detach()
+            }
+        };
         let layout = build_batch(&self.tok, &samples, &self.cfg.end_sym, self.layout)?;
         Ok((mb.dataset, qf, BatchTensors::new(&layout, &dev)?))
     }
@@ -663,12 +863,23 @@ impl Trainer {
         save_checkpoint(&self.run_dir, &self.params, &self.opt, &state)
     }
 
-    /// Writes the trainable weights (and the adapter in LoRA modes) to `dir`.
+    /// Writes the trainable weights to `dir`: in `full` / `llm+fc` modes every trained tensor
+    /// under its MiniGPT-4 root name in `dir/model.safetensors` (frozen parts are not
+    /// written: they are the base model's); otherwise the runner-keyed safetensors (and the
+    /// PEFT adapter in LoRA modes).
     pub fn export(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| TrainError::Io {
             path: dir.to_path_buf(),
             source: e,
         })?;
+        if self.cfg.mode.needs_varmap() {
+            let named: Vec<(String, Tensor)> = self
+                .params
+                .iter()
+                .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+                .collect();
+            return crate::io::save_safetensors(&dir.join("model.safetensors"), &named);
+        }
         crate::export::save_runner_safetensors(
             &self.model,
             &dir.join("trainable_runner_keys.safetensors"),
@@ -810,6 +1021,21 @@ pub fn load_model(
         .ok_or_else(|| TrainError::file(&paths.vicuna, "no tokenizer.json"))?;
     let tok = LlamaTokenizer::from_file(&tok_path)?;
     Ok((model, tok))
+}
+
+/// [`load_model`] with every parameter a Var (see `MiniGpt4::load_varmap`), for
+/// [`Trainer::new_full`]. F32, as the optimizer requires.
+pub fn load_model_varmap(
+    paths: &minigpt4::ModelPaths,
+    device: &Device,
+) -> Result<(MiniGpt4, VarMap, LlamaTokenizer)> {
+    let (model, varmap) = MiniGpt4::load_varmap(paths, DType::F32, device)?;
+    let loc = minigpt4::weights::Location::parse(&paths.vicuna)?;
+    let tok_path = loc
+        .file("tokenizer.json")
+        .ok_or_else(|| TrainError::file(&paths.vicuna, "no tokenizer.json"))?;
+    let tok = LlamaTokenizer::from_file(&tok_path)?;
+    Ok((model, varmap, tok))
 }
 
 /// Validation metric: mean training loss (eval mode: no dropout, eval image resize) over a

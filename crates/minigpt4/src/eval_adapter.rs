@@ -8,10 +8,18 @@
 //! | `MMBench` | OpenCompass's MiniGPT-4 prompt ([`prompt::mmbench_prompt`]), BOS | beam search 5, 30 new tokens, length penalty -1 |
 //! | `AokvqaRank` | [`prompt::aokvqa_rank_prompt`] (released: `<img>`, no BOS; clean: `<Img>`, BOS) | mean CE of each `(L) choice` |
 //! | `SeedRank` | the A-OKVQA ranking prompt in its clean form (`<Img>`, BOS) | mean CE of each `(L) choice` |
+//! | `McqRank` | the clean ranking prompt with `{hint} {question}` and the choices' own letters, BOS | mean CE of each `(L) choice` |
 //! | `Mme`, `Chat` | Vicuna-v0 chat (`CONV_VISION_Vicuna0`), BOS; choices appended as `(A) .. (B) ..` | greedy, 300 new tokens |
 //!
 //! Generation stops on EOS and on both tokenizations of `###`; the text is post-processed as
 //! MiniGPT-4's `Chat.answer` does (the runner applies the benchmark's own answer extraction).
+//!
+//! Ranking a batch costs two LLM forwards whatever its size: one over every request's prompt
+//! (right-padded, filling a KV cache), one over every candidate of every request (the cache rows
+//! repeated per candidate), and the vocabulary head only on the positions that predict
+//! candidate tokens. Image embeddings are cached by a hash of the image bytes (bounded, LRU), so
+//! MMBench's circular copies of a question encode their image once; see
+//! [`MiniGpt4Eval::clear_image_cache`] for when the cache must be dropped by hand.
 //!
 //! ```no_run
 //! use mde_core::model::EvalModel;
@@ -39,15 +47,17 @@
 //! num_beams = 5
 //! ```
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, D};
 use image::RgbImage;
 use mde_core::model::{EvalModel, EvalRequest, ImageInput, ModelError, PromptStyle};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::generation::{generate, GenerationConfig};
+use crate::llama::KvCache;
 use crate::model::{MiniGpt4, ModelPaths};
 use crate::preprocess::{decode_rgb, ImageProcessor};
 use crate::prompt::{self, AokvqaPromptStyle, ChatTemplate};
@@ -62,6 +72,8 @@ fn default_device() -> String {
 fn default_max_batch() -> usize {
     4
 }
+/// Default byte budget of the image-embedding cache (per model, on the model's device).
+pub const DEFAULT_IMAGE_CACHE_BYTES: usize = 256 << 20;
 /// OpenCompass's MiniGPT-4 MMBench decoding: beam 5, max_length 30, length_penalty -1.
 fn default_mmbench() -> GenerationConfig {
     GenerationConfig {
@@ -183,6 +195,100 @@ pub struct MiniGpt4Eval {
     pub chat: GenerationConfig,
     max_batch: usize,
     name: String,
+    images: ImageCache,
+}
+
+/// Identity of an image's bytes: a SipHash of the bytes plus their length and the RGB size (a
+/// 64-bit collision among a benchmark's few thousand images is practically impossible).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ImageKey {
+    hash: u64,
+    len: usize,
+    rgb: Option<(u32, u32)>,
+}
+
+impl ImageKey {
+    fn of(img: &ImageInput) -> Self {
+        let (data, rgb) = match img {
+            ImageInput::Encoded { data } => (data, None),
+            ImageInput::Rgb {
+                width,
+                height,
+                data,
+            } => (data, Some((*width, *height))),
+        };
+        // DefaultHasher::new() uses fixed keys: the same bytes always give the same hash.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        data.hash(&mut h);
+        ImageKey {
+            hash: h.finish(),
+            len: data.len(),
+            rgb,
+        }
+    }
+}
+
+/// Bounded LRU cache of image embeddings `[num_query, hidden]`, valid for one set of image-side
+/// weights (the projector's tensors are fingerprinted; see [`MiniGpt4Eval::clear_image_cache`]).
+#[derive(Debug)]
+struct ImageCache {
+    budget: usize,
+    used: usize,
+    tick: u64,
+    map: HashMap<ImageKey, (Tensor, usize, u64)>,
+    /// Tensor ids of `llama_proj` weight and bias when the entries were computed.
+    weights: Option<(candle_core::TensorId, Option<candle_core::TensorId>)>,
+    hits: u64,
+    misses: u64,
+}
+
+impl ImageCache {
+    fn new(budget: usize) -> Self {
+        ImageCache {
+            budget,
+            used: 0,
+            tick: 0,
+            map: HashMap::new(),
+            weights: None,
+            hits: 0,
+            misses: 0,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.map.clear();
+        self.used = 0;
+    }
+
+    fn get(&mut self, k: &ImageKey) -> Option<Tensor> {
+        self.tick += 1;
+        let t = self.tick;
+        self.map.get_mut(k).map(|e| {
+            e.2 = t;
+            e.0.clone()
+        })
+    }
+
+    fn insert(&mut self, k: ImageKey, v: Tensor) {
+        let bytes = v.elem_count() * v.dtype().size_in_bytes();
+        if bytes > self.budget {
+            return;
+        }
+        while self.used + bytes > self.budget {
+            // Evict the least recently used entry (a linear scan: a few thousand entries at most).
+            let Some(old) = self.map.iter().min_by_key(|(_, e)| e.2).map(|(k, _)| *k) else {
+                break;
+            };
+            if let Some((_, b, _)) = self.map.remove(&old) {
+                self.used -= b;
+            }
+        }
+        self.tick += 1;
+        if let Some((_, b, _)) = self.map.insert(k, (v, bytes, self.tick)) {
+            self.used -= b;
+        }
+        self.used += bytes;
+    }
 }
 
 impl MiniGpt4Eval {
@@ -197,7 +303,28 @@ impl MiniGpt4Eval {
             chat: default_chat(),
             max_batch: default_max_batch(),
             name: name.into(),
+            images: ImageCache::new(DEFAULT_IMAGE_CACHE_BYTES),
         }
+    }
+
+    /// Sets the byte budget of the image-embedding cache (0 disables it).
+    pub fn with_image_cache_bytes(mut self, bytes: usize) -> Self {
+        self.images = ImageCache::new(bytes);
+        self
+    }
+
+    /// Drops every cached image embedding. The cache notices by itself when `llama_proj` is
+    /// replaced (new tensors) and is bypassed while the projector is trainable (weights updated in
+    /// place by an optimiser); call this after changing the vision tower, the Q-Former or the
+    /// projector's values in place in any other way.
+    pub fn clear_image_cache(&mut self) {
+        self.images.clear();
+    }
+
+    /// (hits, misses) of the image-embedding lookups so far, one per request (a repeat inside
+    /// one batch counts as a hit).
+    pub fn image_cache_stats(&self) -> (u64, u64) {
+        (self.images.hits, self.images.misses)
     }
 
     /// Sets the largest batch per call.
@@ -287,6 +414,20 @@ impl MiniGpt4Eval {
                     style.bos_first(),
                 )
             }
+            PromptStyle::McqRank => {
+                let q = match req.hint.as_deref().filter(|h| !h.is_empty()) {
+                    Some(h) => format!("{h} {}", req.question),
+                    None => req.question.clone(),
+                };
+                let opts = Self::candidates_for(req).join(" ");
+                (
+                    format!(
+                        "###Human: <Img>{}</Img> {q}\n{opts}\n###Assistant: The answer is",
+                        prompt::IMAGE_PLACEHOLDER
+                    ),
+                    true,
+                )
+            }
             PromptStyle::Mme | PromptStyle::Chat => {
                 let mut q = match req.hint.as_deref().filter(|h| !h.is_empty()) {
                     Some(h) => format!("{h} {}", req.question),
@@ -305,36 +446,287 @@ impl MiniGpt4Eval {
         }
     }
 
-    /// Decodes and encodes the images of a batch: one `[num_query, hidden]` tensor per request.
-    fn image_embeds(&self, reqs: &[EvalRequest]) -> std::result::Result<Vec<Tensor>, ModelError> {
-        let mut imgs = Vec::with_capacity(reqs.len());
-        for r in reqs {
-            let bad = |msg: String| ModelError::InvalidInput {
-                id: r.id.clone(),
-                msg,
-            };
-            let img = match &r.image {
-                ImageInput::Encoded { data } => decode_rgb(data).map_err(|e| bad(e.to_string()))?,
-                ImageInput::Rgb {
-                    width,
-                    height,
-                    data,
-                } => {
-                    r.image.validate().map_err(bad)?;
-                    RgbImage::from_raw(*width, *height, data.clone())
-                        .ok_or_else(|| bad("RGB buffer does not match its size".into()))?
-                }
-            };
-            imgs.push(img);
+    /// The candidate texts scored for a ranking request: `(L) choice` with the request's own
+    /// letters for `McqRank`, A, B, C, ... otherwise (the released A-OKVQA candidates).
+    pub fn candidates_for(req: &EvalRequest) -> Vec<String> {
+        match req.style {
+            PromptStyle::McqRank => req
+                .choices
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("({}) {c}", req.letter(i)))
+                .collect(),
+            _ => prompt::aokvqa_candidates(&req.choices),
         }
-        let pixels = self
-            .processor
-            .process_batch_eval(&imgs, self.model.device())
+    }
+
+    /// Decodes and encodes the images of a batch: one `[num_query, hidden]` tensor per request.
+    /// Images already in the cache (or repeated inside the batch) are encoded once; the rest are
+    /// encoded in one batch.
+    fn image_embeds(
+        &mut self,
+        reqs: &[EvalRequest],
+    ) -> std::result::Result<Vec<Tensor>, ModelError> {
+        let proj = &self.model.llama_proj;
+        let use_cache = self.images.budget > 0 && proj.weight_var.is_none();
+        let fp = (proj.weight.id(), proj.bias.as_ref().map(|b| b.id()));
+        if self.images.weights != Some(fp) {
+            self.images.clear();
+            self.images.weights = Some(fp);
+        }
+        let keys: Vec<ImageKey> = reqs.iter().map(|r| ImageKey::of(&r.image)).collect();
+        let mut found: HashMap<ImageKey, Tensor> = HashMap::new();
+        let mut todo: Vec<usize> = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            if found.contains_key(k) || todo.iter().any(|&j| keys[j] == *k) {
+                self.images.hits += 1;
+                continue;
+            }
+            match self.images.get(k).filter(|_| use_cache) {
+                Some(t) => {
+                    self.images.hits += 1;
+                    found.insert(*k, t);
+                }
+                None => {
+                    self.images.misses += 1;
+                    todo.push(i);
+                }
+            }
+        }
+        if !todo.is_empty() {
+            let mut imgs = Vec::with_capacity(todo.len());
+            for &i in &todo {
+                let r = &reqs[i];
+                let bad = |msg: String| ModelError::InvalidInput {
+                    id: r.id.clone(),
+                    msg,
+                };
+                let img = match &r.image {
+                    ImageInput::Encoded { data } => {
+                        decode_rgb(data).map_err(|e| bad(e.to_string()))?
+                    }
+                    ImageInput::Rgb {
+                        width,
+                        height,
+                        data,
+                    } => {
+                        r.image.validate().map_err(bad)?;
+                        RgbImage::from_raw(*width, *height, data.clone())
+                            .ok_or_else(|| bad("RGB buffer does not match its size".into()))?
+                    }
+                };
+                imgs.push(img);
+            }
+            let pixels = self
+                .processor
+                .process_batch_eval(&imgs, self.model.device())
+                .map_err(backend)?;
+            let emb = self.model.encode_images(&pixels).map_err(backend)?;
+            for (n, &i) in todo.iter().enumerate() {
+                // An owned copy: a view would keep the whole batch's storage alive in the cache.
+                let t = emb.get(n).and_then(|t| t.copy()).map_err(backend)?;
+                if use_cache {
+                    self.images.insert(keys[i], t.clone());
+                }
+                found.insert(keys[i], t);
+            }
+        }
+        Ok(keys.iter().map(|k| found[k].clone()).collect())
+    }
+
+    /// Tokenised candidates of a ranking request.
+    fn candidate_ids(&self, r: &EvalRequest) -> std::result::Result<Vec<Vec<u32>>, ModelError> {
+        if r.choices.is_empty() {
+            return Err(ModelError::InvalidInput {
+                id: r.id.clone(),
+                msg: "no choices to rank".into(),
+            });
+        }
+        let cands = Self::candidates_for(r)
+            .iter()
+            .map(|c| self.tokenizer.encode(c, false))
+            .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(backend)?;
-        let emb = self.model.encode_images(&pixels).map_err(backend)?;
-        (0..reqs.len())
-            .map(|i| emb.get(i).map_err(backend))
-            .collect()
+        if cands.iter().any(|c| c.is_empty()) {
+            return Err(ModelError::InvalidInput {
+                id: r.id.clone(),
+                msg: "a candidate tokenises to nothing".into(),
+            });
+        }
+        Ok(cands)
+    }
+
+    /// The reference ranking path: one [`MiniGpt4::score_candidates`] forward per request (the
+    /// prompt recomputed for every candidate). [`EvalModel::rank`] computes the same scores with
+    /// two forwards per batch; this stays for checking that and for timing comparisons.
+    pub fn rank_per_request(
+        &mut self,
+        reqs: &[EvalRequest],
+    ) -> std::result::Result<Vec<Vec<f32>>, ModelError> {
+        if reqs.is_empty() {
+            return Ok(vec![]);
+        }
+        let images = self.image_embeds(reqs)?;
+        let mut out = Vec::with_capacity(reqs.len());
+        for (r, img) in reqs.iter().zip(&images) {
+            let cands = self.candidate_ids(r)?;
+            let prefix = self.prompt_embeds(r, img)?;
+            out.push(
+                self.model
+                    .score_candidates(&prefix, &cands)
+                    .map_err(backend)?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Mean token cross-entropy of every candidate of every request, in two LLM forwards:
+    ///
+    /// 1. the prompts `[R, Tmax]`, right-padded (mask 0 on padding), filling a KV cache;
+    /// 2. all candidates `[N, Cmax - 1]` (a candidate's last token predicts nothing), each row
+    ///    attending to its request's cached prompt (cache rows repeated per candidate) at
+    ///    positions `T_r + k`, padding masked.
+    ///
+    /// Candidate token 0 is predicted by the prompt's last position, token k by candidate
+    /// position k - 1; the vocabulary head runs only on those positions. Same mask, positions and
+    /// sums as [`MiniGpt4::score_candidates`], so the scores agree up to float rounding.
+    fn score_batch(&self, prefixes: &[Tensor], cands: &[Vec<Vec<u32>>]) -> Result<Vec<Vec<f32>>> {
+        let llama = &self.model.llama;
+        let dev = self.model.device().clone();
+        let dt = self.model.dtype();
+        let r = prefixes.len();
+        let lens = prefixes
+            .iter()
+            .map(|p| p.dim(0))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let tmax = lens.iter().copied().max().unwrap_or(0);
+        let hidden = llama.hidden_size();
+        if lens.contains(&0) {
+            return Err(Error::Invalid("empty prompt".into()));
+        }
+        // 1. Prompts.
+        let mut rows = Vec::with_capacity(r);
+        let mut mask = Vec::with_capacity(r * tmax);
+        for (p, &l) in prefixes.iter().zip(&lens) {
+            let p = p.to_dtype(dt)?;
+            rows.push(if l < tmax {
+                Tensor::cat(&[p, Tensor::zeros((tmax - l, hidden), dt, &dev)?], 0)?
+            } else {
+                p
+            });
+            mask.extend((0..tmax).map(|j| u32::from(j < l)));
+        }
+        let x = Tensor::stack(&rows, 0)?;
+        let mask = Tensor::from_vec(mask, (r, tmax), &dev)?;
+        let pos = Tensor::arange(0u32, tmax as u32, &dev)?
+            .unsqueeze(0)?
+            .repeat((r, 1))?;
+        let mut cache = KvCache::new(llama.layers.len());
+        let hp = llama.hidden_states(&x, &pos, Some(&mask), Some(&mut cache), false)?;
+        let hp = hp.reshape((r * tmax, hidden))?;
+        let last_idx: Vec<u32> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i * tmax + l - 1) as u32)
+            .collect();
+        let last = hp.index_select(&Tensor::from_vec(last_idx, r, &dev)?, 0)?; // [R, H]
+
+        // 2. Candidates (all but their last token).
+        let cin = cands
+            .iter()
+            .flatten()
+            .map(|c| c.len())
+            .max()
+            .unwrap_or(1)
+            .saturating_sub(1);
+        let n: usize = cands.iter().map(|c| c.len()).sum();
+        let mut rest_rows: Vec<u32> = Vec::new();
+        let hc = if cin > 0 {
+            let (mut owner, mut ids, mut cpos, mut cmask) = (vec![], vec![], vec![], vec![]);
+            let mut row = 0usize;
+            for (ri, cs) in cands.iter().enumerate() {
+                for c in cs {
+                    owner.push(ri as u32);
+                    for k in 0..cin {
+                        ids.push(if k + 1 < c.len() { c[k] } else { 0 });
+                        cpos.push((lens[ri] + k) as u32);
+                    }
+                    cmask.extend((0..tmax).map(|j| u32::from(j < lens[ri])));
+                    cmask.extend((0..cin).map(|k| u32::from(k + 1 < c.len())));
+                    rest_rows.extend((0..c.len() - 1).map(|k| (row * cin + k) as u32));
+                    row += 1;
+                }
+            }
+            let mut cache = cache.index_select(&Tensor::from_vec(owner, n, &dev)?)?;
+            let emb = llama.embed(&Tensor::from_vec(ids, (n, cin), &dev)?)?;
+            let cpos = Tensor::from_vec(cpos, (n, cin), &dev)?;
+            let cmask = Tensor::from_vec(cmask, (n, tmax + cin), &dev)?;
+            let h = llama.hidden_states(&emb, &cpos, Some(&cmask), Some(&mut cache), false)?;
+            Some(h.reshape((n * cin, hidden))?)
+        } else {
+            None
+        };
+
+        // Log-probabilities of the candidate tokens: request rows first, then candidate rows.
+        let mut sel = vec![last];
+        if let (Some(h), false) = (&hc, rest_rows.is_empty()) {
+            let m = rest_rows.len();
+            sel.push(h.index_select(&Tensor::from_vec(rest_rows, m, &dev)?, 0)?);
+        }
+        let hsel = Tensor::cat(&sel, 0)?;
+        let logits = llama
+            .lm_head
+            .forward_t(&hsel.unsqueeze(0)?, false)?
+            .squeeze(0)?
+            .to_dtype(DType::F32)?;
+        let lsm = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        // Target of every selected row, in the same order.
+        // Row ri predicts token 0 of every candidate of request ri.
+        let mut targets: Vec<u32> = Vec::with_capacity(n);
+        let lsm_first = lsm.narrow(0, 0, r)?;
+        let mut owner_rows = Vec::with_capacity(n);
+        for (ri, cs) in cands.iter().enumerate() {
+            for c in cs {
+                owner_rows.push(ri as u32);
+                targets.push(c[0]);
+            }
+        }
+        let first = lsm_first
+            .index_select(&Tensor::from_vec(owner_rows, n, &dev)?, 0)?
+            .gather(&Tensor::from_vec(targets, (n, 1), &dev)?, 1)?
+            .squeeze(1)?
+            .to_vec1::<f32>()?;
+        let rest_targets: Vec<u32> = cands
+            .iter()
+            .flatten()
+            .flat_map(|c| c[1..].iter().copied())
+            .collect();
+        let rest = if rest_targets.is_empty() {
+            vec![]
+        } else {
+            let m = rest_targets.len();
+            lsm.narrow(0, r, m)?
+                .gather(&Tensor::from_vec(rest_targets, (m, 1), &dev)?, 1)?
+                .squeeze(1)?
+                .to_vec1::<f32>()?
+        };
+        let mut out = Vec::with_capacity(r);
+        let (mut ci, mut ri_rest) = (0usize, 0usize);
+        for cs in cands {
+            let mut scores = Vec::with_capacity(cs.len());
+            for c in cs {
+                // Summed in token order, as score_candidates does.
+                let mut s = first[ci];
+                for k in 1..c.len() {
+                    s += rest[ri_rest + k - 1];
+                }
+                ri_rest += c.len() - 1;
+                ci += 1;
+                scores.push(-s / c.len() as f32);
+            }
+            out.push(scores);
+        }
+        Ok(out)
     }
 
     /// Prompt embeddings `[T, hidden]` of one request with its image embeddings.
@@ -454,27 +846,16 @@ impl EvalModel for MiniGpt4Eval {
         if reqs.is_empty() {
             return Ok(vec![]);
         }
+        let cands = reqs
+            .iter()
+            .map(|r| self.candidate_ids(r))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         let images = self.image_embeds(reqs)?;
-        let mut out = Vec::with_capacity(reqs.len());
-        for (r, img) in reqs.iter().zip(&images) {
-            if r.choices.is_empty() {
-                return Err(ModelError::InvalidInput {
-                    id: r.id.clone(),
-                    msg: "no choices to rank".into(),
-                });
-            }
-            let prefix = self.prompt_embeds(r, img)?;
-            let cands = prompt::aokvqa_candidates(&r.choices)
-                .iter()
-                .map(|c| self.tokenizer.encode(c, false))
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(backend)?;
-            out.push(
-                self.model
-                    .score_candidates(&prefix, &cands)
-                    .map_err(backend)?,
-            );
-        }
-        Ok(out)
+        let prefixes = reqs
+            .iter()
+            .zip(&images)
+            .map(|(r, i)| self.prompt_embeds(r, i))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        self.score_batch(&prefixes, &cands).map_err(backend)
     }
 }

@@ -3,8 +3,9 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, Var, D};
-use candle_nn::VarBuilder;
+use candle_core::{DType, Device, Shape, Tensor, Var, D};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{VarBuilder, VarMap};
 
 use crate::config::{LlamaConfig, MiniGpt4Config};
 use crate::error::{Error, Result};
@@ -103,6 +104,48 @@ impl MiniGpt4 {
 
     /// Loads every piece from [`ModelPaths`] in `dtype` on `device`.
     pub fn load(paths: &ModelPaths, dtype: DType, device: &Device) -> Result<Self> {
+        Self::load_impl(paths, dtype, device, None)
+    }
+
+    /// [`MiniGpt4::load`] (same layouts, same checks) with every parameter held as a candle
+    /// [`Var`] in the returned [`VarMap`], keyed by MiniGPT-4 root names: `vision_model.*`,
+    /// `qformer.*`, `query_tokens`, `llama_proj.{weight,bias}`, `llama_model.{model.*,
+    /// lm_head.weight}`. These are the names full training optimises and checkpoints.
+    ///
+    /// LAVIS vision files with separate `q_bias`/`v_bias` keep them as two Vars
+    /// (`...self_attn.q_bias`, `...self_attn.v_bias`; the key bias stays zero, as in EVA-CLIP);
+    /// a tied `lm_head` shares the `llama_model.model.embed_tokens.weight` Var.
+    pub fn load_varmap(
+        paths: &ModelPaths,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Self, VarMap)> {
+        let map = VarMap::new();
+        let model = Self::load_impl(paths, dtype, device, Some(&map))?;
+        Ok((model, map))
+    }
+
+    fn load_impl(
+        paths: &ModelPaths,
+        dtype: DType,
+        device: &Device,
+        map: Option<&VarMap>,
+    ) -> Result<Self> {
+        // With a VarMap, every tensor the module constructors read becomes a Var there.
+        let wrap = |vb: VarBuilder<'static>, prefix: &str| -> VarBuilder<'static> {
+            match map {
+                None => vb,
+                Some(m) => {
+                    let (dt, dev) = (vb.dtype(), vb.device().clone());
+                    let backend = VarMapBackend {
+                        src: vb,
+                        prefix: prefix.to_string(),
+                        map: m.clone(),
+                    };
+                    VarBuilder::from_backend(Box::new(backend), dt, dev)
+                }
+            }
+        };
         let b = weights::load_blip2(
             &paths.blip2,
             paths.eva_vit.as_deref(),
@@ -110,9 +153,10 @@ impl MiniGpt4 {
             dtype,
             device,
         )?;
-        let vision = VisionModel::new(&b.vision, b.vb.pp("vision_model"))
+        let bvb = wrap(b.vb.clone(), "");
+        let vision = VisionModel::new(&b.vision, bvb.pp("vision_model"))
             .map_err(|e| Error::Invalid(format!("{}: vision tower: {e}", b.source)))?;
-        let qformer = QFormer::new(&b.qformer, b.vb.clone())
+        let qformer = QFormer::new(&b.qformer, bvb.clone())
             .map_err(|e| Error::Invalid(format!("{}: Q-Former: {e}", b.source)))?;
         let (pw, pb, psrc) = match (&paths.projector, b.llama_proj) {
             (Some(p), _) => {
@@ -127,17 +171,29 @@ impl MiniGpt4 {
                 )))
             }
         };
+        let llama_proj = match map {
+            None => Linear::from_weights(pw, Some(pb)),
+            Some(m) => {
+                let (wv, bv) = (Var::from_tensor(&pw)?, Var::from_tensor(&pb)?);
+                let mut data = m
+                    .data()
+                    .lock()
+                    .map_err(|_| Error::Invalid("VarMap lock poisoned".into()))?;
+                data.insert("llama_proj.weight".into(), wv.clone());
+                data.insert("llama_proj.bias".into(), bv.clone());
+                let mut l =
+                    Linear::from_weights(wv.as_tensor().clone(), Some(bv.as_tensor().clone()));
+                // The projector's own Vars are the map's, so `make_projector_trainable` and
+                // `trainable_vars` hand out the very Vars the map holds.
+                l.weight_var = Some(wv);
+                l.bias_var = Some(bv);
+                l
+            }
+        };
         let (lcfg, lvb, lsrc) = weights::load_llama(&paths.vicuna, dtype, device)?;
-        let llama =
-            Llama::new(&lcfg, lvb).map_err(|e| Error::Invalid(format!("{lsrc}: LLaMA: {e}")))?;
-        Self::from_parts(
-            vision,
-            qformer,
-            Linear::from_weights(pw, Some(pb)),
-            llama,
-            &psrc,
-            &lsrc,
-        )
+        let llama = Llama::new(&lcfg, wrap(lvb, "llama_model."))
+            .map_err(|e| Error::Invalid(format!("{lsrc}: LLaMA: {e}")))?;
+        Self::from_parts(vision, qformer, llama_proj, llama, &psrc, &lsrc)
     }
 
     /// Sizes of all parts.
@@ -158,10 +214,16 @@ impl MiniGpt4 {
         self.llama.dtype()
     }
 
-    /// `[B, 3, S, S]` -> Q-Former output `[B, num_query, qformer_hidden]`.
+    /// `[B, 3, S, S]` -> Q-Former output `[B, num_query, qformer_hidden]` (inference path).
     pub fn qformer_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        let v = self.vision.forward(pixel_values)?;
-        self.qformer.forward(&v)
+        self.qformer_features_t(pixel_values, false)
+    }
+
+    /// [`MiniGpt4::qformer_features`]; `train = true` runs only differentiable ops through the
+    /// vision tower and the Q-Former, so gradients reach their weights (full training).
+    pub fn qformer_features_t(&self, pixel_values: &Tensor, train: bool) -> Result<Tensor> {
+        let v = self.vision.forward_t(pixel_values, train)?;
+        self.qformer.forward_t(&v, train)
     }
 
     /// Q-Former output -> LLM image embeddings (`llama_proj`). Differentiable when trainable.
@@ -383,5 +445,72 @@ impl MiniGpt4 {
                 -s / c.len() as f32
             })
             .collect())
+    }
+}
+
+/// A VarBuilder backend that reads each tensor from `src` and keeps it as a [`Var`] in `map`
+/// under `prefix + name` (a name read twice gets the same Var).
+struct VarMapBackend {
+    src: VarBuilder<'static>,
+    prefix: String,
+    map: VarMap,
+}
+
+impl SimpleBackend for VarMapBackend {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let key = format!("{}{name}", self.prefix);
+        let mut data = self
+            .map
+            .data()
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("VarMap lock poisoned".into()))?;
+        if let Some(v) = data.get(&key) {
+            if v.as_tensor().shape() != &s {
+                candle_core::bail!(
+                    "{key}: already loaded with shape {:?}, now wanted as {:?}",
+                    v.as_tensor().dims(),
+                    s.dims()
+                );
+            }
+            return Ok(v.as_tensor().clone());
+        }
+        let t = self
+            .src
+            .get_with_hints_dtype(s, name, h, dtype)?
+            .to_device(dev)?;
+        let v = Var::from_tensor(&t)?;
+        let out = v.as_tensor().clone();
+        data.insert(key, v);
+        Ok(out)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let key = format!("{}{name}", self.prefix);
+        let mut data = self
+            .map
+            .data()
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("VarMap lock poisoned".into()))?;
+        if let Some(v) = data.get(&key) {
+            return Ok(v.as_tensor().clone());
+        }
+        let t = self.src.get_unchecked_dtype(name, dtype)?.to_device(dev)?;
+        let v = Var::from_tensor(&t)?;
+        let out = v.as_tensor().clone();
+        data.insert(key, v);
+        Ok(out)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        let key = format!("{}{name}", self.prefix);
+        let known = self.map.data().lock().map(|d| d.contains_key(&key));
+        known.unwrap_or(false) || self.src.contains_tensor(name)
     }
 }

@@ -12,7 +12,7 @@ use candle_nn::VarBuilder;
 use crate::config::QFormerConfig;
 use crate::error::Result;
 use crate::linear::Linear;
-use crate::vision::LayerNorm;
+use crate::vision::{softmax_t, LayerNorm};
 
 #[derive(Debug)]
 struct MultiHeadAttention {
@@ -46,17 +46,17 @@ impl MultiHeadAttention {
             .contiguous()?)
     }
 
-    fn forward(&self, hidden: &Tensor, kv: &Tensor) -> Result<Tensor> {
+    fn forward_t(&self, hidden: &Tensor, kv: &Tensor, train: bool) -> Result<Tensor> {
         let (b, n, d) = hidden.dims3()?;
         let hd = d / self.num_heads;
-        let q = self.split(&self.query.forward_t(hidden, false)?)?;
-        let k = self.split(&self.key.forward_t(kv, false)?)?;
-        let v = self.split(&self.value.forward_t(kv, false)?)?;
+        let q = self.split(&self.query.forward_t(hidden, train)?)?;
+        let k = self.split(&self.key.forward_t(kv, train)?)?;
+        let v = self.split(&self.value.forward_t(kv, train)?)?;
         let scores = (q.matmul(&k.t()?.contiguous()?)? / (hd as f64).sqrt())?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = softmax_t(&scores, train)?;
         let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
-        let out = self.dense.forward_t(&ctx, false)?;
-        self.norm.forward(&(out + hidden)?)
+        let out = self.dense.forward_t(&ctx, train)?;
+        self.norm.forward_t(&(out + hidden)?, train)
     }
 }
 
@@ -96,14 +96,14 @@ impl QFormerLayer {
         })
     }
 
-    fn forward(&self, x: &Tensor, image: &Tensor) -> Result<Tensor> {
-        let mut x = self.attention.forward(x, x)?;
+    fn forward_t(&self, x: &Tensor, image: &Tensor, train: bool) -> Result<Tensor> {
+        let mut x = self.attention.forward_t(x, x, train)?;
         if let Some(c) = &self.crossattention {
-            x = c.forward(&x, image)?;
+            x = c.forward_t(&x, image, train)?;
         }
-        let h = self.intermediate.forward_t(&x, false)?.gelu_erf()?;
-        let h = self.output.forward_t(&h, false)?;
-        self.output_norm.forward(&(h + x)?)
+        let h = self.intermediate.forward_t(&x, train)?.gelu_erf()?;
+        let h = self.output.forward_t(&h, train)?;
+        self.output_norm.forward_t(&(h + x)?, train)
     }
 }
 
@@ -135,14 +135,20 @@ impl QFormer {
 
     /// `image_embeds: [B, N, encoder_hidden]` (after ln_vision) -> `[B, num_query, hidden]`.
     pub fn forward(&self, image_embeds: &Tensor) -> Result<Tensor> {
+        self.forward_t(image_embeds, false)
+    }
+
+    /// [`QFormer::forward`]; `train` selects the differentiable path (`layer_norm_slow`,
+    /// `ops::softmax`), so gradients reach the query tokens and every Q-Former weight.
+    pub fn forward_t(&self, image_embeds: &Tensor, train: bool) -> Result<Tensor> {
         let b = image_embeds.dim(0)?;
         let image = image_embeds.to_dtype(self.query_tokens.dtype())?;
         let q =
             self.query_tokens
                 .broadcast_as((b, self.cfg.num_query_tokens, self.cfg.hidden_size))?;
-        let mut x = self.layernorm.forward(&q.contiguous()?)?;
+        let mut x = self.layernorm.forward_t(&q.contiguous()?, train)?;
         for l in &self.layers {
-            x = l.forward(&x, &image)?;
+            x = l.forward_t(&x, &image, train)?;
         }
         Ok(x)
     }

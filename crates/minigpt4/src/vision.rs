@@ -12,7 +12,8 @@ use crate::config::VisionConfig;
 use crate::error::Result;
 use crate::linear::Linear;
 
-/// LayerNorm with explicit eps (fused kernel; the vision side is frozen).
+/// LayerNorm with explicit eps: the fused kernel for inference, the differentiable
+/// `layer_norm_slow` for training (the fused op has no backward in candle).
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
     pub weight: Tensor,
@@ -28,7 +29,21 @@ impl LayerNorm {
             eps,
         })
     }
+    /// Inference path (fused kernel).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_t(x, false)
+    }
+
+    /// `train` selects the differentiable path.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if train {
+            return Ok(candle_nn::ops::layer_norm_slow(
+                x,
+                &self.weight,
+                &self.bias,
+                self.eps as f32,
+            )?);
+        }
         let x = x.contiguous()?;
         Ok(candle_nn::ops::layer_norm(
             &x,
@@ -36,6 +51,15 @@ impl LayerNorm {
             &self.bias,
             self.eps as f32,
         )?)
+    }
+}
+
+/// Softmax over the last dim: fused kernel for inference, differentiable ops for training.
+pub(crate) fn softmax_t(x: &Tensor, train: bool) -> Result<Tensor> {
+    if train {
+        Ok(candle_nn::ops::softmax(x, D::Minus1)?)
+    } else {
+        Ok(candle_nn::ops::softmax_last_dim(x)?)
     }
 }
 
@@ -68,9 +92,9 @@ impl Attention {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (b, n, d) = x.dims3()?;
-        let qkv = self.qkv.forward_t(x, false)?;
+        let qkv = self.qkv.forward_t(x, train)?;
         let qkv = qkv
             .reshape((b, n, 3, self.num_heads, self.head_dim))?
             .permute((2, 0, 3, 1, 4))?;
@@ -78,9 +102,9 @@ impl Attention {
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
         let attn = q.matmul(&k.t()?.contiguous()?)?;
-        let attn = candle_nn::ops::softmax_last_dim(&attn)?;
+        let attn = softmax_t(&attn, train)?;
         let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
-        self.projection.forward_t(&out, false)
+        self.projection.forward_t(&out, train)
     }
 }
 
@@ -105,13 +129,16 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = (x + self.attn.forward(&self.norm1.forward(x)?)?)?;
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let x = (x + self
+            .attn
+            .forward_t(&self.norm1.forward_t(x, train)?, train)?)?;
+        // `gelu_erf` has a backward in candle (UnaryOp::GeluErf), so both paths share it.
         let h = self
             .fc1
-            .forward_t(&self.norm2.forward(&x)?, false)?
+            .forward_t(&self.norm2.forward_t(&x, train)?, train)?
             .gelu_erf()?;
-        let h = self.fc2.forward_t(&h, false)?;
+        let h = self.fc2.forward_t(&h, train)?;
         Ok((x + h)?)
     }
 }
@@ -153,6 +180,12 @@ impl VisionModel {
 
     /// ViT output before `ln_vision`: `[B, 3, S, S] -> [B, 1 + (S/p)^2, D]`.
     pub fn forward_pre_ln(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        self.forward_pre_ln_t(pixel_values, false)
+    }
+
+    /// [`VisionModel::forward_pre_ln`]; `train` selects the differentiable path (conv2d,
+    /// `layer_norm_slow`, `ops::softmax`).
+    pub fn forward_pre_ln_t(&self, pixel_values: &Tensor, train: bool) -> Result<Tensor> {
         let dt = self.patch_weight.dtype();
         // The patch conv runs in f32: candle's CPU conv2d has no bf16 matmul, and the conv is a
         // negligible share of the work.
@@ -174,14 +207,20 @@ impl VisionModel {
             .broadcast_as((b, 1, x.dim(D::Minus1)?))?;
         let mut x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.position_embedding)?;
         for blk in &self.blocks {
-            x = blk.forward(&x)?;
+            x = blk.forward_t(&x, train)?;
         }
         Ok(x)
     }
 
     /// ViT output after `ln_vision`: the Q-Former's `encoder_hidden_states`.
     pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        self.ln_vision.forward(&self.forward_pre_ln(pixel_values)?)
+        self.forward_t(pixel_values, false)
+    }
+
+    /// [`VisionModel::forward`]; `train` selects the differentiable path.
+    pub fn forward_t(&self, pixel_values: &Tensor, train: bool) -> Result<Tensor> {
+        self.ln_vision
+            .forward_t(&self.forward_pre_ln_t(pixel_values, train)?, train)
     }
 }
 

@@ -1,0 +1,266 @@
+//! The embedded default's base model: a tiny MiniGPT-4 trained from scratch by mde itself on the
+//! synthetic world's captions and its (deliberately unbalanced) base VQA set.
+//!
+//! The build is cached under `cache/base-<key>/`, where the key hashes the world's content, the
+//! model config and init seed, and the `[base]` training settings, so every later run with the
+//! same inputs reuses it. Training itself is resumable (mde-train checkpoints in `train/`), and
+//! the finished model is written in the same layout as the random init (`model/blip2`,
+//! `model/vicuna`, `model/minigpt4`), readable by `minigpt4::MiniGpt4::load`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::Device;
+use mde_train::data::{RecordKind, TrainRecord};
+use mde_train::trainer::{
+    ImageMode, OptimSettings, RunOptions, TrainConfig, TrainDataset, TrainMode, Trainer,
+};
+use mde_world::{BaseVariant, World};
+use serde::{Deserialize, Serialize};
+
+use crate::config::BaseSection;
+use crate::tiny::{build_base_model, load_trainable, BaseModel, CorpusSource, TinyModelConfig};
+use crate::{LoopError, Result};
+
+/// Bumped when the pretraining recipe changes in a way the config does not show.
+const RECIPE_VERSION: u32 = 1;
+
+/// What the cached base build records about itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PretrainInfo {
+    pub key: String,
+    pub steps: u64,
+    pub first_loss: Option<f32>,
+    pub final_loss: Option<f32>,
+    pub seconds: f64,
+    pub examples: BTreeMap<String, usize>,
+}
+
+/// The world's base VQA set as training records (QMA: question, lettered choices, answer).
+pub fn world_vqa_records(world: &World, variant: BaseVariant) -> Result<Vec<TrainRecord>> {
+    let coco = world.coco_dir();
+    Ok(world
+        .load_base_vqa(variant)
+        .map_err(|e| LoopError::World(e.to_string()))?
+        .into_iter()
+        .map(|r| TrainRecord {
+            image: coco.join(&r.image),
+            kind: RecordKind::Qma,
+            question: r.question,
+            choices: r.choices,
+            answer_idx: Some(r.correct_choice_idx),
+            answer: None,
+            rationale: None,
+        })
+        .collect())
+}
+
+/// The world's base captions as caption records ("Describe this image in detail.").
+pub fn world_caption_records(world: &World) -> Result<Vec<TrainRecord>> {
+    let coco = world.coco_dir();
+    Ok(world
+        .load_base_captions()
+        .map_err(|e| LoopError::World(e.to_string()))?
+        .into_iter()
+        .map(|r| TrainRecord {
+            image: coco.join(&r.image),
+            kind: RecordKind::Caption,
+            question: String::new(),
+            choices: vec![],
+            answer_idx: None,
+            answer: Some(r.caption),
+            rationale: None,
+        })
+        .collect())
+}
+
+fn variant(s: &str) -> BaseVariant {
+    if s == "balanced" {
+        BaseVariant::Balanced
+    } else {
+        BaseVariant::Unbalanced
+    }
+}
+
+/// The cache key of a base build.
+pub fn base_key(world: &World, model: &TinyModelConfig, seed: u64, base: &BaseSection) -> String {
+    let v = serde_json::json!({
+        "recipe": RECIPE_VERSION,
+        "world": world.manifest().content_hash,
+        "model": model, "seed": seed, "base": base,
+    });
+    crate::tiny::sha256_hex(v.to_string().as_bytes())[..16].to_string()
+}
+
+/// Training settings of the base build.
+pub fn base_train_config(base: &BaseSection, seed: u64) -> TrainConfig {
+    TrainConfig {
+        mode: TrainMode::Full,
+        optim: OptimSettings {
+            init_lr: base.lr,
+            min_lr: base.min_lr,
+            warmup_lr: base.lr * 0.01,
+            warmup_steps: base.warmup_steps,
+            weight_decay: base.weight_decay,
+            ..Default::default()
+        },
+        batch_size: base.batch_size,
+        accum_steps: 1,
+        max_epoch: 1,
+        iters_per_epoch: base.steps,
+        checkpoint_every: base.checkpoint_every,
+        validate_every: 0,
+        seed,
+        grad_clip: Some(1.0),
+        image_mode: ImageMode::Eval,
+        end_sym: "###".into(),
+        max_txt_len: 160,
+        merge_at_end: false,
+        ..Default::default()
+    }
+}
+
+/// Builds (or reuses) the pretrained tiny base model for `world`; returns it with its info.
+pub fn pretrained_base(
+    world: &World,
+    model: &TinyModelConfig,
+    seed: u64,
+    base: &BaseSection,
+    cache: &Path,
+    device: &Device,
+    progress: bool,
+) -> Result<(BaseModel, PretrainInfo)> {
+    let key = base_key(world, model, seed, base);
+    let root = cache.join(format!("base-{key}"));
+    let done = root.join("pretrain.json");
+    let out_dir = root.join("model");
+    if done.exists() {
+        let info: PretrainInfo = mde_core::io::read_json(&done)?;
+        let manifest = mde_core::io::read_json(out_dir.join("manifest.json"))?;
+        tracing::info!(dir = %root.display(), "reusing the pretrained base model");
+        return Ok((
+            BaseModel {
+                root: out_dir,
+                manifest,
+                reused: true,
+            },
+            info,
+        ));
+    }
+    let t0 = Instant::now();
+    let init = build_base_model(model, CorpusSource::WorldDir(world.dir()), &root.join("init"), seed)?;
+    let tok = init.tokenizer()?;
+    let (m, varmap) = load_trainable(&init, device)?;
+    let vqa = world_vqa_records(world, variant(&base.vqa))?;
+    let mut datasets = vec![TrainDataset {
+        name: format!("base_vqa_{}", base.vqa),
+        ratio: Some(1.0 - base.caption_ratio),
+        records: vqa,
+    }];
+    if base.caption_ratio > 0.0 {
+        datasets.push(TrainDataset {
+            name: "base_captions".into(),
+            ratio: Some(base.caption_ratio),
+            records: world_caption_records(world)?,
+        });
+    }
+    let examples = datasets
+        .iter()
+        .map(|d| (d.name.clone(), d.records.len()))
+        .collect();
+    let tcfg = base_train_config(base, seed);
+    // VarMap clones share their Vars: after training, `vars` holds the trained values.
+    let vars = varmap.clone();
+    let mut trainer = Trainer::new_full(m, varmap, tok, datasets, tcfg, &root.join("train"))?;
+    tracing::info!(steps = base.steps, "pretraining the tiny base model from scratch");
+    let reports = trainer.run(
+        None,
+        RunOptions {
+            progress,
+            ..Default::default()
+        },
+    )?;
+    let steps = trainer.step();
+    drop(trainer);
+    let tensors: BTreeMap<String, candle_core::Tensor> = vars
+        .data()
+        .lock()
+        .map_err(|_| LoopError::Config("varmap poisoned".into()))?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect();
+    write_model_like(&init, &tensors, &out_dir)?;
+    let info = PretrainInfo {
+        key,
+        steps,
+        first_loss: reports.first().map(|r| r.loss),
+        final_loss: reports.last().map(|r| r.loss),
+        seconds: t0.elapsed().as_secs_f64(),
+        examples,
+    };
+    mde_core::io::write_json(&done, &info)?;
+    let manifest = mde_core::io::read_json(out_dir.join("manifest.json"))?;
+    Ok((
+        BaseModel {
+            root: out_dir,
+            manifest,
+            reused: false,
+        },
+        info,
+    ))
+}
+
+/// Writes `tensors` (MiniGPT-4 root names) in the layout of `like` (same configs and tokenizer)
+/// into `out_dir`, with a manifest whose file hashes match the new files.
+pub fn write_model_like(
+    like: &BaseModel,
+    tensors: &BTreeMap<String, candle_core::Tensor>,
+    out_dir: &Path,
+) -> Result<()> {
+    let io = |p: &Path, e: std::io::Error| LoopError::Io {
+        path: p.to_path_buf(),
+        source: e,
+    };
+    let (mut blip2, mut llama, mut proj) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    for (k, v) in tensors {
+        let v = v.to_device(&Device::Cpu)?;
+        if let Some(r) = k.strip_prefix("llama_model.") {
+            llama.insert(r.to_string(), v);
+        } else if k.starts_with("llama_proj.") {
+            proj.insert(k.clone(), v);
+        } else {
+            blip2.insert(k.clone(), v);
+        }
+    }
+    let mut manifest = like.manifest.clone();
+    let files: Vec<(&str, Option<Vec<u8>>)> = vec![
+        ("blip2/config.json", None),
+        ("blip2/model.safetensors", Some(crate::tiny::safetensors_bytes(&blip2)?)),
+        ("vicuna/config.json", None),
+        ("vicuna/model.safetensors", Some(crate::tiny::safetensors_bytes(&llama)?)),
+        ("vicuna/tokenizer.json", None),
+        ("vicuna/tokenizer_config.json", None),
+        ("vicuna/special_tokens_map.json", None),
+        ("minigpt4/projector.safetensors", Some(crate::tiny::safetensors_bytes(&proj)?)),
+    ];
+    for (rel, bytes) in files {
+        let dst: PathBuf = out_dir.join(rel);
+        if let Some(d) = dst.parent() {
+            std::fs::create_dir_all(d).map_err(|e| io(d, e))?;
+        }
+        let bytes = match bytes {
+            Some(b) => b,
+            None => {
+                let src = like.root.join(rel);
+                std::fs::read(&src).map_err(|e| io(&src, e))?
+            }
+        };
+        manifest
+            .files
+            .insert(rel.to_string(), crate::tiny::sha256_hex(&bytes));
+        mde_core::io::atomic_write(&dst, &bytes)?;
+    }
+    mde_core::io::write_json(out_dir.join("manifest.json"), &manifest)?;
+    Ok(())
+}

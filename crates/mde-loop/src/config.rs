@@ -1,0 +1,547 @@
+//! The TOML configuration of `mde loop`.
+//!
+//! One file describes a whole run: where the images, annotations, benchmarks and base data come
+//! from (a generated synthetic `[world]`, or real paths in `[data]`), the model (`[model]`: the
+//! embedded tiny model, trained from scratch per `[base]`, or a real MiniGPT-4 checkpoint), how
+//! rounds evaluate (`[eval]`), sample (`[abs]`), generate (`[teacher]`, `[gen]`) and train
+//! (`[train]`). Relative paths are resolved against the config file's folder.
+//!
+//! ```toml
+//! [run]
+//! rounds = 2
+//! [world]            # the embedded default: a synthetic world generated on first use
+//! seed = 0
+//! [model]
+//! kind = "tiny"
+//! [teacher]
+//! kind = "world"     # the grounded offline teacher; "openai" for a real endpoint
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use mde_abs::Strategy;
+use mde_gen::config::{PromptConfig, RunnerConfig, TeacherConfig};
+use mde_gen::postprocess::PostprocessConfig;
+use mde_train::data::DatasetSpec;
+use mde_train::trainer::{LoraSettings, TrainMode};
+use mde_world::WorldConfig;
+use minigpt4::eval_adapter::EvalModelConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::tiny::TinyModelConfig;
+use crate::{LoopError, Result};
+
+/// `[run]`: the loop itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunSection {
+    /// Generated rounds after the round-0 evaluation of the base model.
+    pub rounds: usize,
+    /// Seed of every random choice of the loop (sampling, training order, LoRA init).
+    pub seed: u64,
+    /// Where generated worlds and trained tiny base models are cached (shared by runs);
+    /// default: `.cache` beside the run's output folder.
+    pub cache_dir: Option<PathBuf>,
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// Draw progress bars.
+    pub progress: bool,
+}
+
+impl Default for RunSection {
+    fn default() -> Self {
+        Self {
+            rounds: 2,
+            seed: 0,
+            cache_dir: None,
+            device: "cpu".into(),
+            progress: true,
+        }
+    }
+}
+
+/// `[model]`: the embedded tiny model (trained from scratch, cached) or a real checkpoint.
+#[derive(Debug, Clone)]
+pub enum ModelSection {
+    /// `kind = "tiny"`: [`TinyModelConfig`] fields plus the init `seed`.
+    Tiny { cfg: TinyModelConfig, seed: u64 },
+    /// `kind = "minigpt4"`: the fields of [`EvalModelConfig`] (blip2, eva_vit, vicuna,
+    /// projector, lora, dtype, device, max_batch ...).
+    Checkpoint {
+        cfg: Box<EvalModelConfig>,
+        /// The table as written (for the run's fingerprint).
+        raw: toml::Table,
+    },
+}
+
+/// `[base]`: from-scratch training of the tiny base model (ignored for real checkpoints,
+/// which are already trained).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BaseSection {
+    /// Optimizer steps.
+    pub steps: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub min_lr: f64,
+    pub warmup_steps: usize,
+    pub weight_decay: f64,
+    /// Which base VQA set: `unbalanced` (the demo: weak types are scarce) or `balanced`
+    /// (the control that shows every type is learnable).
+    pub vqa: String,
+    /// Sampling weight of the caption set against the VQA set (0 = no captions).
+    pub caption_ratio: f64,
+    pub checkpoint_every: u64,
+}
+
+impl Default for BaseSection {
+    fn default() -> Self {
+        Self {
+            steps: 1500,
+            batch_size: 32,
+            lr: 1.5e-3,
+            min_lr: 1e-4,
+            warmup_steps: 100,
+            weight_decay: 0.01,
+            vqa: "unbalanced".into(),
+            caption_ratio: 0.25,
+            checkpoint_every: 250,
+        }
+    }
+}
+
+/// `[data]`: inputs of a real run (with a `[world]` section these are derived from the world).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataSection {
+    /// COCO `instances_*.json` of the image pool ABS draws query images from.
+    pub coco_instances: Option<PathBuf>,
+    /// COCO `captions_*.json` of the same images.
+    pub coco_captions: Option<PathBuf>,
+    /// Folder of the pool's images.
+    pub coco_images: Option<PathBuf>,
+    /// File name of a pool image; `{image_id:012}` is replaced (COCO 2017: `{image_id:012}.jpg`).
+    pub image_pattern: String,
+    /// Base training data replayed in every round (MiniGPT-4's `cc_sbu_align`, VQA sets ...).
+    pub base_datasets: Vec<DatasetSpec>,
+}
+
+/// One benchmark of `[eval]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BenchSpec {
+    /// `aokvqa`, `mmbench`, `mme` or `seedbench`.
+    pub benchmark: String,
+    /// The benchmark file (A-OKVQA JSON, MMBench TSV, ...).
+    pub path: PathBuf,
+    /// Image root for benchmarks that reference image files.
+    #[serde(default)]
+    pub images: Option<PathBuf>,
+    /// `generate` or `rank`; default: the benchmark's official method.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Only the first N items.
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// Question-type taxonomy of this benchmark's bad cases (`mmbench_v1`, `seed_bench`, or a
+    /// JSON file).
+    #[serde(default)]
+    pub taxonomy: Option<String>,
+}
+
+/// `[eval]`: the mining benchmark (bad cases, error rates) and the reporting benchmark.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalSection {
+    /// Bad cases and per-type error rates come from this one.
+    pub mine: Option<BenchSpec>,
+    /// Held-out benchmark of the report (per-type accuracy by round).
+    pub report: Option<BenchSpec>,
+    pub batch_size: usize,
+    /// Released quirks of the evaluation prompts (see `mde_eval::runner::RunConfig`).
+    pub released_quirks: bool,
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        Self {
+            mine: None,
+            report: None,
+            batch_size: 32,
+            released_quirks: false,
+        }
+    }
+}
+
+/// `[abs]`: Adaptive Bad-case Sampling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AbsSection {
+    /// Queries per round (equal across strategies for a fair ablation).
+    pub queries_per_round: usize,
+    /// `uniform`, `error_rate` (released), `chance_discounted[:POWER]`, `softmax:T`.
+    pub strategy: String,
+    pub similar_ratio: f64,
+    pub top_k: usize,
+    pub max_objects: usize,
+    pub min_cases: usize,
+    pub floor: f64,
+    /// Query images of earlier rounds are not used again.
+    pub exclude_used_images: bool,
+}
+
+impl Default for AbsSection {
+    fn default() -> Self {
+        Self {
+            queries_per_round: 1000,
+            strategy: "error_rate".into(),
+            similar_ratio: 0.5,
+            top_k: 1000,
+            max_objects: 10,
+            min_cases: 2,
+            floor: 0.0,
+            exclude_used_images: true,
+        }
+    }
+}
+
+impl AbsSection {
+    pub fn strategy(&self) -> Result<Strategy> {
+        self.strategy
+            .parse()
+            .map_err(|e: String| LoopError::Config(format!("[abs] strategy: {e}")))
+    }
+}
+
+/// Which teacher answers generation (and classification) requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TeacherChoice {
+    /// The grounded offline teacher of the synthetic world (needs `[world]`).
+    #[default]
+    World,
+    /// An OpenAI-compatible endpoint (`[teacher.endpoint]`).
+    Openai,
+}
+
+/// `[teacher]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TeacherSection {
+    pub kind: TeacherChoice,
+    /// World teacher: share of replies with a deliberate error (exercises the validator).
+    pub error_rate: f64,
+    /// OpenAI-compatible endpoint settings (mde-gen's `[teacher]`).
+    pub endpoint: TeacherConfig,
+}
+
+impl Default for TeacherSection {
+    fn default() -> Self {
+        Self {
+            kind: TeacherChoice::World,
+            error_rate: 0.05,
+            endpoint: TeacherConfig::default(),
+        }
+    }
+}
+
+/// `[gen]`: the generation runner, prompt and post-processing (mde-gen's sections).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GenSection {
+    pub runner: RunnerConfig,
+    pub prompt: PromptConfig,
+    pub postprocess: PostprocessConfig,
+    /// Supervision format of generated items in training (`qmae` as released, `qma`, `qa`).
+    pub kind: String,
+}
+
+impl Default for GenSection {
+    fn default() -> Self {
+        Self {
+            runner: RunnerConfig::default(),
+            prompt: PromptConfig::default(),
+            postprocess: PostprocessConfig::default(),
+            kind: "qmae".into(),
+        }
+    }
+}
+
+/// `[train]`: the per-round fine-tuning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainSection {
+    /// `lora+fc` (released), `lora`, `fc`, `llm+fc`, `full`.
+    pub mode: TrainMode,
+    pub lora: LoraSettings,
+    pub steps: usize,
+    pub batch_size: usize,
+    pub accum_steps: usize,
+    pub lr: f64,
+    pub min_lr: f64,
+    pub warmup_steps: usize,
+    pub weight_decay: f64,
+    /// Share of each batch drawn from the base data (the rest from the generated rounds).
+    pub replay_ratio: f64,
+    /// Each round restarts from the base model (released) instead of the previous round's.
+    pub from_base: bool,
+    pub checkpoint_every: u64,
+    pub max_txt_len: usize,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        Self {
+            mode: TrainMode::LoraFc,
+            lora: LoraSettings::default(),
+            steps: 1000,
+            batch_size: 32,
+            accum_steps: 1,
+            lr: 1e-3,
+            min_lr: 1e-4,
+            warmup_steps: 50,
+            weight_decay: 0.01,
+            replay_ratio: 0.5,
+            from_base: true,
+            checkpoint_every: 250,
+            max_txt_len: 160,
+        }
+    }
+}
+
+/// A whole `mde loop` configuration.
+#[derive(Debug, Clone)]
+pub struct LoopConfig {
+    /// The file it was read from (relative paths resolve against its folder).
+    pub path: Option<PathBuf>,
+    pub run: RunSection,
+    pub world: Option<WorldConfig>,
+    pub model: ModelSection,
+    pub base: BaseSection,
+    pub data: DataSection,
+    pub eval: EvalSection,
+    pub abs: AbsSection,
+    pub teacher: TeacherSection,
+    pub gen: GenSection,
+    pub train: TrainSection,
+}
+
+const SECTIONS: [&str; 10] = [
+    "run", "world", "model", "base", "data", "eval", "abs", "teacher", "gen", "train",
+];
+
+fn section<T: serde::de::DeserializeOwned + Default>(
+    table: &toml::Table,
+    name: &str,
+) -> Result<T> {
+    match table.get(name) {
+        None => Ok(T::default()),
+        Some(v) => v
+            .clone()
+            .try_into()
+            .map_err(|e| LoopError::Config(format!("[{name}]: {e}"))),
+    }
+}
+
+impl LoopConfig {
+    /// Parses a config text; `path` (if any) names it in errors and anchors relative paths.
+    pub fn parse(text: &str, path: Option<&Path>) -> Result<Self> {
+        let at = |msg: String| match path {
+            Some(p) => LoopError::Config(format!("{}: {msg}", p.display())),
+            None => LoopError::Config(msg),
+        };
+        let table: toml::Table = text.parse().map_err(|e| at(format!("{e}")))?;
+        for k in table.keys() {
+            if !SECTIONS.contains(&k.as_str()) {
+                return Err(at(format!(
+                    "unknown section [{k}] (expected one of {})",
+                    SECTIONS.join(", ")
+                )));
+            }
+        }
+        let wrap = |e: LoopError| at(e.to_string());
+        let world = match table.get("world") {
+            None => None,
+            Some(v) => Some(
+                v.clone()
+                    .try_into::<WorldConfig>()
+                    .map_err(|e| at(format!("[world]: {e}")))?,
+            ),
+        };
+        let model = match table.get("model") {
+            None => ModelSection::Tiny {
+                cfg: TinyModelConfig::default(),
+                seed: 0,
+            },
+            Some(toml::Value::Table(t)) => {
+                let mut t = t.clone();
+                let kind = match t.remove("kind") {
+                    None => "tiny".to_string(),
+                    Some(toml::Value::String(s)) => s,
+                    Some(v) => return Err(at(format!("[model] kind must be a string, got {v}"))),
+                };
+                match kind.as_str() {
+                    "tiny" => {
+                        let (cfg, seed) = crate::tiny::model_section_from_toml(&t).map_err(wrap)?;
+                        ModelSection::Tiny { cfg, seed }
+                    }
+                    "minigpt4" => ModelSection::Checkpoint {
+                        cfg: Box::new(
+                            toml::Value::Table(t.clone())
+                                .try_into()
+                                .map_err(|e| at(format!("[model]: {e}")))?,
+                        ),
+                        raw: t,
+                    },
+                    k => {
+                        return Err(at(format!(
+                            "[model] kind {k:?}: expected \"tiny\" or \"minigpt4\""
+                        )))
+                    }
+                }
+            }
+            Some(v) => return Err(at(format!("[model] must be a table, got {v}"))),
+        };
+        let mut cfg = LoopConfig {
+            path: path.map(Path::to_path_buf),
+            run: section(&table, "run").map_err(wrap)?,
+            world,
+            model,
+            base: section(&table, "base").map_err(wrap)?,
+            data: section(&table, "data").map_err(wrap)?,
+            eval: section(&table, "eval").map_err(wrap)?,
+            abs: section(&table, "abs").map_err(wrap)?,
+            teacher: section(&table, "teacher").map_err(wrap)?,
+            gen: section(&table, "gen").map_err(wrap)?,
+            train: section(&table, "train").map_err(wrap)?,
+        };
+        if let Some(p) = path {
+            cfg.resolve_paths(p.parent().unwrap_or(Path::new(".")));
+        }
+        cfg.validate().map_err(wrap)?;
+        Ok(cfg)
+    }
+
+    /// Reads and validates a config file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| LoopError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        Self::parse(&text, Some(path))
+    }
+
+    /// Resolves every relative path against `base` (the config file's folder).
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        let fix_opt = |p: &mut Option<PathBuf>| {
+            if let Some(p) = p {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        };
+        fix_opt(&mut self.data.coco_instances);
+        fix_opt(&mut self.data.coco_captions);
+        fix_opt(&mut self.data.coco_images);
+        for d in &mut self.data.base_datasets {
+            fix(&mut d.path);
+            fix_opt(&mut d.image_root);
+        }
+        for b in [&mut self.eval.mine, &mut self.eval.report].into_iter().flatten() {
+            fix(&mut b.path);
+            fix_opt(&mut b.images);
+            if let Some(t) = &b.taxonomy {
+                if t.ends_with(".json") && Path::new(t).is_relative() {
+                    b.taxonomy = Some(base.join(t).to_string_lossy().into_owned());
+                }
+            }
+        }
+        fix_opt(&mut self.gen.prompt.generate_template);
+        fix_opt(&mut self.teacher.endpoint.image_root);
+        if let ModelSection::Checkpoint { cfg, .. } = &mut self.model {
+            cfg.resolve_paths(base);
+        }
+    }
+
+    /// Checks the settings that do not need any file (files are checked by `check`).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(LoopError::Config(m));
+        if self.abs.queries_per_round == 0 {
+            return bad("[abs] queries_per_round must be at least 1".into());
+        }
+        self.abs.strategy()?;
+        if !(0.0..=1.0).contains(&self.train.replay_ratio) {
+            return bad(format!(
+                "[train] replay_ratio must be in [0, 1], got {}",
+                self.train.replay_ratio
+            ));
+        }
+        if self.train.steps == 0 || self.train.batch_size == 0 {
+            return bad("[train] steps and batch_size must be at least 1".into());
+        }
+        if !["unbalanced", "balanced"].contains(&self.base.vqa.as_str()) {
+            return bad(format!(
+                "[base] vqa must be \"unbalanced\" or \"balanced\", got {:?}",
+                self.base.vqa
+            ));
+        }
+        if !["qmae", "qma", "qa"].contains(&self.gen.kind.as_str()) {
+            return bad(format!(
+                "[gen] kind must be qmae, qma or qa, got {:?}",
+                self.gen.kind
+            ));
+        }
+        if self.teacher.kind == TeacherChoice::World && self.world.is_none() {
+            return bad("[teacher] kind = \"world\" needs a [world] section (the grounded teacher answers from the world's annotations); use kind = \"openai\" with real data".into());
+        }
+        match (&self.model, &self.world) {
+            (ModelSection::Tiny { cfg, .. }, Some(w)) if cfg.image_size as u32 != w.image_size => {
+                return bad(format!(
+                    "[model] image_size {} differs from [world] image_size {}",
+                    cfg.image_size, w.image_size
+                ))
+            }
+            _ => {}
+        }
+        if self.world.is_none() {
+            if self.eval.mine.is_none() {
+                return bad("[eval.mine] is required without a [world] (which benchmark gives the bad cases?)".into());
+            }
+            if matches!(self.model, ModelSection::Tiny { .. }) {
+                return bad("[model] kind = \"tiny\" is trained on a synthetic [world]; real data needs kind = \"minigpt4\"".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Hash of everything that determines the results (not paths of the output).
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let v = serde_json::json!({
+            "run": {"rounds": self.run.rounds, "seed": self.run.seed},
+            "world": self.world,
+            "model": match &self.model {
+                ModelSection::Tiny { cfg, seed } => serde_json::json!({"tiny": cfg, "seed": seed}),
+                ModelSection::Checkpoint { raw, .. } => serde_json::to_value(raw).unwrap_or_default(),
+            },
+            "base": self.base, "data": self.data, "eval": self.eval, "abs": self.abs,
+            "teacher": {"kind": self.teacher.kind, "error_rate": self.teacher.error_rate,
+                        "model": self.teacher.endpoint.model, "base_url": self.teacher.endpoint.base_url},
+            "gen": {"prompt": self.gen.prompt, "postprocess": self.gen.postprocess, "kind": self.gen.kind},
+            "train": self.train,
+        });
+        let mut h = Sha256::new();
+        h.update(v.to_string().as_bytes());
+        format!("{:x}", h.finalize())[..16].to_string()
+    }
+}
+
+/// Per-type numbers keyed by question type id (shared by rounds and the report).
+pub type PerType = BTreeMap<String, f64>;

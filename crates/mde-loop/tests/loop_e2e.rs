@@ -1,0 +1,162 @@
+//! End to end: a shortened loop (tiny world, small model, 1 round) through every step, then the
+//! resume guarantees: a finished run re-runs as a no-op with identical results, and a run whose
+//! later steps are removed recomputes exactly those.
+
+use std::path::Path;
+
+use mde_loop::config::LoopConfig;
+use mde_loop::run::LoopRun;
+
+/// A config small enough for CI (a few minutes in the dev profile on 2 cores).
+pub fn tiny_loop_config(cache: &Path) -> anyhow::Result<LoopConfig> {
+    let text = format!(
+        r#"
+[run]
+rounds = 1
+seed = 3
+cache_dir = "{cache}"
+progress = false
+
+[world]
+seed = 5
+pool_images = 60
+base_size = 120
+aokvqa_per_type = 8
+mmbench_per_type = 4
+
+[model]
+kind = "tiny"
+vit_layers = 1
+qformer_layers = 1
+num_query_tokens = 8
+llm_layers = 2
+llm_hidden = 64
+llm_mlp = 128
+vocab_size = 600
+
+[base]
+steps = 12
+batch_size = 8
+warmup_steps = 2
+checkpoint_every = 5
+
+[eval]
+batch_size = 16
+
+[abs]
+queries_per_round = 24
+strategy = "error_rate"
+min_cases = 1
+
+[teacher]
+kind = "world"
+error_rate = 0.2
+
+[gen]
+kind = "qma"
+[gen.runner]
+concurrency = 4
+progress = false
+
+[train]
+mode = "lora+fc"
+steps = 6
+batch_size = 8
+warmup_steps = 1
+checkpoint_every = 4
+replay_ratio = 0.5
+[train.lora]
+r = 4
+alpha = 8.0
+target_modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+"#,
+        cache = cache.display().to_string().replace('\\', "/")
+    );
+    Ok(LoopConfig::parse(&text, None)?)
+}
+
+#[test]
+fn shortened_loop_runs_reports_and_resumes() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    // MDE_E2E_DIR keeps the run for inspection.
+    let root = match std::env::var_os("MDE_E2E_DIR") {
+        Some(d) => std::path::PathBuf::from(d),
+        None => tmp.path().to_path_buf(),
+    };
+    let cfg = tiny_loop_config(&root.join("cache"))?;
+    let out = root.join("runs").join("e2e");
+    let report = LoopRun::new(cfg.clone(), &out)?.run()?;
+
+    // Round 0 (base) and round 1, each evaluated on both benchmarks.
+    assert_eq!(report.rounds.len(), 2);
+    for r in &report.rounds {
+        let m = r.mine.as_ref().expect("mining eval");
+        assert!(m.items > 0 && (0.0..=100.0).contains(&m.overall));
+        let rep = r.report.as_ref().expect("report eval");
+        assert_eq!(rep.benchmark, "mmbench");
+        assert!(!rep.per_type.is_empty());
+    }
+    let r1 = &report.rounds[1];
+    let queries: usize = r1.queries_per_type.as_ref().unwrap().values().sum();
+    assert!(queries > 0, "ABS built no query");
+    let accepted: usize = r1.accepted_per_type.as_ref().unwrap().values().sum();
+    assert!(accepted > 0 && accepted <= queries);
+    let train = r1.train.as_ref().expect("round training");
+    assert_eq!(train.steps, 6);
+    assert!(train.examples.keys().any(|k| k.starts_with("generated_r1")));
+
+    // Every step left its marker and its files.
+    for rel in [
+        "base/done.json",
+        "index/pool.safetensors",
+        "round_0/eval_mine/predictions.jsonl",
+        "round_0/eval_report/scores.json",
+        "round_1/mine/bad_cases.jsonl",
+        "round_1/mine/weights.json",
+        "round_1/sample/queries.jsonl",
+        "round_1/generate/replies.jsonl",
+        "round_1/postprocess/gptvqa_v1.json",
+        "round_1/train/done.json",
+        "round_1/eval_report/done.json",
+        "report/report.json",
+        "report/report.md",
+        "report/accuracy_by_round.svg",
+    ] {
+        assert!(out.join(rel).exists(), "missing {rel}");
+    }
+    // The generated replies hold each query once.
+    let replies: Vec<serde_json::Value> =
+        mde_core::io::read_jsonl(out.join("round_1/generate/replies.jsonl"))?;
+    let mut ids: Vec<&str> = replies
+        .iter()
+        .filter_map(|r| r.get("query_id").and_then(|v| v.as_str()))
+        .collect();
+    let n = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "duplicate replies");
+
+    // A second run is a no-op with the same numbers.
+    let again = LoopRun::new(cfg.clone(), &out)?.run()?;
+    for (a, b) in report.rounds.iter().zip(&again.rounds) {
+        assert_eq!(
+            a.report.as_ref().map(|r| &r.per_type),
+            b.report.as_ref().map(|r| &r.per_type)
+        );
+    }
+
+    // Removing the last evaluation recomputes it from the trained weights on disk (the
+    // trainer resumes at its final checkpoint), with the same result.
+    let before = report.rounds[1].report.clone().unwrap();
+    std::fs::remove_dir_all(out.join("round_1/eval_report"))?;
+    let third = LoopRun::new(cfg.clone(), &out)?.run()?;
+    let after = third.rounds[1].report.clone().unwrap();
+    assert_eq!(before.per_type, after.per_type);
+    assert_eq!(before.overall, after.overall);
+
+    // Another config in the same folder is refused.
+    let mut other = cfg;
+    other.abs.queries_per_round += 1;
+    assert!(LoopRun::new(other, &out).is_err());
+    Ok(())
+}

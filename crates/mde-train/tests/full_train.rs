@@ -1,0 +1,296 @@
+//! `full` and `llm+fc` training on the tiny fixture model: which parameters train, exact
+//! resume, caches that do not change results, weight-decay groups and the export.
+mod common;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device};
+use mde_train::data::{RecordKind, TrainRecord};
+use mde_train::trainer::{load_model_varmap, ImageMode, OptimSettings};
+use mde_train::{RunOptions, TrainConfig, TrainDataset, TrainMode, Trainer};
+use minigpt4::model::ModelPaths;
+
+fn paths() -> ModelPaths {
+    let root = common::golden_dir();
+    let p = |r: &str| root.join(r).display().to_string();
+    ModelPaths {
+        blip2: p("blip2"),
+        vicuna: p("vicuna"),
+        projector: Some(p("minigpt4/pretrained_minigpt4.pth")),
+        ..Default::default()
+    }
+}
+
+/// One caption dataset: the fixture training batch's answers over the fixture's images.
+fn datasets() -> Result<Vec<TrainDataset>> {
+    let exp = common::expected()?;
+    let answers = common::strings(&exp["training"]["batch"]["answers"], "answers")?;
+    let mut imgs: Vec<PathBuf> = std::fs::read_dir(common::golden_dir())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "png"))
+        .collect();
+    imgs.sort();
+    anyhow::ensure!(!imgs.is_empty() && !answers.is_empty(), "empty fixture");
+    let records = (0..answers.len().max(imgs.len()) * 2)
+        .map(|i| TrainRecord {
+            image: imgs[i % imgs.len()].clone(),
+            kind: RecordKind::Caption,
+            question: String::new(),
+            choices: vec![],
+            answer_idx: None,
+            answer: Some(answers[i % answers.len()].clone()),
+            rationale: None,
+        })
+        .collect();
+    Ok(vec![TrainDataset {
+        name: "captions".into(),
+        ratio: None,
+        records,
+    }])
+}
+
+fn config(mode: TrainMode, image_mode: ImageMode) -> TrainConfig {
+    TrainConfig {
+        mode,
+        optim: OptimSettings {
+            init_lr: 1e-3,
+            warmup_steps: 1,
+            ..Default::default()
+        },
+        batch_size: 2,
+        accum_steps: 2,
+        max_epoch: 1,
+        iters_per_epoch: 4,
+        checkpoint_every: 2,
+        seed: 11,
+        grad_clip: Some(1.0),
+        image_mode,
+        ..Default::default()
+    }
+}
+
+fn trainer(run: &Path, cfg: TrainConfig) -> Result<Trainer> {
+    let (m, vm, tok) = load_model_varmap(&paths(), &Device::Cpu)?;
+    Ok(Trainer::new_full(m, vm, tok, datasets()?, cfg, run)?)
+}
+
+/// Bits of every trainable tensor, by name.
+fn snapshot(t: &Trainer) -> Result<HashMap<String, Vec<u32>>> {
+    t.trainable()
+        .iter()
+        .map(|(n, v)| {
+            let bits = v
+                .as_tensor()
+                .flatten_all()?
+                .to_vec1::<f32>()?
+                .into_iter()
+                .map(f32::to_bits)
+                .collect();
+            Ok((n.clone(), bits))
+        })
+        .collect()
+}
+
+/// Run straight through vs. killed after 3 steps (checkpoint at 2) and resumed: same losses
+/// and the same weights bit for bit. Returns the straight run's trainer.
+fn resume_is_bit_exact(mode: TrainMode, image_mode: ImageMode) -> Result<(Trainer, PathBuf)> {
+    let cfg = config(mode, image_mode);
+    let run_a = tempfile::tempdir()?.keep();
+    let mut a = trainer(&run_a, cfg.clone())?;
+    let init = snapshot(&a)?;
+    let rep_a = a.run(None, RunOptions::default())?;
+    assert_eq!(a.step(), cfg.total_steps());
+    let fin_a = snapshot(&a)?;
+    for (n, v) in &fin_a {
+        assert_ne!(&init[n], v, "{}: {n} did not change", mode.name());
+    }
+
+    let run_b = tempfile::tempdir()?;
+    let mut b = trainer(run_b.path(), cfg.clone())?;
+    b.run(
+        None,
+        RunOptions {
+            stop_after: Some(3),
+            progress: false,
+        },
+    )?;
+    drop(b);
+    let mut b = trainer(run_b.path(), cfg.clone())?;
+    assert!(b.resumed_from().is_some(), "did not resume");
+    assert_eq!(b.step(), 2);
+    let rep_b = b.run(None, RunOptions::default())?;
+    let la: Vec<_> = rep_a
+        .iter()
+        .filter(|r| r.step > 2)
+        .map(|r| (r.step, r.loss.to_bits()))
+        .collect();
+    let lb: Vec<_> = rep_b.iter().map(|r| (r.step, r.loss.to_bits())).collect();
+    assert_eq!(la, lb, "{}: losses after resume differ", mode.name());
+    let fin_b = snapshot(&b)?;
+    assert_eq!(fin_a.len(), fin_b.len());
+    for (n, v) in &fin_a {
+        assert!(v == &fin_b[n], "{}: {n} differs after resume", mode.name());
+    }
+    Ok((a, run_a))
+}
+
+#[test]
+fn full_mode_trains_everything_and_resumes_bit_exact() -> Result<()> {
+    let (a, run) = resume_is_bit_exact(TrainMode::Full, ImageMode::Train)?;
+    let names: Vec<&str> = a.trainable().iter().map(|(n, _)| n.as_str()).collect();
+    for pre in [
+        "vision_model.",
+        "qformer.",
+        "query_tokens",
+        "llama_proj.",
+        "llama_model.",
+    ] {
+        assert!(
+            names.iter().any(|n| n.starts_with(pre)),
+            "nothing under {pre} trains"
+        );
+    }
+    // The export holds every trained tensor under its root name, with the trained values.
+    let exp = mde_train::io::load_safetensors(&run.join("final/model.safetensors"), &Device::Cpu)?;
+    assert_eq!(exp.len(), a.trainable().len());
+    for (n, v) in a.trainable() {
+        let t = exp.get(n).with_context(|| format!("export lacks {n}"))?;
+        let d = (t - v.as_tensor())?.abs()?.flatten_all()?.max(0)?;
+        assert_eq!(d.to_scalar::<f32>()?, 0.0, "{n}");
+    }
+    std::fs::remove_dir_all(&run)?;
+    Ok(())
+}
+
+#[test]
+fn llm_fc_freezes_vision_and_resumes_bit_exact() -> Result<()> {
+    let (a, run) = resume_is_bit_exact(TrainMode::LlmFc, ImageMode::Eval)?;
+    for (n, _) in a.trainable() {
+        assert!(
+            n.starts_with("llama_model.") || n.starts_with("llama_proj."),
+            "{n} trains in llm+fc"
+        );
+    }
+    // Vision and Q-Former weights are untouched: features equal a fresh model's.
+    let (fresh, _, _) = load_model_varmap(&paths(), &Device::Cpu)?;
+    let px = candle_core::safetensors::load(
+        common::golden_dir().join("expected/forward.safetensors"),
+        &Device::Cpu,
+    )?
+    .remove("pixel_values")
+    .context("no pixel_values in the fixture")?;
+    let d = (a.model().qformer_features(&px)? - fresh.qformer_features(&px)?)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()?;
+    assert_eq!(d, 0.0, "frozen vision/Q-Former changed");
+    // The feature cache was used (eval preprocessing, frozen vision).
+    assert!(a.cache_sizes().1 > 0);
+    std::fs::remove_dir_all(&run)?;
+    Ok(())
+}
+
+fn losses(mode: TrainMode, image_mode: ImageMode, caching: bool) -> Result<Vec<f32>> {
+    let run = tempfile::tempdir()?;
+    let mut t = trainer(run.path(), config(mode, image_mode))?;
+    t.set_caching(caching);
+    let r = t.run(
+        None,
+        RunOptions {
+            stop_after: Some(3),
+            progress: false,
+        },
+    )?;
+    let sizes = t.cache_sizes();
+    if caching {
+        assert!(sizes.0 + sizes.1 > 0, "caches unused");
+    } else {
+        assert_eq!(sizes, (0, 0));
+    }
+    Ok(r.iter().map(|r| r.loss).collect())
+}
+
+#[test]
+fn caches_do_not_change_results() -> Result<()> {
+    // Image cache only (full mode trains the vision side): bit-identical.
+    let a = losses(TrainMode::Full, ImageMode::Train, true)?;
+    let b = losses(TrainMode::Full, ImageMode::Train, false)?;
+    assert_eq!(a, b);
+    // Feature cache (per-image encoding vs. batched): equal up to float rounding.
+    let a = losses(TrainMode::LlmFc, ImageMode::Eval, true)?;
+    let b = losses(TrainMode::LlmFc, ImageMode::Eval, false)?;
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert!(
+            (x - y).abs() <= 1e-5 * x.abs().max(1.0),
+            "cached {x} vs uncached {y}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn constructors_refuse_the_wrong_modes() -> Result<()> {
+    let run = tempfile::tempdir()?;
+    for mode in [TrainMode::Full, TrainMode::LlmFc] {
+        let (m, tok) = mde_train::trainer::load_model(&paths(), DType::F32, &Device::Cpu)?;
+        let err = Trainer::new(
+            m,
+            tok,
+            datasets()?,
+            config(mode, ImageMode::Eval),
+            run.path(),
+        )
+        .err()
+        .context("Trainer::new accepted a varmap mode")?;
+        assert!(err.to_string().contains("new_full"), "{err}");
+    }
+    let (m, vm, tok) = load_model_varmap(&paths(), &Device::Cpu)?;
+    let err = Trainer::new_full(
+        m,
+        vm,
+        tok,
+        datasets()?,
+        config(TrainMode::LoraFc, ImageMode::Eval),
+        run.path(),
+    )
+    .err()
+    .context("new_full accepted a LoRA mode")?;
+    assert!(err.to_string().contains("Trainer::new"), "{err}");
+    // serde names
+    let m: TrainMode = serde_json::from_str("\"full\"")?;
+    assert_eq!(m, TrainMode::Full);
+    let m: TrainMode = serde_json::from_str("\"llm+fc\"")?;
+    assert_eq!(m, TrainMode::LlmFc);
+    Ok(())
+}
+
+#[test]
+fn full_mode_weight_decay_groups() -> Result<()> {
+    let run = tempfile::tempdir()?;
+    let t = trainer(run.path(), config(TrainMode::Full, ImageMode::Eval))?;
+    let wd = t.config().optim.weight_decay;
+    let groups = t.group_summary();
+    let decayed = groups
+        .iter()
+        .find(|g| g.weight_decay == wd)
+        .context("no decay group")?;
+    let plain = groups
+        .iter()
+        .find(|g| g.weight_decay == 0.0)
+        .context("no 0-decay group")?;
+    // Every 1-D tensor (norms, biases) is in the no-decay group; the rest decays.
+    let (mut one_d, mut rest) = (0, 0);
+    for (n, v) in t.trainable() {
+        if v.as_tensor().rank() < 2 || n.contains("bias") {
+            one_d += 1;
+        } else {
+            rest += 1;
+        }
+    }
+    assert_eq!(plain.tensors, one_d);
+    assert_eq!(decayed.tensors, rest);
+    Ok(())
+}
