@@ -24,6 +24,11 @@ pub struct Args {
     /// Override `[abs] strategy` (uniform, error_rate, chance_discounted[:POWER], softmax:T).
     #[arg(long)]
     pub strategy: Option<String>,
+    /// Run one loop per ABS strategy (comma-separated, e.g.
+    /// `uniform,error_rate,chance_discounted:2`) at equal data volume into `OUT/<strategy>/`,
+    /// sharing the cached base model, and compare them in `OUT/ablation/`.
+    #[arg(long, value_delimiter = ',')]
+    pub ablation: Vec<String>,
     /// No progress bars.
     #[arg(long)]
     pub no_progress: bool,
@@ -49,6 +54,32 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let out = args
         .out
         .context("--out DIR is required (where the run writes; re-run to resume)")?;
+    if !args.ablation.is_empty() {
+        let mut arms = Vec::new();
+        for strategy in &args.ablation {
+            let mut c = cfg.clone();
+            c.abs.strategy = strategy.clone();
+            c.validate()
+                .with_context(|| format!("--ablation {strategy}"))?;
+            let label: String = strategy
+                .chars()
+                .map(|ch| if ch.is_ascii_alphanumeric() || ch == '_' { ch } else { '-' })
+                .collect();
+            let dir = out.join(&label);
+            eprintln!("ablation arm {strategy}: {}", dir.display());
+            let mut run = LoopRun::new(c, &dir)?;
+            if args.no_progress {
+                run.set_progress(false);
+            }
+            arms.push(mde_loop::report::AblationArm {
+                label: strategy.clone(),
+                report: run.run()?,
+            });
+        }
+        let files = mde_loop::report::write_ablation(&out.join("ablation"), &arms)?;
+        eprintln!("ablation report: {}", files.markdown.display());
+        return Ok(());
+    }
     let mut run = LoopRun::new(cfg, &out)?;
     if args.no_progress {
         run.set_progress(false);

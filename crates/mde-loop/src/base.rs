@@ -117,7 +117,8 @@ pub fn base_train_config(base: &BaseSection, seed: u64) -> TrainConfig {
         end_sym: "###".into(),
         max_txt_len: 160,
         merge_at_end: false,
-        ..Default::default()
+        shards: base.shards.max(1),
+        lora: Default::default(),
     }
 }
 

@@ -93,6 +93,8 @@ pub struct BaseSection {
     /// Sampling weight of the caption set against the VQA set (0 = no captions).
     pub caption_ratio: f64,
     pub checkpoint_every: u64,
+    /// Rows of each batch split over this many threads (see `mde_train::TrainConfig::shards`).
+    pub shards: usize,
 }
 
 impl Default for BaseSection {
@@ -107,6 +109,7 @@ impl Default for BaseSection {
             vqa: "unbalanced".into(),
             caption_ratio: 0.25,
             checkpoint_every: 250,
+            shards: 1,
         }
     }
 }
@@ -288,6 +291,8 @@ pub struct TrainSection {
     pub from_base: bool,
     pub checkpoint_every: u64,
     pub max_txt_len: usize,
+    /// Rows of each batch split over this many threads (see `mde_train::TrainConfig::shards`).
+    pub shards: usize,
 }
 
 impl Default for TrainSection {
@@ -306,6 +311,7 @@ impl Default for TrainSection {
             from_base: true,
             checkpoint_every: 250,
             max_txt_len: 160,
+            shards: 1,
         }
     }
 }

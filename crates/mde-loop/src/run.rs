@@ -625,6 +625,7 @@ impl LoopRun {
             end_sym: "###".into(),
             max_txt_len: t.max_txt_len,
             merge_at_end: false,
+            shards: t.shards.max(1),
         }
     }
 

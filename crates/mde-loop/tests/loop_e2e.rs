@@ -7,72 +7,13 @@ use std::path::Path;
 use mde_loop::config::LoopConfig;
 use mde_loop::run::LoopRun;
 
-/// A config small enough for CI (a few minutes in the dev profile on 2 cores).
+/// The CI-sized loop of `configs/loop-tiny.toml` (a few minutes in the dev profile on 2 cores),
+/// with its cache in `cache`.
 pub fn tiny_loop_config(cache: &Path) -> anyhow::Result<LoopConfig> {
-    let text = format!(
-        r#"
-[run]
-rounds = 1
-seed = 3
-cache_dir = "{cache}"
-progress = false
-
-[world]
-seed = 5
-pool_images = 60
-base_size = 120
-aokvqa_per_type = 8
-mmbench_per_type = 4
-
-[model]
-kind = "tiny"
-vit_layers = 1
-qformer_layers = 1
-num_query_tokens = 8
-llm_layers = 2
-llm_hidden = 64
-llm_mlp = 128
-vocab_size = 600
-
-[base]
-steps = 12
-batch_size = 8
-warmup_steps = 2
-checkpoint_every = 5
-
-[eval]
-batch_size = 16
-
-[abs]
-queries_per_round = 24
-strategy = "error_rate"
-min_cases = 1
-
-[teacher]
-kind = "world"
-error_rate = 0.2
-
-[gen]
-kind = "qma"
-[gen.runner]
-concurrency = 4
-progress = false
-
-[train]
-mode = "lora+fc"
-steps = 6
-batch_size = 8
-warmup_steps = 1
-checkpoint_every = 4
-replay_ratio = 0.5
-[train.lora]
-r = 4
-alpha = 8.0
-target_modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-"#,
-        cache = cache.display().to_string().replace('\\', "/")
-    );
-    Ok(LoopConfig::parse(&text, None)?)
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/loop-tiny.toml");
+    let mut cfg = LoopConfig::load(&path)?;
+    cfg.run.cache_dir = Some(cache.to_path_buf());
+    Ok(cfg)
 }
 
 #[test]

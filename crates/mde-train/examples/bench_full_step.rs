@@ -1,10 +1,14 @@
 //! CPU benchmark of one `Trainer` optimizer step on the closed loop's tiny MiniGPT-4
 //! (mde-loop's `TinyModelConfig` default sizes: 64 px images, ViT 2x64, Q-Former 2x64 with 16
 //! queries, LLaMA 3x128, vocab 1024), random seeded weights, f32, in modes `llm+fc`
-//! (vision frozen, eval preprocessing: the feature cache applies) and `full`.
+//! (vision frozen, eval preprocessing: the feature cache applies), `full`, and `lora+fc`
+//! (LoRA r 16 on all 7 linear types of the LLaMA, frozen base weights, dropout 0.05).
 //! Images are generated 64x64 JPEGs; text uses the golden fixture's tokenizer.
 //!
-//! `cargo run --release -p mde-train --example bench_full_step [-- BATCH [STEPS]]`
+//! `cargo run --release -p mde-train --example bench_full_step [-- BATCH [STEPS [SHARDS [MODES]]]]`
+//!
+//! SHARDS is `TrainConfig::shards` (default 1); MODES a comma list of mode names (default
+//! `llm+fc,full,lora+fc`).
 
 use std::time::Instant;
 
@@ -12,7 +16,7 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use mde_train::data::{RecordKind, TrainRecord};
-use mde_train::trainer::{ImageMode, OptimSettings};
+use mde_train::trainer::{ImageMode, LoraSettings, OptimSettings};
 use mde_train::{RunOptions, TrainConfig, TrainDataset, TrainMode, Trainer};
 use minigpt4::config::{LlamaConfig, MiniGpt4Config, QFormerConfig, TokenIds, VisionConfig};
 use minigpt4::model::MiniGpt4;
@@ -92,6 +96,16 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let batch: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(32);
     let steps: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5);
+    let shards: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1);
+    let modes: Vec<TrainMode> = args
+        .get(4)
+        .map_or("llm+fc,full,lora+fc", String::as_str)
+        .split(',')
+        .map(|m| {
+            serde_json::from_value(serde_json::Value::String(m.into()))
+                .with_context(|| format!("unknown mode {m}"))
+        })
+        .collect::<Result<_>>()?;
     let tok_path = std::env::var("MDE_GOLDEN_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| {
@@ -135,11 +149,18 @@ fn main() -> Result<()> {
         ratio: None,
         records,
     }];
-    for mode in [TrainMode::LlmFc, TrainMode::Full] {
+    for mode in modes {
         let (m, vm) = random_model(&cfg, &dev)?;
         let run = tempfile::tempdir()?;
         let tc = TrainConfig {
             mode,
+            lora: LoraSettings {
+                r: 16,
+                alpha: 32.0,
+                target_modules: minigpt4::llama::LORA_TARGETS.map(String::from).to_vec(),
+                ..Default::default()
+            },
+            shards,
             optim: OptimSettings {
                 init_lr: 1e-4,
                 warmup_steps: 1,
@@ -153,7 +174,20 @@ fn main() -> Result<()> {
             image_mode: ImageMode::Eval,
             ..Default::default()
         };
-        let mut t = Trainer::new_full(m, vm, tok.clone(), ds.clone(), tc, run.path())?;
+        let mut t = if mode.needs_varmap() {
+            Trainer::new_full(m, vm, tok.clone(), ds.clone(), tc, run.path())?
+        } else {
+            // Frozen base weights must not be Vars (or backward computes their gradients).
+            let frozen: std::collections::HashMap<String, Tensor> = vm
+                .data()
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                .iter()
+                .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
+                .collect();
+            let m = MiniGpt4::new(&cfg, VarBuilder::from_tensors(frozen, DType::F32, &dev))?;
+            Trainer::new(m, tok.clone(), ds.clone(), tc, run.path())?
+        };
         let params: usize = t
             .trainable()
             .iter()
@@ -180,7 +214,7 @@ fn main() -> Result<()> {
         )?;
         let ms = t0.elapsed().as_secs_f64() * 1e3 / steps as f64;
         println!(
-            "mode {:7} batch {batch}: {ms:8.1} ms/step (first step {first:.1} ms), {params} trainable params, last loss {:.4}",
+            "mode {:7} batch {batch} shards {shards}: {ms:8.1} ms/step (first step {first:.1} ms), {params} trainable params, last loss {:.4}",
             mode.name(),
             r.last().map_or(f32::NAN, |r| r.loss)
         );

@@ -8,11 +8,12 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use image::RgbImage;
 use minigpt4::linear::LoraAdapter;
-use minigpt4::llama::LoraConfig;
+use minigpt4::llama::{Llama, LoraConfig};
 use minigpt4::model::MiniGpt4;
 use minigpt4::preprocess::ImageProcessor;
 use minigpt4::tokenizer::LlamaTokenizer;
@@ -182,6 +183,22 @@ pub struct TrainConfig {
     pub max_txt_len: usize,
     /// At the end, also merge LoRA into the LLaMA and write `final/merged/model.safetensors`.
     pub merge_at_end: bool,
+    /// Data-parallel shards per micro-batch (default 1; absent in older configs = 1).
+    ///
+    /// With `S > 1` each micro-batch (drawn exactly as with 1 shard: same samples, same order,
+    /// same random crops) is split row-wise into `S` contiguous shards; each shard's forward
+    /// and backward runs on its own OS thread, inside its own one-thread rayon pool (for
+    /// candle-nn's row kernels), with candle's gemm single-threaded: building a trainer with
+    /// `S > 1` sets `RAYON_NUM_THREADS=1` for the whole process, the only knob candle reads
+    /// (on a tiny model the per-op rayon barriers cost more than the parallel gemm gains;
+    /// one thread per shard is meant to use the cores better: measure on an idle machine). Shard `i`'s loss is weighted by `n_i / N` (its supervised target tokens
+    /// over the micro-batch's), so the gradients, summed in shard order, equal the
+    /// full-batch gradient up to float summation order, and the reported loss is the
+    /// full-batch mean. In `full` mode the vision tower runs per shard on the shard's pixels;
+    /// cached Q-Former features are sliced. LoRA dropout draws per shard from streams seeded
+    /// by (seed, step, shard, layer, module): deterministic and exactly resumable, but not the
+    /// masks of a 1-shard run. Capped at the batch size.
+    pub shards: usize,
 }
 
 impl Default for TrainConfig {
@@ -202,6 +219,7 @@ impl Default for TrainConfig {
             end_sym: "###".into(),
             max_txt_len: 160,
             merge_at_end: false,
+            shards: 1,
         }
     }
 }
@@ -230,6 +248,9 @@ impl TrainConfig {
         }
         if self.accum_steps == 0 {
             return bad("accum_steps must be >= 1");
+        }
+        if self.shards == 0 {
+            return bad("shards must be >= 1");
         }
         if self.total_steps() == 0 {
             return bad("max_epoch * iters_per_epoch must be >= 1");
@@ -376,6 +397,181 @@ pub struct Trainer {
     features: HashMap<PathBuf, Tensor>,
     /// Every parameter as a Var (root names), when built by [`Trainer::new_full`].
     varmap: Option<VarMap>,
+    /// One one-thread rayon pool per shard (empty with 1 shard): shard `i` runs inside
+    /// `pools[i]`, so candle's gemm and candle-nn's `par_chunks` kernels stay on that thread.
+    pools: Vec<rayon::ThreadPool>,
+    /// LoRA modes with several shards: one LLaMA per shard sharing every weight tensor and
+    /// LoRA Var with `model.llama` but with its own adapter objects, because an adapter's
+    /// dropout stream is one mutex-guarded RNG that concurrent shards would interleave in a
+    /// timing-dependent order.
+    replicas: Vec<Llama>,
+}
+
+/// Inputs of one micro-batch, before the model runs.
+struct MicroBatch {
+    dataset: usize,
+    visual: Visual,
+    batch: BatchTensors,
+    /// Supervised target tokens of each row (labels after the causal shift).
+    row_targets: Vec<usize>,
+}
+
+/// The image side of a micro-batch.
+enum Visual {
+    /// Cached detached Q-Former features `[B, num_query, hidden]`.
+    Features(Tensor),
+    /// Preprocessed pixels `[B, 3, H, W]`, encoded (per shard) in [`shard_loss`].
+    Pixels(Tensor),
+}
+
+impl Visual {
+    fn rows(&self, start: usize, len: usize) -> Result<Visual> {
+        Ok(match self {
+            Visual::Features(t) => Visual::Features(t.narrow(0, start, len)?),
+            Visual::Pixels(t) => Visual::Pixels(t.narrow(0, start, len)?),
+        })
+    }
+}
+
+fn batch_rows(b: &BatchTensors, start: usize, len: usize) -> Result<BatchTensors> {
+    Ok(BatchTensors {
+        token_ids: b.token_ids.narrow(0, start, len)?,
+        attention_mask: b.attention_mask.narrow(0, start, len)?,
+        labels: b.labels.narrow(0, start, len)?,
+        position_ids: b.position_ids.narrow(0, start, len)?,
+    })
+}
+
+/// Loss of one shard (or of the whole micro-batch): Q-Former features (through the vision
+/// tower when it trains), projector, layout embedding, LLaMA (`llama`, or the model's own),
+/// shifted mean cross-entropy over the shard's targets.
+fn shard_loss(
+    model: &MiniGpt4,
+    llama: Option<&Llama>,
+    visual: &Visual,
+    trains_vision: bool,
+    b: &BatchTensors,
+) -> Result<Tensor> {
+    let qf = match visual {
+        Visual::Features(f) => f.clone(),
+        // Full training: gradients flow through the Q-Former and the vision tower.
+        Visual::Pixels(px) if trains_vision => model.qformer_features_t(px, true)?,
+        Visual::Pixels(px) => model.qformer_features(px)?.detach(),
+    };
+    let Some(llama) = llama else {
+        return crate::step::loss(model, &qf, b);
+    };
+    let img = model.project(&qf, true)?;
+    let embeds = model.embed_layout(&b.token_ids, &img)?;
+    let logits = llama.forward(
+        &embeds,
+        &b.position_ids,
+        Some(&b.attention_mask),
+        None,
+        true,
+    )?;
+    Ok(minigpt4::llama::causal_lm_loss(&logits, &b.labels)?)
+}
+
+/// A LLaMA sharing every tensor of `src` (weights, and the LoRA Vars) with fresh adapter
+/// objects (their dropout streams are re-seeded per step by the trainer).
+fn llama_replica(src: &Llama) -> Result<Llama> {
+    let mut map: HashMap<String, Tensor> = HashMap::new();
+    map.insert("model.embed_tokens.weight".into(), src.embed_tokens.clone());
+    for (i, l) in src.layers.iter().enumerate() {
+        for t in minigpt4::llama::LORA_TARGETS {
+            let Some(lin) = l.linear(t) else { continue };
+            let m = if ["q_proj", "k_proj", "v_proj", "o_proj"].contains(&t) {
+                "self_attn"
+            } else {
+                "mlp"
+            };
+            map.insert(
+                format!("model.layers.{i}.{m}.{t}.weight"),
+                lin.weight.clone(),
+            );
+            if let Some(b) = &lin.bias {
+                map.insert(format!("model.layers.{i}.{m}.{t}.bias"), b.clone());
+            }
+        }
+        map.insert(
+            format!("model.layers.{i}.input_layernorm.weight"),
+            l.input_layernorm.weight.clone(),
+        );
+        map.insert(
+            format!("model.layers.{i}.post_attention_layernorm.weight"),
+            l.post_attention_layernorm.weight.clone(),
+        );
+    }
+    map.insert("model.norm.weight".into(), src.norm.weight.clone());
+    map.insert("lm_head.weight".into(), src.lm_head.weight.clone());
+    if let Some(b) = &src.lm_head.bias {
+        map.insert("lm_head.bias".into(), b.clone());
+    }
+    // Same dtype and device: VarBuilder hands back the very tensors (no copies).
+    let vb = candle_nn::VarBuilder::from_tensors(map, src.dtype(), src.device());
+    let mut r = Llama::new(&src.cfg, vb)?;
+    for (sl, rl) in src.layers.iter().zip(r.layers.iter_mut()) {
+        for t in minigpt4::llama::LORA_TARGETS {
+            let (Some(s), Some(d)) = (sl.linear(t), rl.linear_mut(t)) else {
+                continue;
+            };
+            if let Some(ad) = &s.lora {
+                d.set_lora(share_adapter(ad, 0)?)?;
+            }
+        }
+    }
+    Ok(r)
+}
+
+/// An adapter on the very same A/B Vars (the optimizer holds them) and scale as `old`, with a
+/// dropout stream seeded by `seed`.
+fn share_adapter(old: &LoraAdapter, seed: u64) -> Result<LoraAdapter> {
+    let r = old.rank().max(1) as f64;
+    let mut ad = LoraAdapter::from_tensors(
+        old.a.as_tensor(),
+        old.b.as_tensor(),
+        old.scale * r,
+        old.dropout,
+        seed,
+    )?;
+    ad.a = old.a.clone();
+    ad.b = old.b.clone();
+    ad.scale = old.scale;
+    Ok(ad)
+}
+
+/// Re-seeds every LoRA dropout stream of `llama` from `base`, layer and module.
+fn reseed_llama(llama: &mut Llama, base: u64) -> Result<()> {
+    for (li, layer) in llama.layers.iter_mut().enumerate() {
+        for (ti, t) in minigpt4::llama::LORA_TARGETS.iter().enumerate() {
+            let Some(lin) = layer.linear_mut(t) else {
+                continue;
+            };
+            let Some(old) = lin.lora.take() else {
+                continue;
+            };
+            let seed = base
+                .wrapping_mul(1_000_003)
+                .wrapping_add((li * 64 + ti) as u64);
+            lin.lora = Some(share_adapter(&old, seed)?);
+        }
+    }
+    Ok(())
+}
+
+/// Contiguous row ranges `(start, len)` of `n` rows in at most `shards` near-equal shards.
+fn shard_ranges(n: usize, shards: usize) -> Vec<(usize, usize)> {
+    let s = shards.clamp(1, n.max(1));
+    let (q, r) = (n / s, n % s);
+    let mut out = Vec::with_capacity(s);
+    let mut start = 0;
+    for i in 0..s {
+        let len = q + usize::from(i < r);
+        out.push((start, len));
+        start += len;
+    }
+    out
 }
 
 fn runner_name(n: &str) -> String {
@@ -561,7 +757,35 @@ impl Trainer {
             images: HashMap::new(),
             features: HashMap::new(),
             varmap: None,
+            pools: Vec::new(),
+            replicas: Vec::new(),
         };
+        let shards = t.cfg.shards.min(t.cfg.batch_size);
+        if shards > 1 {
+            // candle's CPU matmul picks gemm's parallelism per call from
+            // `candle_core::utils::get_num_threads()`, which only reads RAYON_NUM_THREADS (no
+            // per-thread or global setting exists); a one-thread rayon pool alone does not
+            // help (measured: gemm still takes its multi-thread path, 1.5-3x slower). So
+            // with shards the whole process's candle gemm goes single-threaded from here on:
+            // each shard thread is one core's worth of work.
+            // SAFETY (edition 2021: `set_var` is a safe fn, but racy with concurrent env
+            // reads from C): set once, at construction, before any shard thread exists.
+            std::env::set_var("RAYON_NUM_THREADS", "1");
+            t.pools = (0..shards)
+                .map(|i| {
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(1)
+                        .thread_name(move |_| format!("mde-train-shard-{i}"))
+                        .build()
+                        .map_err(|e| TrainError::Invalid(format!("shard thread pool: {e}")))
+                })
+                .collect::<Result<_>>()?;
+            if t.cfg.mode.has_lora() {
+                t.replicas = (0..shards)
+                    .map(|_| llama_replica(&t.model.llama))
+                    .collect::<Result<_>>()?;
+            }
+        }
         if let Some(dir) = latest_checkpoint(run_dir)? {
             t.resume_from(&dir)?;
         }
@@ -661,38 +885,20 @@ impl Trainer {
             .collect()
     }
 
-    /// Re-seeds every LoRA dropout stream from (seed, step, layer, module) so that dropout masks
-    /// depend only on the step, not on how many steps this process has run (exact resume).
+    /// Re-seeds every LoRA dropout stream from (seed, step, [shard,] layer, module) so that
+    /// dropout masks depend only on the step, not on how many steps this process has run
+    /// (exact resume).
     fn reseed_dropout(&mut self) -> Result<()> {
         if !(self.cfg.mode.has_lora() && self.cfg.lora.dropout > 0.0) {
             return Ok(());
         }
         let base = self.cfg.seed ^ 0x5bd1_e995_u64.wrapping_mul(self.step + 1);
-        for (li, layer) in self.model.llama.layers.iter_mut().enumerate() {
-            for (ti, t) in minigpt4::llama::LORA_TARGETS.iter().enumerate() {
-                let Some(lin) = layer.linear_mut(t) else {
-                    continue;
-                };
-                let Some(old) = lin.lora.take() else {
-                    continue;
-                };
-                let seed = base
-                    .wrapping_mul(1_000_003)
-                    .wrapping_add((li * 64 + ti) as u64);
-                let r = old.rank().max(1) as f64;
-                let mut ad = LoraAdapter::from_tensors(
-                    old.a.as_tensor(),
-                    old.b.as_tensor(),
-                    old.scale * r,
-                    old.dropout,
-                    seed,
-                )?;
-                // Keep the very same Vars (the optimizer holds them) and the exact scale.
-                ad.a = old.a.clone();
-                ad.b = old.b.clone();
-                ad.scale = old.scale;
-                lin.lora = Some(ad);
-            }
+        if self.replicas.is_empty() {
+            return reseed_llama(&mut self.model.llama, base);
+        }
+        for (i, r) in self.replicas.iter_mut().enumerate() {
+            let shard = 0x9e37_79b9_7f4a_7c15_u64.wrapping_mul(i as u64 + 1);
+            reseed_llama(r, base ^ shard)?;
         }
         Ok(())
     }
@@ -730,7 +936,7 @@ impl Trainer {
         Ok(f)
     }
 
-    fn micro_batch(&mut self) -> Result<(usize, Tensor, BatchTensors)> {
+    fn micro_batch(&mut self) -> Result<MicroBatch> {
         let mb = self.mixer.next_batch(self.cfg.batch_size, &mut self.rng);
         let dev = self.model.device().clone();
         let ds_name = self.datasets[mb.dataset].name.clone();
@@ -746,13 +952,13 @@ impl Trainer {
         let use_feature_cache = self.caching
             && !self.cfg.mode.trains_vision()
             && self.cfg.image_mode == ImageMode::Eval;
-        let qf = if use_feature_cache {
+        let visual = if use_feature_cache {
             // Eval preprocessing draws nothing from `rng`, so skipping it keeps the stream.
             let fs = paths
                 .iter()
                 .map(|p| self.cached_features(p, &ds_name))
                 .collect::<Result<Vec<_>>>()?;
-            Tensor::stack(&fs, 0)?
+            Visual::Features(Tensor::stack(&fs, 0)?)
         } else {
             let imgs = paths
                 .iter()
@@ -762,33 +968,36 @@ impl Trainer {
                 .processor
                 .process_batch(&imgs, &mut self.rng, &dev)
                 .map_err(|e| TrainError::Invalid(format!("preprocessing images: {e}")))?;
-            let px = px.to_dtype(self.model.dtype())?;
-            if self.cfg.mode.trains_vision() {
-                // Full training: gradients flow through the Q-Former and the vision tower.
-                self.model.qformer_features_t(&px, true)?
-            } else {
-                self.model.qformer_features(&px)?.detach()
-            }
+            Visual::Pixels(px.to_dtype(self.model.dtype())?)
         };
         let layout = build_batch(&self.tok, &samples, &self.cfg.end_sym, self.layout)?;
-        Ok((mb.dataset, qf, BatchTensors::new(&layout, &dev)?))
+        let row_targets = layout
+            .labels
+            .iter()
+            .map(|r| {
+                r.iter()
+                    .skip(1)
+                    .filter(|&&l| l != crate::batch::IGNORE_INDEX)
+                    .count()
+            })
+            .collect();
+        Ok(MicroBatch {
+            dataset: mb.dataset,
+            visual,
+            batch: BatchTensors::new(&layout, &dev)?,
+            row_targets,
+        })
     }
 
-    /// One optimizer step: `accum_steps` micro-batches, optional clipping, AdamW update at
-    /// the scheduled learning rate.
-    pub fn train_step(&mut self) -> Result<StepReport> {
-        let lr = self.cfg.schedule().lr_at(self.step as usize);
-        self.opt.set_learning_rate(lr);
-        self.reseed_dropout()?;
-        let accum = self.cfg.accum_steps;
-        let mut store = None;
-        let mut sums: Vec<Option<Tensor>> = vec![None; self.params.len()];
-        let mut loss_sum = 0f32;
-        let mut dataset = 0;
-        for _ in 0..accum {
-            let (d, qf, batch) = self.micro_batch()?;
-            dataset = d;
-            let mut l = crate::step::loss(&self.model, &qf, &batch)?;
+    /// Loss (the micro-batch mean over target tokens, as f32) and gradients of one
+    /// micro-batch whose loss is scaled by `scale` before backward. One shard: the plain
+    /// forward/backward on this thread. Several: row shards on their own threads, each
+    /// weighted by its share of the target tokens; gradients summed in shard order.
+    fn micro_batch_grads(&self, mb: &MicroBatch, scale: f64) -> Result<(f32, Vec<GradStore>)> {
+        let trains_vision = self.cfg.mode.trains_vision();
+        let n_rows = mb.row_targets.len();
+        if self.pools.len() < 2 || n_rows < 2 {
+            let mut l = shard_loss(&self.model, None, &mb.visual, trains_vision, &mb.batch)?;
             let v = l.to_dtype(DType::F32)?.to_scalar::<f32>()?;
             if !v.is_finite() {
                 return Err(TrainError::Invalid(format!(
@@ -796,22 +1005,124 @@ impl Trainer {
                     self.step
                 )));
             }
-            loss_sum += v;
-            if accum > 1 {
-                l = (l / accum as f64)?;
+            if scale != 1.0 {
+                l = (l * scale)?;
             }
-            let grads = l.backward()?;
+            return Ok((v, vec![l.backward()?]));
+        }
+        let total: usize = mb.row_targets.iter().sum();
+        if total == 0 {
+            return Err(TrainError::Invalid(format!(
+                "no target token in the micro-batch of step {} (all labels are -100)",
+                self.step
+            )));
+        }
+        let ranges = shard_ranges(n_rows, self.pools.len());
+        let results: Vec<Result<Option<(f32, GradStore)>>> = std::thread::scope(|sc| {
+            let handles: Vec<_> = ranges
+                .iter()
+                .enumerate()
+                .map(|(i, &(start, len))| {
+                    let n_i: usize = mb.row_targets[start..start + len].iter().sum();
+                    let pool = &self.pools[i];
+                    let model = &self.model;
+                    let llama = self.replicas.get(i);
+                    sc.spawn(move || -> Result<Option<(f32, GradStore)>> {
+                        if n_i == 0 {
+                            return Ok(None); // no target: contributes nothing
+                        }
+                        let w = n_i as f64 / total as f64;
+                        let f = || {
+                            let visual = mb.visual.rows(start, len)?;
+                            let b = batch_rows(&mb.batch, start, len)?;
+                            let l = shard_loss(model, llama, &visual, trains_vision, &b)?;
+                            let v = l.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+                            let g = (l * (w * scale))?.backward()?;
+                            Ok(Some((v * w as f32, g)))
+                        };
+                        pool.install(f)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(TrainError::Invalid("a shard panicked".into())))
+                })
+                .collect()
+        });
+        let mut loss = 0f32;
+        let mut stores = Vec::with_capacity(results.len());
+        for r in results {
+            if let Some((v, g)) = r? {
+                loss += v;
+                stores.push(g);
+            }
+        }
+        if !loss.is_finite() {
+            return Err(TrainError::Invalid(format!(
+                "non-finite loss {loss} at step {}",
+                self.step
+            )));
+        }
+        Ok((loss, stores))
+    }
+
+    /// Forward and backward of one optimizer step's `accum_steps` micro-batches; returns the
+    /// mean micro-batch loss, the summed gradient of every trainable parameter (`None`: no
+    /// gradient reached it), a gradient store to hand the optimizer, and the last dataset.
+    fn accumulate(&mut self) -> Result<(f32, Vec<Option<Tensor>>, GradStore, usize)> {
+        let accum = self.cfg.accum_steps;
+        let mut store = None;
+        let mut sums: Vec<Option<Tensor>> = vec![None; self.params.len()];
+        let mut loss_sum = 0f32;
+        let mut dataset = 0;
+        for _ in 0..accum {
+            let mb = self.micro_batch()?;
+            dataset = mb.dataset;
+            let (v, stores) = self.micro_batch_grads(&mb, 1.0 / accum as f64)?;
+            loss_sum += v;
             for (k, (_, var)) in self.params.iter().enumerate() {
-                if let Some(g) = grads.get(var.as_tensor()) {
-                    sums[k] = Some(match sums[k].take() {
-                        Some(s) => (s + g)?,
-                        None => g.clone(),
-                    });
+                // Fixed order: micro-batches, then shards within one.
+                for grads in &stores {
+                    if let Some(g) = grads.get(var.as_tensor()) {
+                        sums[k] = Some(match sums[k].take() {
+                            Some(s) => (s + g)?,
+                            None => g.clone(),
+                        });
+                    }
                 }
             }
-            store = Some(grads);
+            store = stores.into_iter().next().or(store);
         }
-        let mut store = store.ok_or_else(|| TrainError::Invalid("no micro-batch".into()))?;
+        let store = store.ok_or_else(|| TrainError::Invalid("no micro-batch".into()))?;
+        Ok((loss_sum / accum as f32, sums, store, dataset))
+    }
+
+    /// Loss and gradients of the next optimizer step, without updating anything but the data
+    /// stream (the batches are drawn as [`Trainer::train_step`] would draw them): the mean
+    /// micro-batch loss and `(runner name, gradient)` of every trainable tensor a gradient
+    /// reached. For diagnostics and for checking sharded against unsharded gradients.
+    pub fn loss_and_gradients(&mut self) -> Result<(f32, Vec<(String, Tensor)>)> {
+        self.reseed_dropout()?;
+        let (loss, sums, _, _) = self.accumulate()?;
+        let grads = self
+            .params
+            .iter()
+            .zip(sums)
+            .filter_map(|((n, _), g)| g.map(|g| (n.clone(), g)))
+            .collect();
+        Ok((loss, grads))
+    }
+
+    /// One optimizer step: `accum_steps` micro-batches (each split into `shards` threads),
+    /// optional clipping, AdamW update at the scheduled learning rate.
+    pub fn train_step(&mut self) -> Result<StepReport> {
+        let lr = self.cfg.schedule().lr_at(self.step as usize);
+        self.opt.set_learning_rate(lr);
+        self.reseed_dropout()?;
+        let (loss, sums, mut store, dataset) = self.accumulate()?;
         let mut sq = 0f64;
         for g in sums.iter().flatten() {
             sq += g
@@ -835,7 +1146,6 @@ impl Trainer {
         }
         self.opt.step(&store)?;
         self.step += 1;
-        let loss = loss_sum / accum as f32;
         self.last_loss = Some(loss);
         Ok(StepReport {
             step: self.step,
