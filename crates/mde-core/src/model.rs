@@ -115,6 +115,11 @@ pub enum PromptStyle {
     /// prompt `{hint} {question}` + `(L) choice` listing with the choices' own letters, each
     /// `(L) choice` continuation scored. The runner turns the best choice into its letter.
     McqRank,
+    /// Likelihood ranking of the choice texts themselves after a QA-format prompt without an
+    /// option listing (`{hint} {question}\n###Assistant: The answer is`, BOS first): for models
+    /// trained in the `qa` format (question, then "The answer is {answer}."), where the letter of
+    /// an option carries no meaning. The runner turns the best choice into its letter / text.
+    AnswerRank,
 }
 
 /// One question for the model: the decoded image plus the question's parts.

@@ -139,6 +139,9 @@ pub struct RunConfig {
     pub released_quirks: bool,
     /// Draw a progress bar on stderr (hidden anyway when stderr is not a terminal).
     pub progress: bool,
+    /// With [`Method::Rank`]: rank the choice texts after a QA prompt without the option listing
+    /// ([`PromptStyle::AnswerRank`]), for models trained to answer with the text only.
+    pub answer_only: bool,
 }
 
 impl RunConfig {
@@ -151,11 +154,15 @@ impl RunConfig {
             limit: None,
             released_quirks: true,
             progress: false,
+            answer_only: false,
         }
     }
 
     /// The prompt style the model adapter must use.
     pub fn style(&self) -> PromptStyle {
+        if self.answer_only && self.method == Method::Rank && self.benchmark != Benchmark::Mme {
+            return PromptStyle::AnswerRank;
+        }
         match (self.benchmark, self.method) {
             (Benchmark::MMBench, Method::Generate) => PromptStyle::MMBench,
             // Ranking the options' likelihoods (tiny models that cannot follow the generation

@@ -37,8 +37,10 @@ pub struct PretrainInfo {
     pub examples: BTreeMap<String, usize>,
 }
 
-/// The world's base VQA set as training records (QMA: question, lettered choices, answer).
-pub fn world_vqa_records(world: &World, variant: BaseVariant) -> Result<Vec<TrainRecord>> {
+/// The world's base VQA set as training records: `kind` "qa" (question, then the answer text)
+/// or "qma" (question, lettered choices, then the letter and answer).
+pub fn world_vqa_records(world: &World, variant: BaseVariant, kind: &str) -> Result<Vec<TrainRecord>> {
+    let kind = if kind == "qma" { RecordKind::Qma } else { RecordKind::Qa };
     let coco = world.coco_dir();
     Ok(world
         .load_base_vqa(variant)
@@ -46,7 +48,7 @@ pub fn world_vqa_records(world: &World, variant: BaseVariant) -> Result<Vec<Trai
         .into_iter()
         .map(|r| TrainRecord {
             image: coco.join(&r.image),
-            kind: RecordKind::Qma,
+            kind,
             question: r.question,
             choices: r.choices,
             answer_idx: Some(r.correct_choice_idx),
@@ -153,7 +155,7 @@ pub fn pretrained_base(
     let init = build_base_model(model, CorpusSource::WorldDir(world.dir()), &root.join("init"), seed)?;
     let tok = init.tokenizer()?;
     let (m, varmap) = load_trainable(&init, device)?;
-    let vqa = world_vqa_records(world, variant(&base.vqa))?;
+    let vqa = world_vqa_records(world, variant(&base.vqa), &base.kind)?;
     let mut datasets = vec![TrainDataset {
         name: format!("base_vqa_{}", base.vqa),
         ratio: Some(1.0 - base.caption_ratio),

@@ -90,6 +90,9 @@ pub struct BaseSection {
     /// Which base VQA set: `unbalanced` (the demo: weak types are scarce) or `balanced`
     /// (the control that shows every type is learnable).
     pub vqa: String,
+    /// Supervision format of the base VQA records: `qa` (question -> "The answer is {text}.",
+    /// what a from-scratch tiny model learns fastest) or `qma` (with the lettered options).
+    pub kind: String,
     /// Sampling weight of the caption set against the VQA set (0 = no captions).
     pub caption_ratio: f64,
     pub checkpoint_every: u64,
@@ -107,6 +110,7 @@ impl Default for BaseSection {
             warmup_steps: 100,
             weight_decay: 0.01,
             vqa: "unbalanced".into(),
+            kind: "qa".into(),
             caption_ratio: 0.25,
             checkpoint_every: 250,
             shards: 1,
@@ -164,6 +168,9 @@ pub struct EvalSection {
     pub batch_size: usize,
     /// Released quirks of the evaluation prompts (see `mde_eval::runner::RunConfig`).
     pub released_quirks: bool,
+    /// Ranking scores the choice texts after a prompt without the option listing (models trained
+    /// in the `qa` format, like the embedded tiny model), see `PromptStyle::AnswerRank`.
+    pub answer_only: bool,
 }
 
 impl Default for EvalSection {
@@ -173,6 +180,7 @@ impl Default for EvalSection {
             report: None,
             batch_size: 32,
             released_quirks: false,
+            answer_only: false,
         }
     }
 }
@@ -497,6 +505,9 @@ impl LoopConfig {
                 "[base] vqa must be \"unbalanced\" or \"balanced\", got {:?}",
                 self.base.vqa
             ));
+        }
+        if !["qma", "qa"].contains(&self.base.kind.as_str()) {
+            return bad(format!("[base] kind must be qa or qma, got {:?}", self.base.kind));
         }
         if !["qmae", "qma", "qa"].contains(&self.gen.kind.as_str()) {
             return bad(format!(

@@ -408,6 +408,7 @@ impl LoopRun {
         rc.batch_size = Some(self.eval_batch());
         rc.limit = spec.limit;
         rc.released_quirks = self.cfg.eval.released_quirks;
+        rc.answer_only = self.cfg.eval.answer_only;
         rc.progress = self.progress;
         let items = self.typed_items(spec)?;
         let selected: Vec<BenchItem> = select_items(&items, &rc).into_iter().cloned().collect();
@@ -528,6 +529,7 @@ impl LoopRun {
     fn round_datasets(&mut self, k: usize, pool_images: &Path, pattern: &str) -> Result<Vec<TrainDataset>> {
         let mut base: Vec<TrainDataset> = Vec::new();
         let balanced = self.cfg.base.vqa == "balanced";
+        let base_kind = self.cfg.base.kind.clone();
         if let Some(w) = self.world()? {
             let v = if balanced {
                 BaseVariant::Balanced
@@ -537,7 +539,7 @@ impl LoopRun {
             base.push(TrainDataset {
                 name: "base_vqa".into(),
                 ratio: None,
-                records: crate::base::world_vqa_records(w, v)?,
+                records: crate::base::world_vqa_records(w, v, &base_kind)?,
             });
         }
         for spec in &self.cfg.data.base_datasets {

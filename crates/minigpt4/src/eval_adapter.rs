@@ -428,6 +428,19 @@ impl MiniGpt4Eval {
                     true,
                 )
             }
+            PromptStyle::AnswerRank => {
+                let q = match req.hint.as_deref().filter(|h| !h.is_empty()) {
+                    Some(h) => format!("{h} {}", req.question),
+                    None => req.question.clone(),
+                };
+                (
+                    format!(
+                        "###Human: <Img>{}</Img> {q}\n###Assistant: The answer is",
+                        prompt::IMAGE_PLACEHOLDER
+                    ),
+                    true,
+                )
+            }
             PromptStyle::Mme | PromptStyle::Chat => {
                 let mut q = match req.hint.as_deref().filter(|h| !h.is_empty()) {
                     Some(h) => format!("{h} {}", req.question),
@@ -456,6 +469,7 @@ impl MiniGpt4Eval {
                 .enumerate()
                 .map(|(i, c)| format!("({}) {c}", req.letter(i)))
                 .collect(),
+            PromptStyle::AnswerRank => req.choices.clone(),
             _ => prompt::aokvqa_candidates(&req.choices),
         }
     }
