@@ -24,6 +24,10 @@ pub struct Args {
     /// Override `[abs] strategy` (uniform, error_rate, chance_discounted[:POWER], softmax:T).
     #[arg(long)]
     pub strategy: Option<String>,
+    /// Override `[base] vqa`: `balanced` trains the tiny base model on the balanced set (the
+    /// learnability control; use with `--rounds 0`).
+    #[arg(long)]
+    pub base_vqa: Option<String>,
     /// Run one loop per ABS strategy (comma-separated, e.g.
     /// `uniform,error_rate,chance_discounted:2`) at equal data volume into `OUT/<strategy>/`,
     /// sharing the cached base model, and compare them in `OUT/ablation/`.
@@ -41,8 +45,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(s) = args.strategy {
         cfg.abs.strategy = s;
-        cfg.validate()?;
     }
+    if let Some(v) = args.base_vqa {
+        cfg.base.vqa = v;
+    }
+    cfg.validate()?;
     if args.check {
         let report = mde_loop::check::check(&cfg, args.out.as_deref());
         print!("{}", report.to_text());

@@ -99,6 +99,9 @@ fn check_passes_on_the_tiny_config_and_starts_no_work() -> Result<()> {
     Ok(())
 }
 
+/// A condition on the files of a run that triggers its kill.
+type KillWhen = Box<dyn Fn() -> bool>;
+
 /// How a supervised `mde loop` ended.
 #[derive(Debug, PartialEq)]
 enum Ended {
@@ -283,7 +286,7 @@ fn killed_runs_resume_to_the_uninterrupted_result() -> Result<()> {
     // Kill points, in the order the loop reaches them; each re-run resumes and is killed at
     // the next one. The cache starts cold, so the first lands inside the base pretraining.
     let (c, r) = (cache.clone(), run.clone());
-    let kill_points: Vec<(&str, Box<dyn Fn() -> bool>)> = vec![
+    let kill_points: Vec<(&str, KillWhen)> = vec![
         (
             "a checkpoint of the base pretraining",
             Box::new(move || base_checkpoint_in(&c)),

@@ -9,8 +9,8 @@
 //! questions -> mine bad cases -> ABS sample -> teacher generation -> postprocess/validate ->
 //! GPTVQA v1 -> LoRA+projector training -> evaluate again. Everything is offline: the synthetic
 //! world supplies the images, the benchmarks and a grounded teacher. Sizes are those of
-//! `configs/loop-tiny.toml` with a little more training, so it runs in seconds; the point is the
-//! plumbing, not the accuracy.
+//! `configs/loop-tiny.toml` with twice the training steps, so it runs in seconds; the point is
+//! the plumbing, not the accuracy (the before/after numbers are noise at this size).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -171,10 +171,10 @@ fn main() -> Result<()> {
         ..Default::default()
     };
     let base_cfg = BaseSection {
-        steps: 60,
-        batch_size: 16,
-        warmup_steps: 5,
-        checkpoint_every: 20,
+        steps: 24,
+        batch_size: 8,
+        warmup_steps: 2,
+        checkpoint_every: 8,
         ..Default::default()
     };
     let (base, pretrain) = pretrained_base(
@@ -189,8 +189,12 @@ fn main() -> Result<()> {
     let paths = base.model_paths();
     let tok = base.tokenizer()?;
     println!(
-        "base model: {} parameters, {} pretraining steps, loss {:?} -> {:?}",
-        base.manifest.num_parameters, pretrain.steps, pretrain.first_loss, pretrain.final_loss
+        "base model: {} parameters, {} pretraining steps, loss {:?} -> {:?} ({:.1} s)",
+        base.manifest.num_parameters,
+        pretrain.steps,
+        pretrain.first_loss,
+        pretrain.final_loss,
+        t0.elapsed().as_secs_f64()
     );
     let load_eval = |m: MiniGpt4, tok: LlamaTokenizer, name: &str| {
         MiniGpt4Eval::new(m, tok, name).with_max_batch(16)
@@ -380,7 +384,7 @@ fn main() -> Result<()> {
         TrainDataset {
             name: "base_vqa".into(),
             ratio: Some(0.5),
-            records: world_vqa_records(&world, BaseVariant::Unbalanced)?,
+            records: world_vqa_records(&world, BaseVariant::Unbalanced, &base_cfg.kind)?,
         },
         TrainDataset {
             name: "generated_r1".into(),
@@ -415,9 +419,9 @@ fn main() -> Result<()> {
             warmup_steps: 2,
             ..Default::default()
         },
-        batch_size: 16,
-        iters_per_epoch: 30,
-        checkpoint_every: 10,
+        batch_size: 8,
+        iters_per_epoch: 12,
+        checkpoint_every: 6,
         seed: 4,
         grad_clip: Some(1.0),
         // Eval-mode image preprocessing: the tiny images are not worth random crops.

@@ -197,7 +197,8 @@ pub fn pretrained_base(
     let info = PretrainInfo {
         key,
         steps,
-        first_loss: reports.first().map(|r| r.loss),
+        // After a resume the first report is not step 1: say nothing then.
+        first_loss: reports.first().filter(|r| r.step == 1).map(|r| r.loss),
         final_loss: reports.last().map(|r| r.loss),
         seconds: t0.elapsed().as_secs_f64(),
         examples,

@@ -991,6 +991,16 @@ impl Checker {
         ] {
             match b {
                 Some(b) => self.bench(sec, b),
+                None if cfg.world.is_some() => self.push(
+                    sec,
+                    None,
+                    Status::Note,
+                    if sec == "eval.mine" {
+                        "the world's A-OKVQA-format set (generated on first use)"
+                    } else {
+                        "the world's MMBench-format circular set (generated on first use)"
+                    },
+                ),
                 None if sec == "eval.report" => self.push(
                     sec,
                     None,

@@ -461,6 +461,7 @@ impl LoopConfig {
                 }
             }
         };
+        fix_opt(&mut self.run.cache_dir);
         fix_opt(&mut self.data.coco_instances);
         fix_opt(&mut self.data.coco_captions);
         fix_opt(&mut self.data.coco_images);

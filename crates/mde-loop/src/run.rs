@@ -773,7 +773,7 @@ impl LoopRun {
                 let scfg = SamplerConfig {
                     n_queries: self.cfg.abs.queries_per_round,
                     seed: self.cfg.run.seed.wrapping_add(k as u64),
-                    strategy: strategy.clone(),
+                    strategy,
                     floor: self.cfg.abs.floor,
                     min_cases: self.cfg.abs.min_cases,
                     top_k: self.cfg.abs.top_k,
@@ -854,7 +854,16 @@ impl LoopRun {
             secs.insert("generate".to_string(), s);
             // 4. Parse, validate, filter.
             let (post, s) = step(&rd.join("postprocess"), "postprocess", |d| {
-                let replies = read_jsonl(rd.join("generate").join("replies.jsonl"))?;
+                let mut replies: Vec<mde_core::records::TeacherReplyRecord> =
+                    read_jsonl(rd.join("generate").join("replies.jsonl"))?;
+                // Replies are stored in completion order; the dataset follows query order so
+                // that it does not depend on the endpoint's timing (or on a resume).
+                let pos: HashMap<&str, usize> = queries
+                    .iter()
+                    .enumerate()
+                    .map(|(i, q)| (q.id.as_str(), i))
+                    .collect();
+                replies.sort_by_key(|r| pos.get(r.query_id.as_str()).copied().unwrap_or(usize::MAX));
                 let out = postprocess(&replies, &queries, &self.cfg.gen.postprocess)
                     .map_err(LoopError::Config)?;
                 let v1: Vec<_> = out.items.iter().map(to_v1).collect();
@@ -889,7 +898,8 @@ impl LoopRun {
                 let s = TrainSummary {
                     mode: format!("{:?}", self.cfg.train.mode),
                     steps: t.step(),
-                    first_loss: reps.first().map(|r| r.loss),
+                    // After a resume the first report is not step 1: say nothing then.
+                    first_loss: reps.first().filter(|r| r.step == 1).map(|r| r.loss),
                     final_loss: reps.last().map(|r| r.loss),
                     seconds: t0.elapsed().as_secs_f64(),
                     examples,
