@@ -54,7 +54,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let report = mde_loop::check::check(&cfg, args.out.as_deref());
         print!("{}", report.to_text());
         if !report.is_ok() {
-            bail!("{}: inputs are missing or do not fit (see above)", args.config.display());
+            bail!(
+                "{}: inputs are missing or do not fit (see above)",
+                args.config.display()
+            );
         }
         return Ok(());
     }
@@ -70,7 +73,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .with_context(|| format!("--ablation {strategy}"))?;
             let label: String = strategy
                 .chars()
-                .map(|ch| if ch.is_ascii_alphanumeric() || ch == '_' { ch } else { '-' })
+                .map(|ch| {
+                    if ch.is_ascii_alphanumeric() || ch == '_' {
+                        ch
+                    } else {
+                        '-'
+                    }
+                })
                 .collect();
             let dir = out.join(&label);
             eprintln!("ablation arm {strategy}: {}", dir.display());

@@ -28,7 +28,12 @@ fn main() -> anyhow::Result<()> {
     let paths = ModelPaths {
         blip2: model_dir.join("blip2").display().to_string(),
         vicuna: model_dir.join("vicuna").display().to_string(),
-        projector: Some(model_dir.join("minigpt4/projector.safetensors").display().to_string()),
+        projector: Some(
+            model_dir
+                .join("minigpt4/projector.safetensors")
+                .display()
+                .to_string(),
+        ),
         ..Default::default()
     };
     let model = MiniGpt4::load(&paths, DType::F32, &dev)?;
@@ -43,7 +48,11 @@ fn main() -> anyhow::Result<()> {
             v.push(it.clone());
         }
     }
-    let mut eval = MiniGpt4Eval::new(MiniGpt4::load(&paths, DType::F32, &dev)?, tok.clone(), "probe");
+    let mut eval = MiniGpt4Eval::new(
+        MiniGpt4::load(&paths, DType::F32, &dev)?,
+        tok.clone(),
+        "probe",
+    );
     for (t, its) in &by_type {
         let (mut ok_true, mut ok_other, mut ok_eval) = (0, 0, 0);
         let mut ce_true = 0.0f64;

@@ -39,8 +39,16 @@ pub struct PretrainInfo {
 
 /// The world's base VQA set as training records: `kind` "qa" (question, then the answer text)
 /// or "qma" (question, lettered choices, then the letter and answer).
-pub fn world_vqa_records(world: &World, variant: BaseVariant, kind: &str) -> Result<Vec<TrainRecord>> {
-    let kind = if kind == "qma" { RecordKind::Qma } else { RecordKind::Qa };
+pub fn world_vqa_records(
+    world: &World,
+    variant: BaseVariant,
+    kind: &str,
+) -> Result<Vec<TrainRecord>> {
+    let kind = if kind == "qma" {
+        RecordKind::Qma
+    } else {
+        RecordKind::Qa
+    };
     let coco = world.coco_dir();
     Ok(world
         .load_base_vqa(variant)
@@ -152,7 +160,12 @@ pub fn pretrained_base(
         ));
     }
     let t0 = Instant::now();
-    let init = build_base_model(model, CorpusSource::WorldDir(world.dir()), &root.join("init"), seed)?;
+    let init = build_base_model(
+        model,
+        CorpusSource::WorldDir(world.dir()),
+        &root.join("init"),
+        seed,
+    )?;
     let tok = init.tokenizer()?;
     let (m, varmap) = load_trainable(&init, device)?;
     let vqa = world_vqa_records(world, variant(&base.vqa), &base.kind)?;
@@ -176,7 +189,10 @@ pub fn pretrained_base(
     // VarMap clones share their Vars: after training, `vars` holds the trained values.
     let vars = varmap.clone();
     let mut trainer = Trainer::new_full(m, varmap, tok, datasets, tcfg, &root.join("train"))?;
-    tracing::info!(steps = base.steps, "pretraining the tiny base model from scratch");
+    tracing::info!(
+        steps = base.steps,
+        "pretraining the tiny base model from scratch"
+    );
     let reports = trainer.run(
         None,
         RunOptions {
@@ -240,13 +256,22 @@ pub fn write_model_like(
     let mut manifest = like.manifest.clone();
     let files: Vec<(&str, Option<Vec<u8>>)> = vec![
         ("blip2/config.json", None),
-        ("blip2/model.safetensors", Some(crate::tiny::safetensors_bytes(&blip2)?)),
+        (
+            "blip2/model.safetensors",
+            Some(crate::tiny::safetensors_bytes(&blip2)?),
+        ),
         ("vicuna/config.json", None),
-        ("vicuna/model.safetensors", Some(crate::tiny::safetensors_bytes(&llama)?)),
+        (
+            "vicuna/model.safetensors",
+            Some(crate::tiny::safetensors_bytes(&llama)?),
+        ),
         ("vicuna/tokenizer.json", None),
         ("vicuna/tokenizer_config.json", None),
         ("vicuna/special_tokens_map.json", None),
-        ("minigpt4/projector.safetensors", Some(crate::tiny::safetensors_bytes(&proj)?)),
+        (
+            "minigpt4/projector.safetensors",
+            Some(crate::tiny::safetensors_bytes(&proj)?),
+        ),
     ];
     for (rel, bytes) in files {
         let dst: PathBuf = out_dir.join(rel);

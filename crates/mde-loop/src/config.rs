@@ -345,10 +345,7 @@ const SECTIONS: [&str; 10] = [
     "run", "world", "model", "base", "data", "eval", "abs", "teacher", "gen", "train",
 ];
 
-fn section<T: serde::de::DeserializeOwned + Default>(
-    table: &toml::Table,
-    name: &str,
-) -> Result<T> {
+fn section<T: serde::de::DeserializeOwned + Default>(table: &toml::Table, name: &str) -> Result<T> {
     match table.get(name) {
         None => Ok(T::default()),
         Some(v) => v
@@ -469,7 +466,10 @@ impl LoopConfig {
             fix(&mut d.path);
             fix_opt(&mut d.image_root);
         }
-        for b in [&mut self.eval.mine, &mut self.eval.report].into_iter().flatten() {
+        for b in [&mut self.eval.mine, &mut self.eval.report]
+            .into_iter()
+            .flatten()
+        {
             fix(&mut b.path);
             fix_opt(&mut b.images);
             if let Some(t) = &b.taxonomy {
@@ -508,7 +508,10 @@ impl LoopConfig {
             ));
         }
         if !["qma", "qa"].contains(&self.base.kind.as_str()) {
-            return bad(format!("[base] kind must be qa or qma, got {:?}", self.base.kind));
+            return bad(format!(
+                "[base] kind must be qa or qma, got {:?}",
+                self.base.kind
+            ));
         }
         if !["qmae", "qma", "qa"].contains(&self.gen.kind.as_str()) {
             return bad(format!(

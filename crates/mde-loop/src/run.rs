@@ -96,7 +96,10 @@ pub fn parse_device(s: &str) -> Result<Device> {
     match s.trim() {
         "cpu" => Ok(Device::Cpu),
         "cuda" => Ok(Device::new_cuda(0)?),
-        d => match d.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
+        d => match d
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
             Some(n) => Ok(Device::new_cuda(n)?),
             None => Err(LoopError::Config(format!(
                 "[run] device {s:?}: expected cpu, cuda or cuda:N"
@@ -213,9 +216,10 @@ impl LoopRun {
     fn world(&mut self) -> Result<Option<&World>> {
         if self.world.is_none() {
             if let Some(wc) = &self.cfg.world {
-                let dir = self
-                    .cache
-                    .join(format!("world-{}", &mde_world::world::config_hash(wc)[..16]));
+                let dir = self.cache.join(format!(
+                    "world-{}",
+                    &mde_world::world::config_hash(wc)[..16]
+                ));
                 tracing::info!(dir = %dir.display(), "synthetic world");
                 let w = World::generate(wc, &dir).map_err(|e| LoopError::World(e.to_string()))?;
                 self.world = Some(w);
@@ -236,9 +240,8 @@ impl LoopRun {
         let world = self.world.as_ref();
         let (info, _) = step(&dir, "base", |_| match &cfg.model {
             ModelSection::Tiny { cfg: tc, seed } => {
-                let w = world.ok_or_else(|| {
-                    LoopError::Config("the tiny model needs a [world]".into())
-                })?;
+                let w = world
+                    .ok_or_else(|| LoopError::Config("the tiny model needs a [world]".into()))?;
                 let (b, p) = crate::base::pretrained_base(
                     w, tc, *seed, &cfg.base, &cache, &device, progress,
                 )?;
@@ -301,7 +304,9 @@ impl LoopRun {
 
     /// The mining and report specs (derived from the world when not given).
     fn bench_specs(&mut self) -> Result<(BenchSpec, Option<BenchSpec>)> {
-        let world = self.world()?.map(|w| (w.aokvqa_path(), w.mmbench_path(), w.coco_dir()));
+        let world = self
+            .world()?
+            .map(|w| (w.aokvqa_path(), w.mmbench_path(), w.coco_dir()));
         let mine = match (&self.cfg.eval.mine, &world) {
             (Some(s), _) => s.clone(),
             (None, Some((aok, _, coco))) => BenchSpec {
@@ -394,7 +399,12 @@ impl LoopRun {
     }
 
     /// Evaluates `model` on `spec` into `dir` (resumable predictions, official files, scores).
-    fn evaluate(&self, model: &mut MiniGpt4Eval, spec: &BenchSpec, dir: &Path) -> Result<EvalRecord> {
+    fn evaluate(
+        &self,
+        model: &mut MiniGpt4Eval,
+        spec: &BenchSpec,
+        dir: &Path,
+    ) -> Result<EvalRecord> {
         let bench: Benchmark = spec
             .benchmark
             .parse()
@@ -413,13 +423,31 @@ impl LoopRun {
         let items = self.typed_items(spec)?;
         let selected: Vec<BenchItem> = select_items(&items, &rc).into_iter().cloned().collect();
         let loader = ImageLoader::new(spec.images.clone());
-        let outcome = run_predictions(model, &selected, &dir.join("predictions.jsonl"), &rc, &loader)
-            .map_err(eval_err)?;
+        let outcome = run_predictions(
+            model,
+            &selected,
+            &dir.join("predictions.jsonl"),
+            &rc,
+            &loader,
+        )
+        .map_err(eval_err)?;
         let official = dir.join("official");
-        write_official_predictions(bench, &spec.path, &official, &selected, &outcome.predictions)
-            .map_err(eval_err)?;
-        let scored = score_predictions(bench, &spec.path, &official, &selected, &outcome.predictions)
-            .map_err(eval_err)?;
+        write_official_predictions(
+            bench,
+            &spec.path,
+            &official,
+            &selected,
+            &outcome.predictions,
+        )
+        .map_err(eval_err)?;
+        let scored = score_predictions(
+            bench,
+            &spec.path,
+            &official,
+            &selected,
+            &outcome.predictions,
+        )
+        .map_err(eval_err)?;
         write_json(dir.join("scores.json"), &scored.json)?;
         mde_core::io::atomic_write(dir.join("scores.md"), scored.markdown.as_bytes())?;
         let mut hits: BTreeMap<String, (usize, usize)> = BTreeMap::new();
@@ -435,13 +463,22 @@ impl LoopRun {
             c += usize::from(ok);
             n += 1;
         }
-        let pct = |a: usize, b: usize| if b == 0 { 0.0 } else { 100.0 * a as f64 / b as f64 };
+        let pct = |a: usize, b: usize| {
+            if b == 0 {
+                0.0
+            } else {
+                100.0 * a as f64 / b as f64
+            }
+        };
         let summary = EvalSummary {
             benchmark: bench.to_string(),
             method: format!("{:?}", rc.method).to_lowercase(),
             items: n,
             overall: pct(c, n),
-            per_type: hits.iter().map(|(t, (a, b))| (t.clone(), pct(*a, *b))).collect(),
+            per_type: hits
+                .iter()
+                .map(|(t, (a, b))| (t.clone(), pct(*a, *b)))
+                .collect(),
             per_type_items: hits.iter().map(|(t, (_, b))| (t.clone(), *b)).collect(),
         };
         Ok(EvalRecord {
@@ -451,7 +488,13 @@ impl LoopRun {
     }
 
     /// Mines bad cases of the previous round's mining evaluation.
-    fn mine(&self, spec: &BenchSpec, eval_dir: &Path, rec: &EvalRecord, dir: &Path) -> Result<TypeWeights> {
+    fn mine(
+        &self,
+        spec: &BenchSpec,
+        eval_dir: &Path,
+        rec: &EvalRecord,
+        dir: &Path,
+    ) -> Result<TypeWeights> {
         let items = self.typed_items(spec)?;
         let preds: Vec<Prediction> = read_jsonl(eval_dir.join("predictions.jsonl"))?;
         let verdicts: HashMap<String, bool> =
@@ -475,9 +518,15 @@ impl LoopRun {
     /// The ABS candidate pool: annotation database and the ids that may be drawn.
     fn pool(&mut self) -> Result<(AnnotationDb, BTreeSet<u64>, PathBuf, String)> {
         if let Some(w) = self.world()? {
-            let db = AnnotationDb::load(w.instances_path("train"), Some(&w.captions_path("train")))?;
+            let db =
+                AnnotationDb::load(w.instances_path("train"), Some(&w.captions_path("train")))?;
             let ids: BTreeSet<u64> = w.pool_image_ids().into_iter().collect();
-            return Ok((db, ids, w.coco_dir().join("train2017"), "{image_id:012}.jpg".into()));
+            return Ok((
+                db,
+                ids,
+                w.coco_dir().join("train2017"),
+                "{image_id:012}.jpg".into(),
+            ));
         }
         let d = &self.cfg.data;
         let inst = d.coco_instances.as_ref().ok_or_else(|| {
@@ -526,7 +575,12 @@ impl LoopRun {
     }
 
     /// Training data of round `k`: base replay plus every generated round up to `k`.
-    fn round_datasets(&mut self, k: usize, pool_images: &Path, pattern: &str) -> Result<Vec<TrainDataset>> {
+    fn round_datasets(
+        &mut self,
+        k: usize,
+        pool_images: &Path,
+        pattern: &str,
+    ) -> Result<Vec<TrainDataset>> {
         let mut base: Vec<TrainDataset> = Vec::new();
         let balanced = self.cfg.base.vqa == "balanced";
         let base_kind = self.cfg.base.kind.clone();
@@ -633,15 +687,21 @@ impl LoopRun {
 
     /// A trainer for round `k` (resumes from its checkpoints; after a finished run it holds the
     /// final weights).
-    fn round_trainer(&mut self, base: &BaseInfo, k: usize, pool_images: &Path, pattern: &str) -> Result<Trainer> {
+    fn round_trainer(
+        &mut self,
+        base: &BaseInfo,
+        k: usize,
+        pool_images: &Path,
+        pattern: &str,
+    ) -> Result<Trainer> {
         let datasets = self.round_datasets(k, pool_images, pattern)?;
         let tcfg = self.round_train_config(k);
         let tok = self.tokenizer(base)?;
         let dtype = self.dtype()?;
         let run_dir = self.round_dir(k).join("train");
         let full = matches!(tcfg.mode, TrainMode::Full | TrainMode::LlmFc);
-        let prev = (!self.cfg.train.from_base && k > 1)
-            .then(|| self.round_dir(k - 1).join("train"));
+        let prev =
+            (!self.cfg.train.from_base && k > 1).then(|| self.round_dir(k - 1).join("train"));
         let t = if full {
             let (model, varmap) = MiniGpt4::load_varmap(&base.paths, dtype, &self.device)?;
             if let Some(p) = &prev {
@@ -651,7 +711,8 @@ impl LoopRun {
         } else {
             if prev.is_some() {
                 return Err(LoopError::Config(
-                    "[train] from_base = false is supported for the full modes (full, llm+fc) only".into(),
+                    "[train] from_base = false is supported for the full modes (full, llm+fc) only"
+                        .into(),
                 ));
             }
             let model = MiniGpt4::load(&base.paths, dtype, &self.device)?;
@@ -665,7 +726,9 @@ impl LoopRun {
         let t_start = Instant::now();
         let base = self.base()?;
         let (mine_spec, report_spec) = self.bench_specs()?;
-        let specs: Vec<&BenchSpec> = std::iter::once(&mine_spec).chain(report_spec.as_ref()).collect();
+        let specs: Vec<&BenchSpec> = std::iter::once(&mine_spec)
+            .chain(report_spec.as_ref())
+            .collect();
         self.classify_benchmarks(&specs)?;
         let tok = self.tokenizer(&base)?;
         let dtype = self.dtype()?;
@@ -690,7 +753,9 @@ impl LoopRun {
                     if model0.is_none() {
                         model0 = Some(get0(self)?);
                     }
-                    let m = model0.as_mut().ok_or_else(|| LoopError::Config("no model".into()))?;
+                    let m = model0
+                        .as_mut()
+                        .ok_or_else(|| LoopError::Config("no model".into()))?;
                     self.evaluate(m, spec, d)
                 })?;
                 secs0.insert("eval_report".into(), s);
@@ -733,8 +798,10 @@ impl LoopRun {
             step(&self.out.join("index"), "index", |_| {
                 let m = MiniGpt4::load(&base_c.paths, dtype, &self.device)?;
                 let enc = ModelEncoder::new(&m, pool_images_c.clone(), pattern_c.clone(), None);
-                let images: Vec<(u64, ImageRef)> =
-                    ids.iter().map(|&id| (id, ImageRef::Coco { image_id: id })).collect();
+                let images: Vec<(u64, ImageRef)> = ids
+                    .iter()
+                    .map(|&id| (id, ImageRef::Coco { image_id: id }))
+                    .collect();
                 let bar = self.bar(images.len() as u64, "embedding the image pool");
                 let idx = ImageIndex::build(&enc, &images, 64, |n| bar.set_position(n as u64))?;
                 bar.finish_and_clear();
@@ -756,7 +823,10 @@ impl LoopRun {
             })?;
             secs.insert("mine".to_string(), s);
             // 2. ABS.
-            let taxonomy_name = mine_spec.taxonomy.clone().unwrap_or_else(|| "mmbench_v1".into());
+            let taxonomy_name = mine_spec
+                .taxonomy
+                .clone()
+                .unwrap_or_else(|| "mmbench_v1".into());
             let taxonomy = Taxonomy::load(&taxonomy_name)?;
             let strategy = self.cfg.abs.strategy()?;
             let (sampled, s) = step(&rd.join("sample"), "sample", |d| {
@@ -784,7 +854,12 @@ impl LoopRun {
                     ..Default::default()
                 };
                 let m = MiniGpt4::load(&base.paths, dtype, &self.device)?;
-                let enc = ModelEncoder::new(&m, pool_images.clone(), pattern.clone(), mine_spec.images.clone());
+                let enc = ModelEncoder::new(
+                    &m,
+                    pool_images.clone(),
+                    pattern.clone(),
+                    mine_spec.images.clone(),
+                );
                 let enc_examples = EncodeExamples(&enc);
                 let examples = FirstOf(vec![&index as &dyn ExampleImages, &enc_examples]);
                 let inputs = SampleInputs {
@@ -798,7 +873,8 @@ impl LoopRun {
                 let (queries, report) = sample(&inputs, &scfg)?;
                 let mut text = Vec::new();
                 for q in &queries {
-                    serde_json::to_writer(&mut text, q).map_err(|e| LoopError::Config(e.to_string()))?;
+                    serde_json::to_writer(&mut text, q)
+                        .map_err(|e| LoopError::Config(e.to_string()))?;
                     text.push(b'\n');
                 }
                 mde_core::io::atomic_write(d.join("queries.jsonl"), &text)?;
@@ -807,7 +883,11 @@ impl LoopRun {
                     queries: queries.len(),
                     per_type: report.per_type.clone(),
                     probabilities: report.allocation.probabilities.clone(),
-                    error_rates: weights.weights.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                    error_rates: weights
+                        .weights
+                        .iter()
+                        .map(|(k, v)| (k.clone(), *v))
+                        .collect(),
                     images: queries.iter().map(|q| q.image_id).collect(),
                 })
             })?;
@@ -863,7 +943,8 @@ impl LoopRun {
                     .enumerate()
                     .map(|(i, q)| (q.id.as_str(), i))
                     .collect();
-                replies.sort_by_key(|r| pos.get(r.query_id.as_str()).copied().unwrap_or(usize::MAX));
+                replies
+                    .sort_by_key(|r| pos.get(r.query_id.as_str()).copied().unwrap_or(usize::MAX));
                 let out = postprocess(&replies, &queries, &self.cfg.gen.postprocess)
                     .map_err(LoopError::Config)?;
                 let v1: Vec<_> = out.items.iter().map(to_v1).collect();
@@ -915,14 +996,22 @@ impl LoopRun {
                     Some(t) => t,
                     None => me.round_trainer(&base, k, &pool_images, &pattern)?,
                 };
-                Ok(me.wrap_eval(t.into_model(), tok.clone(), &format!("{} round {k}", base.name)))
+                Ok(me.wrap_eval(
+                    t.into_model(),
+                    tok.clone(),
+                    &format!("{} round {k}", base.name),
+                ))
             };
             let mine_dir = rd.join("eval_mine");
             let mine_k = if mine_dir.join("done.json").exists() {
-                step(&mine_dir, "eval_mine", |_| -> Result<EvalRecord> { unreachable_step() })?
+                step(&mine_dir, "eval_mine", |_| -> Result<EvalRecord> {
+                    unreachable_step()
+                })?
             } else {
                 let mut m = get_k(self, &mut trained)?;
-                let r = step(&mine_dir, "eval_mine", |d| self.evaluate(&mut m, &mine_spec, d))?;
+                let r = step(&mine_dir, "eval_mine", |d| {
+                    self.evaluate(&mut m, &mine_spec, d)
+                })?;
                 model_k = Some(m);
                 r
             };
@@ -931,7 +1020,9 @@ impl LoopRun {
                 Some(spec) => {
                     let dir = rd.join("eval_report");
                     let r = if dir.join("done.json").exists() {
-                        step(&dir, "eval_report", |_| -> Result<EvalRecord> { unreachable_step() })?
+                        step(&dir, "eval_report", |_| -> Result<EvalRecord> {
+                            unreachable_step()
+                        })?
                     } else {
                         let mut m = match model_k.take() {
                             Some(m) => m,
@@ -946,7 +1037,10 @@ impl LoopRun {
             };
             let mut train_sum = train_sum;
             if let Ok(ds) = self.round_datasets(k, &pool_images, &pattern) {
-                train_sum.examples = ds.iter().map(|d| (d.name.clone(), d.records.len())).collect();
+                train_sum.examples = ds
+                    .iter()
+                    .map(|d| (d.name.clone(), d.records.len()))
+                    .collect();
             }
             summaries.push(RoundSummary {
                 round: k,
@@ -1018,7 +1112,9 @@ fn runtime(dir: &Path) -> Result<tokio::runtime::Runtime> {
 }
 
 fn unreachable_step<T>() -> Result<T> {
-    Err(LoopError::Config("internal: a finished step was asked to run again".into()))
+    Err(LoopError::Config(
+        "internal: a finished step was asked to run again".into(),
+    ))
 }
 
 fn eval_err(e: mde_eval::runner::RunError) -> LoopError {
@@ -1052,7 +1148,12 @@ pub struct ModelEncoder<'a> {
 }
 
 impl<'a> ModelEncoder<'a> {
-    pub fn new(model: &'a MiniGpt4, pool_images: PathBuf, pattern: String, root: Option<PathBuf>) -> Self {
+    pub fn new(
+        model: &'a MiniGpt4,
+        pool_images: PathBuf,
+        pattern: String,
+        root: Option<PathBuf>,
+    ) -> Self {
         let size = model.vision.cfg.image_size as u32;
         Self {
             model,
@@ -1063,7 +1164,10 @@ impl<'a> ModelEncoder<'a> {
         }
     }
 
-    fn load(&self, r: &ImageRef) -> std::result::Result<image::RgbImage, mde_abs::index::EncoderError> {
+    fn load(
+        &self,
+        r: &ImageRef,
+    ) -> std::result::Result<image::RgbImage, mde_abs::index::EncoderError> {
         let item = BenchItem {
             id: "image".into(),
             image: match r {
@@ -1081,14 +1185,21 @@ impl<'a> ModelEncoder<'a> {
         let input = ImageLoader::new(self.root.clone()).load(&item)?;
         match input {
             ImageInput::Encoded { data } => Ok(decode_rgb(&data)?),
-            ImageInput::Rgb { width, height, data } => image::RgbImage::from_raw(width, height, data)
+            ImageInput::Rgb {
+                width,
+                height,
+                data,
+            } => image::RgbImage::from_raw(width, height, data)
                 .ok_or_else(|| "RGB buffer does not match its size".into()),
         }
     }
 }
 
 impl ImageEncoder for ModelEncoder<'_> {
-    fn embed(&self, images: &[ImageRef]) -> std::result::Result<Vec<Vec<f32>>, mde_abs::index::EncoderError> {
+    fn embed(
+        &self,
+        images: &[ImageRef],
+    ) -> std::result::Result<Vec<Vec<f32>>, mde_abs::index::EncoderError> {
         let imgs = images
             .iter()
             .map(|r| self.load(r))
@@ -1096,7 +1207,11 @@ impl ImageEncoder for ModelEncoder<'_> {
         let dev = self.model.device();
         let px = self.proc.process_batch_eval(&imgs, dev)?;
         let px = px.to_dtype(self.model.dtype())?;
-        let f: Tensor = self.model.qformer_features(&px)?.mean(1)?.to_dtype(DType::F32)?;
+        let f: Tensor = self
+            .model
+            .qformer_features(&px)?
+            .mean(1)?
+            .to_dtype(DType::F32)?;
         Ok(f.to_vec2::<f32>()?)
     }
 }
