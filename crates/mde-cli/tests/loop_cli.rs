@@ -390,3 +390,21 @@ fn killed_runs_resume_to_the_uninterrupted_result() -> Result<()> {
     }
     Ok(())
 }
+
+/// The README's form: a relative `--out` (and the default cache beside it), run from another
+/// working directory. Bad-case image paths must come out absolute so that ABS finds them.
+#[test]
+fn relative_out_folder_runs_to_a_report() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cfg = std::fs::canonicalize(tiny_config())?;
+    let st = mde()
+        .current_dir(tmp.path())
+        .args(["loop", "--config"])
+        .arg(&cfg)
+        .args(["--out", "runs/rel", "--no-progress"])
+        .status()?;
+    assert!(st.success(), "mde loop with a relative --out failed");
+    assert!(tmp.path().join("runs/rel/report/report.json").exists());
+    assert!(tmp.path().join("runs/.cache").is_dir());
+    Ok(())
+}

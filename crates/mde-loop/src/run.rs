@@ -162,12 +162,22 @@ impl LoopRun {
     /// Checks the output folder against the config (a folder of another config is refused).
     pub fn new(cfg: LoopConfig, out: &Path) -> Result<Self> {
         let device = parse_device(&cfg.run.device)?;
+        // Absolute paths: bad cases and datasets record image paths that must not depend on
+        // the working directory of a later (resumed) run.
+        let abs = |p: &Path| {
+            std::path::absolute(p).map_err(|e| LoopError::Io {
+                path: p.to_path_buf(),
+                source: e,
+            })
+        };
+        let out = &abs(out)?;
         let cache = cfg.run.cache_dir.clone().unwrap_or_else(|| {
             out.parent()
                 .filter(|p| !p.as_os_str().is_empty())
                 .unwrap_or(Path::new("."))
                 .join(".cache")
         });
+        let cache = abs(&cache)?;
         std::fs::create_dir_all(out).map_err(|e| LoopError::Io {
             path: out.to_path_buf(),
             source: e,
