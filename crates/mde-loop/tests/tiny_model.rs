@@ -304,18 +304,19 @@ fn reproducible_and_reused() -> anyhow::Result<()> {
 #[test]
 fn demo_config_parses() -> anyhow::Result<()> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/shapes-demo.toml");
-    let doc: toml::Table = toml::from_str(&std::fs::read_to_string(&path)?)?;
-    let world: WorldConfig = doc["world"].clone().try_into()?;
+    let cfg = mde_loop::config::LoopConfig::load(&path)?;
+    let world = cfg.world.clone().expect("the demo has a [world]");
     world.validate()?;
-    let (model, _seed) = mde_loop::tiny::model_section_from_toml(doc["model"].as_table().unwrap())?;
+    let mde_loop::config::ModelSection::Tiny { cfg: model, .. } = &cfg.model else {
+        anyhow::bail!("the demo's [model] is the tiny model");
+    };
     assert_eq!(
         model.image_size as u32, world.image_size,
         "model and world image sizes differ"
     );
-    // Unknown keys are rejected with their name.
-    let mut bad = doc["model"].as_table().unwrap().clone();
-    bad.insert("vit_widht".into(), toml::Value::Integer(3));
-    let e = mde_loop::tiny::model_section_from_toml(&bad).unwrap_err();
+    // Unknown keys of [model] are rejected with their name.
+    let text = std::fs::read_to_string(&path)?.replace("[model]\n", "[model]\nvit_widht = 3\n");
+    let e = mde_loop::config::LoopConfig::parse(&text, Some(&path)).unwrap_err();
     assert!(e.to_string().contains("vit_widht"), "{e}");
     Ok(())
 }
