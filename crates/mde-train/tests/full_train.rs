@@ -6,49 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
-use mde_train::data::{RecordKind, TrainRecord};
 use mde_train::trainer::{load_model_varmap, ImageMode, OptimSettings};
-use mde_train::{RunOptions, TrainConfig, TrainDataset, TrainMode, Trainer};
-use minigpt4::model::ModelPaths;
-
-fn paths() -> ModelPaths {
-    let root = common::golden_dir();
-    let p = |r: &str| root.join(r).display().to_string();
-    ModelPaths {
-        blip2: p("blip2"),
-        vicuna: p("vicuna"),
-        projector: Some(p("minigpt4/pretrained_minigpt4.pth")),
-        ..Default::default()
-    }
-}
-
-/// One caption dataset: the fixture training batch's answers over the fixture's images.
-fn datasets() -> Result<Vec<TrainDataset>> {
-    let exp = common::expected()?;
-    let answers = common::strings(&exp["training"]["batch"]["answers"], "answers")?;
-    let mut imgs: Vec<PathBuf> = std::fs::read_dir(common::golden_dir())?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "png"))
-        .collect();
-    imgs.sort();
-    anyhow::ensure!(!imgs.is_empty() && !answers.is_empty(), "empty fixture");
-    let records = (0..answers.len().max(imgs.len()) * 2)
-        .map(|i| TrainRecord {
-            image: imgs[i % imgs.len()].clone(),
-            kind: RecordKind::Caption,
-            question: String::new(),
-            choices: vec![],
-            answer_idx: None,
-            answer: Some(answers[i % answers.len()].clone()),
-            rationale: None,
-        })
-        .collect();
-    Ok(vec![TrainDataset {
-        name: "captions".into(),
-        ratio: None,
-        records,
-    }])
-}
+use mde_train::{RunOptions, TrainConfig, TrainMode, Trainer};
 
 fn config(mode: TrainMode, image_mode: ImageMode) -> TrainConfig {
     TrainConfig {
@@ -71,25 +30,20 @@ fn config(mode: TrainMode, image_mode: ImageMode) -> TrainConfig {
 }
 
 fn trainer(run: &Path, cfg: TrainConfig) -> Result<Trainer> {
-    let (m, vm, tok) = load_model_varmap(&paths(), &Device::Cpu)?;
-    Ok(Trainer::new_full(m, vm, tok, datasets()?, cfg, run)?)
+    let (m, vm, tok) = load_model_varmap(&common::golden_paths(), &Device::Cpu)?;
+    Ok(Trainer::new_full(
+        m,
+        vm,
+        tok,
+        common::caption_datasets()?,
+        cfg,
+        run,
+    )?)
 }
 
 /// Bits of every trainable tensor, by name.
 fn snapshot(t: &Trainer) -> Result<HashMap<String, Vec<u32>>> {
-    t.trainable()
-        .iter()
-        .map(|(n, v)| {
-            let bits = v
-                .as_tensor()
-                .flatten_all()?
-                .to_vec1::<f32>()?
-                .into_iter()
-                .map(f32::to_bits)
-                .collect();
-            Ok((n.clone(), bits))
-        })
-        .collect()
+    Ok(common::snapshot(t)?.into_iter().collect())
 }
 
 /// Run straight through vs. killed after 3 steps (checkpoint at 2) and resumed: same losses
@@ -173,7 +127,7 @@ fn llm_fc_freezes_vision_and_resumes_bit_exact() -> Result<()> {
         );
     }
     // Vision and Q-Former weights are untouched: features equal a fresh model's.
-    let (fresh, _, _) = load_model_varmap(&paths(), &Device::Cpu)?;
+    let (fresh, _, _) = load_model_varmap(&common::golden_paths(), &Device::Cpu)?;
     let px = candle_core::safetensors::load(
         common::golden_dir().join("expected/forward.safetensors"),
         &Device::Cpu,
@@ -235,11 +189,12 @@ fn caches_do_not_change_results() -> Result<()> {
 fn constructors_refuse_the_wrong_modes() -> Result<()> {
     let run = tempfile::tempdir()?;
     for mode in [TrainMode::Full, TrainMode::LlmFc] {
-        let (m, tok) = mde_train::trainer::load_model(&paths(), DType::F32, &Device::Cpu)?;
+        let (m, tok) =
+            mde_train::trainer::load_model(&common::golden_paths(), DType::F32, &Device::Cpu)?;
         let err = Trainer::new(
             m,
             tok,
-            datasets()?,
+            common::caption_datasets()?,
             config(mode, ImageMode::Eval),
             run.path(),
         )
@@ -247,12 +202,12 @@ fn constructors_refuse_the_wrong_modes() -> Result<()> {
         .context("Trainer::new accepted a varmap mode")?;
         assert!(err.to_string().contains("new_full"), "{err}");
     }
-    let (m, vm, tok) = load_model_varmap(&paths(), &Device::Cpu)?;
+    let (m, vm, tok) = load_model_varmap(&common::golden_paths(), &Device::Cpu)?;
     let err = Trainer::new_full(
         m,
         vm,
         tok,
-        datasets()?,
+        common::caption_datasets()?,
         config(TrainMode::LoraFc, ImageMode::Eval),
         run.path(),
     )

@@ -3,53 +3,12 @@
 //! resumes bit-exact.
 mod common;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
-use mde_train::data::{RecordKind, TrainRecord};
 use mde_train::trainer::{load_model, load_model_varmap, ImageMode, LoraSettings, OptimSettings};
-use mde_train::{RunOptions, TrainConfig, TrainDataset, TrainMode, Trainer};
-use minigpt4::model::ModelPaths;
-
-fn paths() -> ModelPaths {
-    let root = common::golden_dir();
-    let p = |r: &str| root.join(r).display().to_string();
-    ModelPaths {
-        blip2: p("blip2"),
-        vicuna: p("vicuna"),
-        projector: Some(p("minigpt4/pretrained_minigpt4.pth")),
-        ..Default::default()
-    }
-}
-
-/// One caption dataset: the fixture training batch's answers over the fixture's images.
-fn datasets() -> Result<Vec<TrainDataset>> {
-    let exp = common::expected()?;
-    let answers = common::strings(&exp["training"]["batch"]["answers"], "answers")?;
-    let mut imgs: Vec<PathBuf> = std::fs::read_dir(common::golden_dir())?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "png"))
-        .collect();
-    imgs.sort();
-    anyhow::ensure!(!imgs.is_empty() && !answers.is_empty(), "empty fixture");
-    let records = (0..answers.len().max(imgs.len()) * 2)
-        .map(|i| TrainRecord {
-            image: imgs[i % imgs.len()].clone(),
-            kind: RecordKind::Caption,
-            question: String::new(),
-            choices: vec![],
-            answer_idx: None,
-            answer: Some(answers[i % answers.len()].clone()),
-            rationale: None,
-        })
-        .collect();
-    Ok(vec![TrainDataset {
-        name: "captions".into(),
-        ratio: None,
-        records,
-    }])
-}
+use mde_train::{RunOptions, TrainConfig, TrainMode, Trainer};
 
 fn config(mode: TrainMode, image_mode: ImageMode, shards: usize) -> TrainConfig {
     TrainConfig {
@@ -85,11 +44,11 @@ fn config(mode: TrainMode, image_mode: ImageMode, shards: usize) -> TrainConfig 
 fn trainer(run: &Path, cfg: TrainConfig) -> Result<Trainer> {
     let dev = Device::Cpu;
     Ok(if cfg.mode.needs_varmap() {
-        let (m, vm, tok) = load_model_varmap(&paths(), &dev)?;
-        Trainer::new_full(m, vm, tok, datasets()?, cfg, run)?
+        let (m, vm, tok) = load_model_varmap(&common::golden_paths(), &dev)?;
+        Trainer::new_full(m, vm, tok, common::caption_datasets()?, cfg, run)?
     } else {
-        let (m, tok) = load_model(&paths(), DType::F32, &dev)?;
-        Trainer::new(m, tok, datasets()?, cfg, run)?
+        let (m, tok) = load_model(&common::golden_paths(), DType::F32, &dev)?;
+        Trainer::new(m, tok, common::caption_datasets()?, cfg, run)?
     })
 }
 
@@ -151,23 +110,6 @@ fn sharded_gradients_match_unsharded() -> Result<()> {
     Ok(())
 }
 
-/// Bits of every trainable tensor, by name.
-fn snapshot(t: &Trainer) -> Result<Vec<(String, Vec<u32>)>> {
-    t.trainable()
-        .iter()
-        .map(|(n, v)| {
-            let bits = v
-                .as_tensor()
-                .flatten_all()?
-                .to_vec1::<f32>()?
-                .into_iter()
-                .map(f32::to_bits)
-                .collect();
-            Ok((n.clone(), bits))
-        })
-        .collect()
-}
-
 #[test]
 fn sharded_lora_dropout_run_resumes_bit_exact() -> Result<()> {
     let mut cfg = config(TrainMode::LoraFc, ImageMode::Train, 2);
@@ -178,10 +120,10 @@ fn sharded_lora_dropout_run_resumes_bit_exact() -> Result<()> {
 
     let run_a = tempfile::tempdir()?;
     let mut a = trainer(run_a.path(), cfg.clone())?;
-    let init = snapshot(&a)?;
+    let init = common::snapshot(&a)?;
     let rep_a = a.run(None, RunOptions::default())?;
     assert_eq!(a.step(), total);
-    let fin_a = snapshot(&a)?;
+    let fin_a = common::snapshot(&a)?;
     assert_ne!(init, fin_a, "training changed nothing");
 
     let run_b = tempfile::tempdir()?;
@@ -206,7 +148,7 @@ fn sharded_lora_dropout_run_resumes_bit_exact() -> Result<()> {
     let lb: Vec<_> = rep_b.iter().map(|r| (r.step, r.loss.to_bits())).collect();
     assert_eq!(la, lb, "losses after resume differ");
     assert!(
-        snapshot(&b)? == fin_a,
+        common::snapshot(&b)? == fin_a,
         "resumed weights differ from the straight run"
     );
 

@@ -1,7 +1,7 @@
 //! Trainer driver on the tiny fixture model: exact resume, validation-based best checkpoint,
 //! PEFT export round trip, fixture adapter loading and LoRA merge.
 mod common;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -9,37 +9,15 @@ use mde_train::data::{load_dataset, DatasetFormat, DatasetSpec, RecordKind, Trai
 use mde_train::peft::PeftAdapter;
 use mde_train::trainer::{ImageMode, LoraSettings, OptimSettings};
 use mde_train::{FnValidator, RunOptions, TrainConfig, TrainDataset, TrainMode, Trainer};
-use minigpt4::model::{MiniGpt4, ModelPaths};
+use minigpt4::model::MiniGpt4;
 use minigpt4::tokenizer::LlamaTokenizer;
-
-fn paths() -> ModelPaths {
-    let root = common::golden_dir();
-    let p = |r: &str| root.join(r).display().to_string();
-    ModelPaths {
-        blip2: p("blip2"),
-        vicuna: p("vicuna"),
-        projector: Some(p("minigpt4/pretrained_minigpt4.pth")),
-        ..Default::default()
-    }
-}
 
 fn model() -> Result<(MiniGpt4, LlamaTokenizer)> {
     Ok(mde_train::trainer::load_model(
-        &paths(),
+        &common::golden_paths(),
         DType::F32,
         &Device::Cpu,
     )?)
-}
-
-/// The fixture's images (every `*.png` at its root).
-fn images() -> Result<Vec<PathBuf>> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(common::golden_dir())?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "png"))
-        .collect();
-    v.sort();
-    anyhow::ensure!(!v.is_empty(), "no fixture images");
-    Ok(v)
 }
 
 /// Writes a caption JSONL (answers from the fixture's training batch) and a QMA JSON array
@@ -47,7 +25,7 @@ fn images() -> Result<Vec<PathBuf>> {
 fn write_datasets(dir: &Path) -> Result<Vec<DatasetSpec>> {
     let exp = common::expected()?;
     let answers = common::strings(&exp["training"]["batch"]["answers"], "answers")?;
-    let imgs = images()?;
+    let imgs = common::golden_images()?;
     let mut lines = String::new();
     for (i, a) in answers.iter().enumerate() {
         let r = TrainRecord {
@@ -141,23 +119,6 @@ fn trainer(data_dir: &Path, run: &Path, cfg: TrainConfig) -> Result<Trainer> {
     Ok(Trainer::new(m, tok, datasets(data_dir)?, cfg, run)?)
 }
 
-fn snapshot(t: &Trainer) -> Result<Vec<(String, Vec<u32>)>> {
-    t.trainable()
-        .iter()
-        .map(|(n, v)| {
-            let bits = v
-                .as_tensor()
-                .to_dtype(DType::F32)?
-                .flatten_all()?
-                .to_vec1::<f32>()?
-                .into_iter()
-                .map(f32::to_bits)
-                .collect();
-            Ok((n.clone(), bits))
-        })
-        .collect()
-}
-
 #[test]
 fn killed_run_resumes_bit_exact() -> Result<()> {
     let data = tempfile::tempdir()?;
@@ -165,10 +126,10 @@ fn killed_run_resumes_bit_exact() -> Result<()> {
     // Run A: straight through.
     let run_a = tempfile::tempdir()?;
     let mut a = trainer(data.path(), run_a.path(), cfg.clone())?;
-    let init = snapshot(&a)?;
+    let init = common::snapshot(&a)?;
     let rep_a = a.run(None, RunOptions::default())?;
     assert_eq!(a.step(), cfg.total_steps());
-    let fin_a = snapshot(&a)?;
+    let fin_a = common::snapshot(&a)?;
     assert_ne!(init, fin_a, "training changed nothing");
     assert!(run_a
         .path()
@@ -199,7 +160,7 @@ fn killed_run_resumes_bit_exact() -> Result<()> {
         .map(|r| (r.step, r.loss.to_bits()))
         .collect();
     assert_eq!(la, lb, "losses after resume differ");
-    let fin_b = snapshot(&b)?;
+    let fin_b = common::snapshot(&b)?;
     assert_eq!(fin_a.len(), fin_b.len());
     for ((na, va), (nb, vb)) in fin_a.iter().zip(&fin_b) {
         assert_eq!(na, nb);
