@@ -242,17 +242,11 @@ pub fn write_model_like(
         path: p.to_path_buf(),
         source: e,
     };
-    let (mut blip2, mut llama, mut proj) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
-    for (k, v) in tensors {
-        let v = v.to_device(&Device::Cpu)?;
-        if let Some(r) = k.strip_prefix("llama_model.") {
-            llama.insert(r.to_string(), v);
-        } else if k.starts_with("llama_proj.") {
-            proj.insert(k.clone(), v);
-        } else {
-            blip2.insert(k.clone(), v);
-        }
-    }
+    let on_cpu = tensors
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), v.to_device(&Device::Cpu)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let (blip2, llama, proj) = crate::tiny::split_root_tensors(on_cpu);
     let mut manifest = like.manifest.clone();
     let files: Vec<(&str, Option<Vec<u8>>)> = vec![
         ("blip2/config.json", None),

@@ -163,16 +163,8 @@ pub fn check(cfg: &LoopConfig, out: Option<&Path>) -> CheckReport {
     CheckReport { items: c.items }
 }
 
-/// Known LLaMA linear layers a LoRA adapter can target.
-pub const LORA_TARGETS: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
+/// Known LLaMA linear layers a LoRA adapter can target (the model crate's list).
+pub use minigpt4::llama::LORA_TARGETS;
 
 struct Checker {
     items: Vec<CheckItem>,
@@ -243,47 +235,26 @@ impl Checker {
 
     /// A file that must exist: pushes Missing / Invalid and returns false when it does not.
     fn require_file(&mut self, section: &str, path: &Path, what: &str) -> bool {
-        if path.is_file() {
-            true
-        } else if path.exists() {
-            self.push(
-                section,
-                Some(path),
-                Status::Invalid,
-                format!("{what}: not a file"),
-            );
-            false
-        } else {
-            self.push(
-                section,
-                Some(path),
-                Status::Missing,
-                format!("{what}: not found"),
-            );
-            false
-        }
+        self.require(section, path, what, path.is_file(), "a file")
     }
 
     fn require_dir(&mut self, section: &str, path: &Path, what: &str) -> bool {
-        if path.is_dir() {
-            true
-        } else if path.exists() {
-            self.push(
-                section,
-                Some(path),
-                Status::Invalid,
-                format!("{what}: not a folder"),
-            );
-            false
-        } else {
-            self.push(
-                section,
-                Some(path),
-                Status::Missing,
-                format!("{what}: not found"),
-            );
-            false
+        self.require(section, path, what, path.is_dir(), "a folder")
+    }
+
+    /// `ok` says whether `path` is of the `kind` wanted; otherwise reports it as missing or as
+    /// the wrong kind of entry.
+    fn require(&mut self, section: &str, path: &Path, what: &str, ok: bool, kind: &str) -> bool {
+        if ok {
+            return true;
         }
+        let (status, msg) = if path.exists() {
+            (Status::Invalid, format!("{what}: not {kind}"))
+        } else {
+            (Status::Missing, format!("{what}: not found"))
+        };
+        self.push(section, Some(path), status, msg);
+        false
     }
 
     fn device(&mut self, section: &str, dev: &str) {

@@ -91,23 +91,6 @@ fn step<T: Serialize + DeserializeOwned>(
     Ok((d.value, d.seconds))
 }
 
-/// Parses `cpu`, `cuda`, `cuda:N`.
-pub fn parse_device(s: &str) -> Result<Device> {
-    match s.trim() {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Ok(Device::new_cuda(0)?),
-        d => match d
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse::<usize>().ok())
-        {
-            Some(n) => Ok(Device::new_cuda(n)?),
-            None => Err(LoopError::Config(format!(
-                "[run] device {s:?}: expected cpu, cuda or cuda:N"
-            ))),
-        },
-    }
-}
-
 /// Where the base model comes from.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BaseInfo {
@@ -161,7 +144,8 @@ pub struct LoopRun {
 impl LoopRun {
     /// Checks the output folder against the config (a folder of another config is refused).
     pub fn new(cfg: LoopConfig, out: &Path) -> Result<Self> {
-        let device = parse_device(&cfg.run.device)?;
+        let device = minigpt4::eval_adapter::parse_device(&cfg.run.device)
+            .map_err(|e| LoopError::Config(format!("[run] {e}")))?;
         // Absolute paths: bad cases and datasets record image paths that must not depend on
         // the working directory of a later (resumed) run.
         let abs = |p: &Path| {
@@ -283,14 +267,8 @@ impl LoopRun {
     fn dtype(&self) -> Result<DType> {
         match &self.cfg.model {
             ModelSection::Tiny { .. } => Ok(DType::F32),
-            ModelSection::Checkpoint { cfg, .. } => match cfg.dtype.as_str() {
-                "f32" | "float32" => Ok(DType::F32),
-                "f16" | "float16" => Ok(DType::F16),
-                "bf16" | "bfloat16" => Ok(DType::BF16),
-                d => Err(LoopError::Config(format!(
-                    "[model] dtype {d:?}: expected f32, f16 or bf16"
-                ))),
-            },
+            ModelSection::Checkpoint { cfg, .. } => minigpt4::eval_adapter::parse_dtype(&cfg.dtype)
+                .map_err(|e| LoopError::Config(format!("[model] {e}"))),
         }
     }
 
@@ -696,15 +674,19 @@ impl LoopRun {
     }
 
     /// A trainer for round `k` (resumes from its checkpoints; after a finished run it holds the
-    /// final weights).
+    /// final weights), with the record count of each of its datasets.
     fn round_trainer(
         &mut self,
         base: &BaseInfo,
         k: usize,
         pool_images: &Path,
         pattern: &str,
-    ) -> Result<Trainer> {
+    ) -> Result<(Trainer, BTreeMap<String, usize>)> {
         let datasets = self.round_datasets(k, pool_images, pattern)?;
+        let examples = datasets
+            .iter()
+            .map(|d| (d.name.clone(), d.records.len()))
+            .collect();
         let tcfg = self.round_train_config(k);
         let tok = self.tokenizer(base)?;
         let dtype = self.dtype()?;
@@ -728,7 +710,7 @@ impl LoopRun {
             let model = MiniGpt4::load(&base.paths, dtype, &self.device)?;
             Trainer::new(model, tok, datasets, tcfg, &run_dir)?
         };
-        Ok(t)
+        Ok((t, examples))
     }
 
     /// Runs the whole loop (or what is left of it) and writes the report.
@@ -976,8 +958,7 @@ impl LoopRun {
             // 5. Training.
             let mut trained: Option<Trainer> = None;
             let (train_sum, s) = step(&rd.join("train"), "train", |_| {
-                let mut t = self.round_trainer(&base, k, &pool_images, &pattern)?;
-                let examples = BTreeMap::new();
+                let (mut t, examples) = self.round_trainer(&base, k, &pool_images, &pattern)?;
                 let t0 = Instant::now();
                 let reps = t.run(
                     None,
@@ -1004,7 +985,7 @@ impl LoopRun {
             let get_k = |me: &mut Self, trained: &mut Option<Trainer>| -> Result<MiniGpt4Eval> {
                 let t = match trained.take() {
                     Some(t) => t,
-                    None => me.round_trainer(&base, k, &pool_images, &pattern)?,
+                    None => me.round_trainer(&base, k, &pool_images, &pattern)?.0,
                 };
                 Ok(me.wrap_eval(
                     t.into_model(),
@@ -1045,13 +1026,6 @@ impl LoopRun {
                 }
                 None => None,
             };
-            let mut train_sum = train_sum;
-            if let Ok(ds) = self.round_datasets(k, &pool_images, &pattern) {
-                train_sum.examples = ds
-                    .iter()
-                    .map(|d| (d.name.clone(), d.records.len()))
-                    .collect();
-            }
             summaries.push(RoundSummary {
                 round: k,
                 mine: Some(mine_k.0.summary.clone()),

@@ -411,6 +411,27 @@ pub fn init_parameters(
     Ok(out)
 }
 
+pub(crate) type TensorMap = BTreeMap<String, Tensor>;
+
+/// Splits MiniGPT-4 root-named tensors into the three files of the layout: BLIP-2
+/// (`vision_model.*`, `qformer.*`, `query_tokens`), LLaMA (`llama_model.` prefix removed) and the
+/// projector (`llama_proj.*`).
+pub(crate) fn split_root_tensors(
+    tensors: impl IntoIterator<Item = (String, Tensor)>,
+) -> (TensorMap, TensorMap, TensorMap) {
+    let (mut blip2, mut llama, mut proj) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    for (k, v) in tensors {
+        if let Some(r) = k.strip_prefix("llama_model.") {
+            llama.insert(r.to_string(), v);
+        } else if k.starts_with("llama_proj.") {
+            proj.insert(k, v);
+        } else {
+            blip2.insert(k, v);
+        }
+    }
+    (blip2, llama, proj)
+}
+
 pub(crate) fn safetensors_bytes(tensors: &BTreeMap<String, Tensor>) -> Result<Vec<u8>> {
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
@@ -557,16 +578,7 @@ pub fn build_base_model(
     let mcfg = cfg.minigpt4_config(vocab);
     let params = init_parameters(&mcfg, seed, cfg.init_std)?;
     let num_parameters = params.values().map(|t| t.elem_count()).sum();
-    let (mut blip2, mut llama, mut proj) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
-    for (k, v) in params {
-        if let Some(r) = k.strip_prefix("llama_model.") {
-            llama.insert(r.to_string(), v);
-        } else if k.starts_with("llama_proj.") {
-            proj.insert(k, v);
-        } else {
-            blip2.insert(k, v);
-        }
-    }
+    let (blip2, llama, proj) = split_root_tensors(params);
     let write = |rel: &str, bytes: &[u8]| -> Result<()> {
         let p = out_dir.join(rel);
         if let Some(d) = p.parent() {

@@ -158,32 +158,40 @@ impl EvalModelConfig {
     }
 
     fn parse_dtype(&self) -> Result<DType> {
-        match self.dtype.to_ascii_lowercase().as_str() {
-            "f32" | "float32" | "fp32" => Ok(DType::F32),
-            "f16" | "float16" | "fp16" | "half" => Ok(DType::F16),
-            "bf16" | "bfloat16" => Ok(DType::BF16),
-            other => Err(Error::Config(format!(
-                "dtype {other:?}: expected f32, f16 or bf16"
-            ))),
-        }
+        parse_dtype(&self.dtype)
     }
 
     fn parse_device(&self) -> Result<Device> {
-        let d = self.device.to_ascii_lowercase();
-        if d == "cpu" {
-            return Ok(Device::Cpu);
-        }
-        let ordinal = match d.as_str() {
-            "cuda" | "gpu" => 0,
-            _ => d
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .ok_or_else(|| {
-                    Error::Config(format!("device {d:?}: expected cpu, cuda or cuda:N"))
-                })?,
-        };
-        Ok(Device::new_cuda(ordinal)?)
+        parse_device(&self.device)
     }
+}
+
+/// `f32`/`float32`/`fp32`, `f16`/`float16`/`fp16`/`half`, `bf16`/`bfloat16` (any case).
+pub fn parse_dtype(s: &str) -> Result<DType> {
+    match s.to_ascii_lowercase().as_str() {
+        "f32" | "float32" | "fp32" => Ok(DType::F32),
+        "f16" | "float16" | "fp16" | "half" => Ok(DType::F16),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        other => Err(Error::Config(format!(
+            "dtype {other:?}: expected f32, f16 or bf16"
+        ))),
+    }
+}
+
+/// `cpu`, `cuda`/`gpu` (device 0) or `cuda:N` (any case).
+pub fn parse_device(s: &str) -> Result<Device> {
+    let d = s.to_ascii_lowercase();
+    if d == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    let ordinal = match d.as_str() {
+        "cuda" | "gpu" => 0,
+        _ => d
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| Error::Config(format!("device {d:?}: expected cpu, cuda or cuda:N")))?,
+    };
+    Ok(Device::new_cuda(ordinal)?)
 }
 
 /// MiniGPT-4 ready for benchmark evaluation.
