@@ -41,6 +41,28 @@ fn main() -> anyhow::Result<()> {
     let proc = ImageProcessor::eval(model.vision.cfg.image_size as u32);
     let nq = model.config().qformer.num_query_tokens;
     let items = world.load_aokvqa()?;
+    // How much the image tokens differ between images, stage by stage: a collapsed vision path
+    // gives the LLM (almost) the same tokens whatever the image.
+    {
+        let imgs = items
+            .iter()
+            .take(64)
+            .map(|it| load_rgb(world.coco_dir().join(&it.image_path)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let px = proc.process_batch_eval(&imgs, &dev)?;
+        let vit = model.vision.forward(&px)?;
+        let qf = model.qformer_features(&px)?;
+        let spread = |t: &candle_core::Tensor| -> anyhow::Result<(f32, f32)> {
+            // std over images (per position and channel), averaged; and the overall std.
+            let across = t.var_keepdim(0)?.sqrt()?.mean_all()?.to_scalar::<f32>()?;
+            let all = t.flatten_all()?.var(0)?.sqrt()?.to_scalar::<f32>()?;
+            Ok((across, all))
+        };
+        let (a, b) = spread(&vit)?;
+        println!("vit output: std across images {a:.4}, overall {b:.4}");
+        let (a, b) = spread(&qf)?;
+        println!("projected query tokens: std across images {a:.4}, overall {b:.4}");
+    }
     let mut by_type: BTreeMap<String, Vec<_>> = BTreeMap::new();
     for it in &items {
         let v = by_type.entry(it.question_type.clone()).or_default();

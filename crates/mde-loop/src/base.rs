@@ -24,7 +24,7 @@ use crate::tiny::{build_base_model, load_trainable, BaseModel, CorpusSource, Tin
 use crate::{LoopError, Result};
 
 /// Bumped when the pretraining recipe changes in a way the config does not show.
-const RECIPE_VERSION: u32 = 1;
+const RECIPE_VERSION: u32 = 2;
 
 /// What the cached base build records about itself.
 #[derive(Debug, Clone, Serialize, Deserialize)]

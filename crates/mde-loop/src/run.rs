@@ -781,7 +781,8 @@ impl LoopRun {
         // side is frozen in every round mode except `full`).
         let (db, pool_ids, pool_images, pattern) = self.pool()?;
         let index_path = self.out.join("index").join("pool.safetensors");
-        {
+        // With no rounds (the control) nothing samples from the pool: skip embedding it.
+        if rounds > 0 {
             let ids: Vec<u64> = pool_ids.iter().copied().collect();
             let pool_images_c = pool_images.clone();
             let pattern_c = pattern.clone();
@@ -801,11 +802,17 @@ impl LoopRun {
                 Ok(idx.len())
             })?;
         }
-        let index = ImageIndex::load(&index_path)?;
+        let index = if rounds > 0 {
+            Some(ImageIndex::load(&index_path)?)
+        } else {
+            None
+        };
         let mut prev_mine = mine0;
         let mut used_images: BTreeSet<u64> = BTreeSet::new();
 
         for k in 1..=rounds {
+            // Built above whenever there are rounds.
+            let Some(index) = index.as_ref() else { break };
             let rd = self.round_dir(k);
             let mut secs = BTreeMap::new();
             // 1. Bad cases and error rates of the previous round's model.
@@ -853,13 +860,13 @@ impl LoopRun {
                     mine_spec.images.clone(),
                 );
                 let enc_examples = EncodeExamples(&enc);
-                let examples = FirstOf(vec![&index as &dyn ExampleImages, &enc_examples]);
+                let examples = FirstOf(vec![index as &dyn ExampleImages, &enc_examples]);
                 let inputs = SampleInputs {
                     pool: &pool,
                     weights: &weights,
                     taxonomy: &taxonomy,
                     images: &db,
-                    index: Some(&index),
+                    index: Some(index),
                     examples: Some(&examples),
                 };
                 let (queries, report) = sample(&inputs, &scfg)?;

@@ -37,7 +37,7 @@ use crate::tokenizer_train::{self, TokenizerTrainConfig};
 use crate::{LoopError, Result};
 
 /// Bumped whenever the written layout or the init changes (invalidates old manifests).
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Sizes and init of the tiny model. Defaults follow docs/LOOP_FEASIBILITY.md (sizes that learn
 /// on 2 CPU cores) with 16 queries and cross-attention in every Q-Former layer, which give the
@@ -69,8 +69,24 @@ pub struct TinyModelConfig {
     pub vocab_size: usize,
     pub tokenizer_min_frequency: u64,
     /// Std of the normal init of every weight matrix and embedding (HF `initializer_range`);
-    /// norm weights are 1 and biases 0.
+    /// norm weights are 1 and biases 0. With `init = "fan_in"` it scales `1/sqrt(fan_in)`.
     pub init_std: f64,
+    /// How weights are initialised: `normal` (N(0, init_std) everywhere, as HF) or `fan_in`.
+    pub init: InitScheme,
+}
+
+/// Initialisation of weight matrices and embeddings (norm weights are always 1, biases 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InitScheme {
+    /// N(0, init_std) for every matrix, table and learned token (HF `_init_weights`).
+    #[default]
+    Normal,
+    /// Matrices and convolutions N(0, init_std^2 / fan_in) and tables/learned tokens
+    /// (embeddings, position/CLS embeddings, query tokens) N(0, 1). A width-64 layer at std
+    /// 0.02 shrinks its input ~6x, which starves a from-scratch vision tower of gradient; this
+    /// keeps every layer near unit gain (what PyTorch's defaults do for the prototype).
+    FanIn,
 }
 
 impl Default for TinyModelConfig {
@@ -97,6 +113,7 @@ impl Default for TinyModelConfig {
             vocab_size: 1024,
             tokenizer_min_frequency: 2,
             init_std: 0.02,
+            init: InitScheme::Normal,
         }
     }
 }
@@ -316,13 +333,38 @@ fn init_kind(name: &str) -> f64 {
     f64::NAN // normal
 }
 
+/// Embedding tables and learned tokens (rows are looked up or added, not multiplied).
+fn is_table(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n.contains("embed_tokens")
+        || n.contains("query_tokens")
+        || n.contains("position_embedding")
+        || n.contains("pos_embed")
+        || n.contains("class_embedding")
+        || n.contains("cls_token")
+}
+
 /// The seeded tensor for `name` (f32, CPU): independent of the order tensors are created in.
-fn init_tensor(name: &str, dims: &[usize], seed: u64, std: f64) -> candle_core::Result<Tensor> {
+fn init_tensor(
+    name: &str,
+    dims: &[usize],
+    seed: u64,
+    std: f64,
+    scheme: InitScheme,
+) -> candle_core::Result<Tensor> {
     let n: usize = dims.iter().product();
     let kind = init_kind(name);
     if !kind.is_nan() {
         return Tensor::full(kind as f32, dims, &Device::Cpu);
     }
+    let std = match scheme {
+        InitScheme::Normal => std,
+        InitScheme::FanIn if is_table(name) => 1.0,
+        InitScheme::FanIn => {
+            let fan_in: usize = dims.iter().skip(1).product();
+            std / (fan_in.max(1) as f64).sqrt()
+        }
+    };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(name_stream(name));
     let mut v = Vec::with_capacity(n);
@@ -344,6 +386,7 @@ fn init_tensor(name: &str, dims: &[usize], seed: u64, std: f64) -> candle_core::
 struct InitBackend {
     seed: u64,
     std: f64,
+    scheme: InitScheme,
     made: Arc<Mutex<BTreeMap<String, Tensor>>>,
 }
 
@@ -370,7 +413,7 @@ impl SimpleBackend for InitBackend {
                 )))
             }
             None => {
-                let t = init_tensor(name, s.dims(), self.seed, self.std)?;
+                let t = init_tensor(name, s.dims(), self.seed, self.std, self.scheme)?;
                 made.insert(name.to_string(), t.clone());
                 t
             }
@@ -394,11 +437,13 @@ pub fn init_parameters(
     cfg: &MiniGpt4Config,
     seed: u64,
     std: f64,
+    scheme: InitScheme,
 ) -> Result<BTreeMap<String, Tensor>> {
     let made = Arc::new(Mutex::new(BTreeMap::new()));
     let backend = InitBackend {
         seed,
         std,
+        scheme,
         made: made.clone(),
     };
     let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, Device::Cpu);
@@ -576,7 +621,7 @@ pub fn build_base_model(
     let vocab = tok.get_vocab_size(true);
     // Weights.
     let mcfg = cfg.minigpt4_config(vocab);
-    let params = init_parameters(&mcfg, seed, cfg.init_std)?;
+    let params = init_parameters(&mcfg, seed, cfg.init_std, cfg.init)?;
     let num_parameters = params.values().map(|t| t.elem_count()).sum();
     let (blip2, llama, proj) = split_root_tensors(params);
     let write = |rel: &str, bytes: &[u8]| -> Result<()> {

@@ -13,6 +13,11 @@
 //! * Merges whose result contains `#` but is not `##`/`###` are dropped (with every merge that
 //!   builds on them), so `###` is always written as `###`, `##`+`#`, ... and never hides inside
 //!   a piece such as `.###` or `###Human`: the generator's token-level stop list then sees it.
+//! * Merges whose result mixes letters or digits with ASCII punctuation are dropped too, as
+//!   SentencePiece's script split keeps them apart in LLaMA's vocabulary. Otherwise training
+//!   text "The answer is red." learns the piece `▁red.`, while likelihood ranking scores the
+//!   candidate "red" as `▁red`, a piece the model never saw in that place: ranking then
+//!   measures tokenisation, not the answer.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -137,9 +142,12 @@ fn tok_err(e: impl std::fmt::Display) -> LoopError {
     LoopError::Tokenizer(e.to_string())
 }
 
-/// A merge result is allowed unless it glues `#` to anything but `#` (see module docs).
+/// A merge result is allowed unless it glues `#` to anything but `#`, or letters/digits to
+/// ASCII punctuation (see module docs).
 fn allowed_piece(p: &str) -> bool {
-    !p.contains('#') || p.chars().all(|c| c == '#')
+    let hashes = !p.contains('#') || p.chars().all(|c| c == '#');
+    let mixed = p.chars().any(char::is_alphanumeric) && p.chars().any(|c| c.is_ascii_punctuation());
+    hashes && !mixed
 }
 
 /// Trains the tokenizer on `corpus` (deterministic for a given corpus and config).

@@ -4,7 +4,9 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, IndexOp, Tensor, D};
-use mde_loop::tiny::{build_base_model, load_trainable, BaseModel, CorpusSource, TinyModelConfig};
+use mde_loop::tiny::{
+    build_base_model, load_trainable, BaseModel, CorpusSource, InitScheme, TinyModelConfig,
+};
 use mde_world::{BaseVariant, World, WorldConfig};
 use minigpt4::generation::{generate, GenerationConfig};
 use minigpt4::preprocess::{load_rgb, ImageProcessor};
@@ -115,6 +117,22 @@ fn tokenizer_pipeline_and_round_trip() -> anyhow::Result<()> {
             "{t:?} -> {:?}",
             tok.encode_pieces(t, false)?
         );
+    }
+    // Likelihood ranking scores a choice's own pieces after "The answer is": they must be the
+    // pieces training saw there (no `▁red.` piece that glues the answer to its full stop).
+    let prefix = tok.encode("The answer is", false)?;
+    let stop = vec![tok.token_to_id(".").expect("`.` is a piece")];
+    for r in w.load_base_vqa(BaseVariant::Unbalanced)? {
+        for c in &r.choices {
+            let full = tok.encode(&format!("The answer is {c}."), false)?;
+            let parts = [prefix.clone(), tok.encode(c, false)?, stop.clone()].concat();
+            assert_eq!(
+                full,
+                parts,
+                "{c:?}: {:?}",
+                tok.encode_pieces(&format!("The answer is {c}."), false)?
+            );
+        }
     }
     let seg = tok.encode_pieces("###Human: <Img>", false)?;
     assert_eq!(
@@ -298,6 +316,76 @@ fn reproducible_and_reused() -> anyhow::Result<()> {
     let e =
         build_base_model(&bad, CorpusSource::Texts(&texts), &tmp.path().join("d"), 5).unwrap_err();
     assert!(e.to_string().contains("llm_hidden"), "{e}");
+    Ok(())
+}
+
+fn mean_sd(t: &Tensor) -> anyhow::Result<(f64, f64)> {
+    let v = t.flatten_all()?.to_vec1::<f32>()?;
+    let n = v.len() as f64;
+    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let sd = (v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
+    Ok((mean, sd))
+}
+
+#[test]
+fn fan_in_init_scales_matrices_and_keeps_tables_at_unit_std() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let texts: Vec<String> = (0..100)
+        .map(|i| {
+            format!(
+                "the {} shape number {i} is red.###",
+                ["big", "small"][i % 2]
+            )
+        })
+        .collect();
+    let cfg = TinyModelConfig {
+        vocab_size: 300,
+        llm_layers: 1,
+        init: InitScheme::FanIn,
+        init_std: 1.0,
+        ..Default::default()
+    };
+    let a = build_base_model(&cfg, CorpusSource::Texts(&texts), tmp.path(), 3)?;
+    let dev = Device::Cpu;
+    let ll = candle_core::safetensors::load(a.root.join("vicuna/model.safetensors"), &dev)?;
+    let bl = candle_core::safetensors::load(a.root.join("blip2/model.safetensors"), &dev)?;
+    let close = |(m, sd): (f64, f64), want: f64, what: &str| {
+        assert!(
+            m.abs() < 0.1 * want && (sd - want).abs() < 0.08 * want,
+            "{what}: mean {m} sd {sd}, want sd {want}"
+        );
+    };
+    let h = cfg.llm_hidden as f64;
+    close(
+        mean_sd(&ll["model.layers.0.self_attn.q_proj.weight"])?,
+        1.0 / h.sqrt(),
+        "q_proj",
+    );
+    let mlp = cfg.llm_mlp as f64;
+    close(
+        mean_sd(&ll["model.layers.0.mlp.down_proj.weight"])?,
+        1.0 / mlp.sqrt(),
+        "down_proj",
+    );
+    close(
+        mean_sd(&ll["model.embed_tokens.weight"])?,
+        1.0,
+        "embed_tokens",
+    );
+    let p = cfg.patch_size as f64;
+    close(
+        mean_sd(&bl["vision_model.embeddings.patch_embedding.weight"])?,
+        1.0 / (3.0 * p * p).sqrt(),
+        "patch_embedding",
+    );
+    close(mean_sd(&bl["query_tokens"])?, 1.0, "query_tokens");
+    close(
+        mean_sd(&bl["vision_model.embeddings.position_embedding"])?,
+        1.0,
+        "position_embedding",
+    );
+    let norm = ll["model.norm.weight"].to_vec1::<f32>()?;
+    assert!(norm.iter().all(|&x| x == 1.0));
     Ok(())
 }
 
