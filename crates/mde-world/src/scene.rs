@@ -394,7 +394,9 @@ pub fn sample_scene<R: Rng>(
         .unwrap_or_else(|| BackgroundKind::ALL[rng.random_range(0..4)]);
     let tint = BackgroundTint::ALL[rng.random_range(0..BackgroundTint::ALL.len())];
     let angle = [0u32, 45, 90, 135][rng.random_range(0..4)];
-    let period = ((rng.random_range(3..=5) as f64) * scale).round().max(2.0) as u32;
+    // Bands of 5-7 px at 45% contrast survive the blur (two 5-px box passes) and the noise of
+    // the quality variants, so the background kind stays visible in every image.
+    let period = ((rng.random_range(5..=7) as f64) * scale).round().max(2.0) as u32;
     let quality = req.quality.unwrap_or_else(|| {
         let u: f64 = rng.random();
         let p = &cfg.quality_probs;

@@ -37,7 +37,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// Bump when generation changes in a way that alters output for the same config.
-pub const GENERATOR_VERSION: u32 = 1;
+pub const GENERATOR_VERSION: u32 = 2;
 
 /// Base image ids of the id blocks.
 pub const POOL_ID_BASE: u64 = 1;
