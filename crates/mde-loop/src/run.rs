@@ -782,7 +782,7 @@ impl LoopRun {
         let (db, pool_ids, pool_images, pattern) = self.pool()?;
         let index_path = self.out.join("index").join("pool.safetensors");
         // With no rounds (the control) nothing samples from the pool: skip embedding it.
-        if rounds > 0 {
+        let index = if rounds > 0 {
             let ids: Vec<u64> = pool_ids.iter().copied().collect();
             let pool_images_c = pool_images.clone();
             let pattern_c = pattern.clone();
@@ -801,8 +801,6 @@ impl LoopRun {
                 idx.save(&ip)?;
                 Ok(idx.len())
             })?;
-        }
-        let index = if rounds > 0 {
             Some(ImageIndex::load(&index_path)?)
         } else {
             None

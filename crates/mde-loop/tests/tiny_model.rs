@@ -234,6 +234,15 @@ fn logits_last(m: &MiniGpt4, p: &Tensor) -> anyhow::Result<Tensor> {
     Ok(l.i((.., t - 1, ..))?)
 }
 
+/// Mean and (population) standard deviation of every element.
+fn mean_sd(t: &Tensor) -> anyhow::Result<(f64, f64)> {
+    let v = t.flatten_all()?.to_vec1::<f32>()?;
+    let n = v.len() as f64;
+    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let sd = (v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
+    Ok((mean, sd))
+}
+
 #[test]
 fn reproducible_and_reused() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
@@ -295,12 +304,7 @@ fn reproducible_and_reused() -> anyhow::Result<()> {
     let t = candle_core::safetensors::load(a.root.join("vicuna/model.safetensors"), &Device::Cpu)?;
     let norm = t["model.norm.weight"].to_vec1::<f32>()?;
     assert!(norm.iter().all(|&x| x == 1.0));
-    let wq = t["model.layers.0.self_attn.q_proj.weight"]
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    let n = wq.len() as f64;
-    let mean = wq.iter().map(|&x| x as f64).sum::<f64>() / n;
-    let sd = (wq.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
+    let (mean, sd) = mean_sd(&t["model.layers.0.self_attn.q_proj.weight"])?;
     assert!(
         mean.abs() < 0.002 && (sd - cfg.init_std).abs() < 0.002,
         "mean {mean} sd {sd}"
@@ -317,14 +321,6 @@ fn reproducible_and_reused() -> anyhow::Result<()> {
         build_base_model(&bad, CorpusSource::Texts(&texts), &tmp.path().join("d"), 5).unwrap_err();
     assert!(e.to_string().contains("llm_hidden"), "{e}");
     Ok(())
-}
-
-fn mean_sd(t: &Tensor) -> anyhow::Result<(f64, f64)> {
-    let v = t.flatten_all()?.to_vec1::<f32>()?;
-    let n = v.len() as f64;
-    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
-    let sd = (v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
-    Ok((mean, sd))
 }
 
 #[test]
