@@ -16,6 +16,7 @@ use mde_world::{World, WorldConfig};
 use minigpt4::preprocess::{load_rgb, ImageProcessor};
 
 fn main() -> anyhow::Result<()> {
+    minigpt4::alloc::tune_malloc();
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .map(|a| {

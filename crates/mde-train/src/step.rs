@@ -50,13 +50,12 @@ impl BatchTensors {
 pub fn loss(model: &MiniGpt4, qformer_out: &Tensor, batch: &BatchTensors) -> Result<Tensor> {
     let img = model.project(qformer_out, true)?;
     let embeds = model.embed_layout(&batch.token_ids, &img)?;
-    let logits = model.forward_embeds(
+    Ok(model.train_loss(
         &embeds,
-        Some(&batch.attention_mask),
-        Some(&batch.position_ids),
-        true,
-    )?;
-    Ok(minigpt4::llama::causal_lm_loss(&logits, &batch.labels)?)
+        &batch.attention_mask,
+        &batch.position_ids,
+        &batch.labels,
+    )?)
 }
 
 /// Loss, gradients, and one optimizer step at learning rate `lr`; returns the loss (before the

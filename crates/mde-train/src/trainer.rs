@@ -463,14 +463,7 @@ fn shard_loss(
     };
     let img = model.project(&qf, true)?;
     let embeds = model.embed_layout(&b.token_ids, &img)?;
-    let logits = llama.forward(
-        &embeds,
-        &b.position_ids,
-        Some(&b.attention_mask),
-        None,
-        true,
-    )?;
-    Ok(minigpt4::llama::causal_lm_loss(&logits, &b.labels)?)
+    Ok(llama.train_loss(&embeds, &b.position_ids, Some(&b.attention_mask), &b.labels)?)
 }
 
 /// A LLaMA sharing every tensor of `src` (weights, and the LoRA Vars) with fresh adapter

@@ -33,9 +33,11 @@
 //! [`model::MiniGpt4::trainable_vars`], forward with `train = true` (differentiable ops only),
 //! and [`llama::causal_lm_loss`].
 
+pub mod alloc;
 pub mod config;
 pub mod error;
 pub mod eval_adapter;
+pub mod fused;
 pub mod generation;
 pub mod linear;
 pub mod llama;

@@ -8,7 +8,9 @@
 use std::sync::Mutex;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Storage, Tensor, Var};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp3, DType, Layout, Module, Shape, Storage, Tensor, Var, D,
+};
 use candle_nn::VarBuilder;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -88,28 +90,37 @@ impl LoraAdapter {
         Ok((self.b.as_tensor().matmul(self.a.as_tensor())? * self.scale)?)
     }
 
-    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+    /// The inverted-dropout mask of the adapter input (`None` when not training or p = 0):
+    /// 0 or `1 / (1 - p)` per element, drawn from the adapter's seeded stream.
+    fn dropout_mask(&self, x: &Tensor, train: bool) -> Result<Option<Tensor>> {
+        if !train || self.dropout <= 0.0 {
+            return Ok(None);
+        }
+        let n = x.elem_count();
+        let keep = 1.0 - self.dropout;
+        let mask: Vec<f32> = {
+            let mut rng = self
+                .rng
+                .lock()
+                .map_err(|_| Error::Invalid("poisoned rng".into()))?;
+            (0..n)
+                .map(|_| {
+                    if rng.random::<f32>() < keep {
+                        1.0 / keep
+                    } else {
+                        0.0
+                    }
+                })
+                .collect()
+        };
+        Ok(Some(Tensor::from_vec(mask, x.shape(), x.device())?))
+    }
+
+    /// `B(A(x ∘ mask)) * scale` in f32.
+    fn forward_masked(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let mut xf = x.to_dtype(DType::F32)?;
-        if train && self.dropout > 0.0 {
-            let n = xf.elem_count();
-            let keep = 1.0 - self.dropout;
-            let mask: Vec<f32> = {
-                let mut rng = self
-                    .rng
-                    .lock()
-                    .map_err(|_| Error::Invalid("poisoned rng".into()))?;
-                (0..n)
-                    .map(|_| {
-                        if rng.random::<f32>() < keep {
-                            1.0 / keep
-                        } else {
-                            0.0
-                        }
-                    })
-                    .collect()
-            };
-            let mask = Tensor::from_vec(mask, xf.shape(), xf.device())?;
-            xf = (xf * mask)?;
+        if let Some(m) = mask {
+            xf = (xf * m)?;
         }
         let h = matmul_t(&xf, self.a.as_tensor())?;
         let h = matmul_t(&h, self.b.as_tensor())?;
@@ -196,6 +207,110 @@ fn matmul_t_frozen(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let mut od = dims;
     *od.last_mut().unwrap() = out;
     Ok(y.reshape(od)?)
+}
+
+/// One linear layer (`x Wᵀ + b`, plus a LoRA branch when `lora` is set) as a single autograd
+/// node whose forward value was computed beforehand.
+///
+/// Why: candle's backward allocates, zero-fills and adds a gradient buffer for *every* input of
+/// every node, views (reshape, transpose) included. The unfused LoRA linear is about a dozen
+/// nodes (reshapes around each matmul, casts, scale, add); on the tiny loop model that
+/// bookkeeping cost more than the matmuls. Here backward is five matmuls on plain tensors.
+///
+/// Arguments: `(x, W, bias)` without an adapter (bias slot = `W` when there is none; its
+/// gradient is then not returned), `(x, A, B)` with one (`W` and bias frozen).
+struct FusedLinear {
+    /// The forward value, handed out once by `cpu_fwd`.
+    out: Mutex<Option<Tensor>>,
+    /// `[out, in]`, detached.
+    w: Tensor,
+    x_grad: bool,
+    w_grad: bool,
+    b_grad: bool,
+    /// `(alpha / r, dropout mask)`.
+    lora: Option<(f64, Option<Tensor>)>,
+}
+
+impl CustomOp3 for FusedLinear {
+    fn name(&self) -> &'static str {
+        "minigpt4-fused-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let out = self
+            .out
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("fused linear: poisoned lock".into()))?
+            .take()
+            .ok_or_else(|| candle_core::Error::Msg("fused linear: forward ran twice".into()))?;
+        let out = out.contiguous()?;
+        let (st, l) = out.storage_and_layout();
+        let (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) = (&*st, l.contiguous_offsets())
+        else {
+            candle_core::bail!("fused linear: expected a contiguous f32 CPU result");
+        };
+        Ok((CpuStorage::F32(v[a..b].to_vec()), out.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        t2: &Tensor,
+        t3: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (out_f, in_f) = self.w.dims2()?;
+        let rows = x.elem_count() / in_f;
+        let g2 = g.detach().reshape((rows, out_f))?;
+        let x2 = x.detach().reshape((rows, in_f))?;
+        let base_dx = || g2.matmul(&self.w);
+        match &self.lora {
+            None => {
+                let dx = if self.x_grad {
+                    Some(base_dx()?.reshape(x.shape())?)
+                } else {
+                    None
+                };
+                let dw = if self.w_grad {
+                    Some(g2.t()?.matmul(&x2)?)
+                } else {
+                    None
+                };
+                let db = if self.b_grad { Some(g2.sum(0)?) } else { None };
+                Ok((dx, dw, db))
+            }
+            Some((scale, mask)) => {
+                let (a, b) = (t2.detach(), t3.detach());
+                let xm = match mask {
+                    Some(m) => (&x2 * m.reshape((rows, in_f))?)?,
+                    None => x2,
+                };
+                let h = xm.matmul(&a.t()?)?; // [rows, r]
+                let dh = (g2.matmul(&b)? * *scale)?; // [rows, r]
+                let db = (g2.t()?.matmul(&h)? * *scale)?; // [out, r]
+                let da = dh.t()?.matmul(&xm)?; // [r, in]
+                let dx = if self.x_grad {
+                    let mut l = dh.matmul(&a)?;
+                    if let Some(m) = mask {
+                        l = (l * m.reshape((rows, in_f))?)?;
+                    }
+                    Some((base_dx()? + l)?.reshape(x.shape())?)
+                } else {
+                    None
+                };
+                Ok((dx, Some(da), Some(db)))
+            }
+        }
+    }
 }
 
 /// Linear layer with optional LoRA and optional trainable weights.
@@ -286,15 +401,77 @@ impl Linear {
 
     /// Forward; `train` enables LoRA dropout.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mask = match &self.lora {
+            Some(l) => l.dropout_mask(x, train)?,
+            None => None,
+        };
+        if train && self.fusable(x) {
+            return self.forward_fused(x, mask);
+        }
         let mut y = matmul_t_frozen(x, &self.weight)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
         if let Some(l) = &self.lora {
-            let d = l.forward(x, train)?.to_dtype(y.dtype())?;
+            let d = l.forward_masked(x, mask.as_ref())?.to_dtype(y.dtype())?;
             y = (y + d)?;
         }
         Ok(y)
+    }
+
+    /// Whether a training forward can be one [`FusedLinear`] node: f32 on the CPU, and not the
+    /// (unused) combination of a trainable base weight with an adapter.
+    fn fusable(&self, x: &Tensor) -> bool {
+        let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+        let tracked = x.track_op()
+            || self.weight.track_op()
+            || self.bias.as_ref().is_some_and(|b| b.track_op())
+            || self.lora.is_some();
+        tracked
+            && cpu_f32(x)
+            && cpu_f32(&self.weight)
+            && self.bias.as_ref().is_none_or(cpu_f32)
+            && !(self.lora.is_some() && self.weight.track_op())
+            && x.rank() >= 1
+            && x.elem_count() > 0
+            && x.dim(D::Minus1).ok() == Some(self.in_features())
+    }
+
+    /// The training forward as a single graph node: values from untracked tensor ops (the same
+    /// ops, in the same order, as the unfused path), gradients from [`FusedLinear::bwd`].
+    fn forward_fused(&self, x: &Tensor, mask: Option<Tensor>) -> Result<Tensor> {
+        let w = self.weight.detach();
+        let xd = x.detach();
+        let mut y = matmul_t(&xd, &w)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(&b.detach())?;
+        }
+        if let Some(l) = &self.lora {
+            let mut xf = xd.clone();
+            if let Some(m) = &mask {
+                xf = (xf * m)?;
+            }
+            let h = matmul_t(
+                &matmul_t(&xf, &l.a.as_tensor().detach())?,
+                &l.b.as_tensor().detach(),
+            )?;
+            y = (y + (h * l.scale)?)?;
+        }
+        let op = FusedLinear {
+            out: Mutex::new(Some(y)),
+            w,
+            x_grad: x.track_op(),
+            w_grad: self.weight.track_op(),
+            b_grad: self.bias.as_ref().is_some_and(|b| b.track_op()),
+            lora: self.lora.as_ref().map(|l| (l.scale, mask)),
+        };
+        // Argument slots: (x, W, bias) without an adapter, (x, A, B) with one.
+        let (t2, t3) = match (&self.lora, &self.bias) {
+            (Some(l), _) => (l.a.as_tensor().clone(), l.b.as_tensor().clone()),
+            (None, Some(b)) => (self.weight.clone(), b.clone()),
+            (None, None) => (self.weight.clone(), self.weight.clone()),
+        };
+        Ok(x.apply_op3(&t2, &t3, op)?)
     }
 }
 
@@ -335,6 +512,66 @@ mod tests {
         // The plain path stored one extra gradient (for the `W.t()` operand); proves the custom
         // op was taken rather than the plain fallback.
         assert_eq!(gf.get_ids().count() + 1, gp.get_ids().count());
+        Ok(())
+    }
+
+    fn max_abs(a: &Tensor, b: &Tensor) -> anyhow::Result<f32> {
+        Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
+    }
+
+    /// The fused training node must give the unfused path's outputs and the gradients of x,
+    /// W and b (trainable linear) or of x, A and B (LoRA, with a dropout mask).
+    #[test]
+    fn fused_linear_matches_the_unfused_graph() -> anyhow::Result<()> {
+        let dev = Device::Cpu;
+        let x0 = Tensor::randn(0f32, 1.0, (2, 5, 7), &dev)?;
+        let w0 = Tensor::randn(0f32, 1.0, (3, 7), &dev)?;
+        let b0 = Tensor::randn(0f32, 1.0, 3, &dev)?;
+        let probe = Tensor::randn(0f32, 1.0, (2, 5, 3), &dev)?;
+
+        // Trainable weight and bias.
+        let mut lin = Linear::from_weights(w0.clone(), Some(b0.clone()));
+        let (wv, bv) = lin.make_trainable()?;
+        let bv = bv.unwrap();
+        let xv = Var::from_tensor(&x0)?;
+        assert!(lin.fusable(xv.as_tensor()));
+        let yf = lin.forward_t(xv.as_tensor(), true)?;
+        let gf = (&yf * &probe)?.sum_all()?.backward()?;
+        let yr = matmul_t(xv.as_tensor(), wv.as_tensor())?.broadcast_add(bv.as_tensor())?;
+        let gr = (&yr * &probe)?.sum_all()?.backward()?;
+        assert_eq!(yf.to_vec3::<f32>()?, yr.to_vec3::<f32>()?);
+        for t in [xv.as_tensor(), wv.as_tensor(), bv.as_tensor()] {
+            let d = max_abs(gf.get(t).unwrap(), gr.get(t).unwrap())?;
+            assert!(d < 1e-5, "trainable linear gradient differs by {d}");
+        }
+
+        // Frozen weight with a LoRA adapter (non-zero B so every gradient is informative) and
+        // dropout; the reference draws the same mask from an adapter with the same seed.
+        let a0 = Tensor::randn(0f32, 0.5, (4, 7), &dev)?;
+        let bb0 = Tensor::randn(0f32, 0.5, (3, 4), &dev)?;
+        let mut lin = Linear::from_weights(w0.clone(), Some(b0.clone()));
+        lin.set_lora(LoraAdapter::from_tensors(&a0, &bb0, 8.0, 0.3, 7)?)?;
+        let reference = LoraAdapter::from_tensors(&a0, &bb0, 8.0, 0.3, 7)?;
+        let xv = Var::from_tensor(&x0)?;
+        let yf = lin.forward_t(xv.as_tensor(), true)?;
+        let gf = (&yf * &probe)?.sum_all()?.backward()?;
+        let mask = reference.dropout_mask(&x0, true)?.unwrap();
+        let yr = (matmul_t(xv.as_tensor(), &w0)?.broadcast_add(&b0)?
+            + reference.forward_masked(xv.as_tensor(), Some(&mask))?)?;
+        let gr = (&yr * &probe)?.sum_all()?.backward()?;
+        assert_eq!(yf.to_vec3::<f32>()?, yr.to_vec3::<f32>()?);
+        let l = lin.lora.as_ref().unwrap();
+        for (name, f, r) in [
+            ("x", xv.as_tensor(), xv.as_tensor()),
+            ("A", l.a.as_tensor(), reference.a.as_tensor()),
+            ("B", l.b.as_tensor(), reference.b.as_tensor()),
+        ] {
+            let d = max_abs(gf.get(f).unwrap(), gr.get(r).unwrap())?;
+            assert!(d < 1e-5, "LoRA gradient of {name} differs by {d}");
+        }
+        // The frozen weight gets no gradient, and the whole linear is one graph node.
+        assert!(gf.get(&w0).is_none());
+        assert_eq!(gf.get_ids().count(), 4); // x, A, B and the output
         Ok(())
     }
 }

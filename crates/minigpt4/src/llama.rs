@@ -79,7 +79,9 @@ impl RmsNorm {
     }
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let dt = x.dtype();
-        if train {
+        if train && dt == DType::F32 {
+            Ok(crate::fused::rms_norm(x, &self.weight, self.eps)?)
+        } else if train {
             let xf = x.to_dtype(DType::F32)?;
             let h = xf.dim(D::Minus1)?;
             let var = (xf.sqr()?.sum_keepdim(D::Minus1)? / h as f64)?;
@@ -101,19 +103,10 @@ impl RmsNorm {
     }
 }
 
-fn rotate_half(x: &Tensor) -> Result<Tensor> {
-    let d = x.dim(D::Minus1)?;
-    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
-    let x2 = x.narrow(D::Minus1, d / 2, d - d / 2)?;
-    Ok(Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?)
-}
-
 /// Rotary embedding; `cos`/`sin`: `[B, T, head_dim/2]`, `x`: `[B, H, T, head_dim]`.
 fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor, train: bool) -> Result<Tensor> {
     if train {
-        let c = Tensor::cat(&[cos, cos], D::Minus1)?.unsqueeze(1)?;
-        let s = Tensor::cat(&[sin, sin], D::Minus1)?.unsqueeze(1)?;
-        Ok((x.broadcast_mul(&c)? + rotate_half(x)?.broadcast_mul(&s)?)?)
+        crate::fused::rope(x, cos, sin)
     } else {
         Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)?)
     }
@@ -160,23 +153,48 @@ impl Attention {
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         train: bool,
     ) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
         let hd = self.head_dim;
-        let q = self
-            .q_proj
-            .forward_t(x, train)?
-            .reshape((b, t, self.num_heads, hd))?
-            .transpose(1, 2)?;
-        let k = self
-            .k_proj
-            .forward_t(x, train)?
-            .reshape((b, t, self.num_kv_heads, hd))?
-            .transpose(1, 2)?;
-        let v = self
-            .v_proj
-            .forward_t(x, train)?
-            .reshape((b, t, self.num_kv_heads, hd))?
-            .transpose(1, 2)?;
+        if train && cache.is_none() && self.num_heads == self.num_kv_heads {
+            let q = self.q_proj.forward_t(x, true)?;
+            let k = self.k_proj.forward_t(x, true)?;
+            let v = self.v_proj.forward_t(x, true)?;
+            let spec = crate::fused::AttnSpec {
+                heads: self.num_heads,
+                scale: 1.0 / (hd as f64).sqrt(),
+                scale_at: crate::fused::ScaleAt::Scores,
+                mask: mask.cloned(),
+                rope: Some((cos.clone(), sin.clone())),
+            };
+            if crate::fused::attention_ok(&[&q, &k, &v], &spec) {
+                let out = crate::fused::attention(&q, &k, &v, &spec)?;
+                return self.o_proj.forward_t(&out, true);
+            }
+            return self.forward_heads(q, k, v, cos, sin, mask, None, true);
+        }
+        let q = self.q_proj.forward_t(x, train)?;
+        let k = self.k_proj.forward_t(x, train)?;
+        let v = self.v_proj.forward_t(x, train)?;
+        self.forward_heads(q, k, v, cos, sin, mask, cache, train)
+    }
+
+    /// The unfused attention core on projected `q`, `k`, `v` (`[B, T, heads * head_dim]`).
+    #[allow(clippy::too_many_arguments)]
+    fn forward_heads(
+        &self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (b, t, _) = q.dims3()?;
+        let hd = self.head_dim;
+        let q = q.reshape((b, t, self.num_heads, hd))?.transpose(1, 2)?;
+        let k = k.reshape((b, t, self.num_kv_heads, hd))?.transpose(1, 2)?;
+        let v = v.reshape((b, t, self.num_kv_heads, hd))?.transpose(1, 2)?;
         let q = apply_rope(&q, cos, sin, train)?;
         let k = apply_rope(&k, cos, sin, train)?;
         let (k, v) = match cache {
@@ -214,7 +232,7 @@ impl Attention {
             scores = scores.broadcast_add(m)?;
         }
         let probs = if train {
-            candle_nn::ops::softmax(&scores, D::Minus1)?
+            crate::fused::softmax_last_dim(&scores)?
         } else {
             candle_nn::ops::softmax_last_dim(&scores)?
         };
@@ -429,6 +447,28 @@ impl Llama {
     ) -> Result<Tensor> {
         let h = self.hidden_states(embeds, position_ids, attention_mask, cache, train)?;
         Ok(self.lm_head.forward_t(&h, train)?.to_dtype(DType::F32)?)
+    }
+
+    /// The shifted causal-LM loss (mean over target tokens, f32 scalar) of a training forward.
+    /// Equal to [`causal_lm_loss`] of [`Llama::forward`]'s logits, but only the positions whose
+    /// next label is a target go through `lm_head` and the softmax: with short answers after
+    /// long prompts that is a small fraction of the `T x vocab` logits.
+    pub fn train_loss(
+        &self,
+        embeds: &Tensor,
+        position_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        labels: &Tensor,
+    ) -> Result<Tensor> {
+        let h = self.hidden_states(embeds, position_ids, attention_mask, None, true)?;
+        let (b, t, d) = h.dims3()?;
+        let (rows, targets) = shifted_targets(labels, b, t)?;
+        let n = rows.len();
+        let sel = h
+            .reshape((b * t, d))?
+            .index_select(&Tensor::from_vec(rows, n, h.device())?, 0)?;
+        let logits = self.lm_head.forward_t(&sel, true)?;
+        mean_cross_entropy(&logits, targets)
     }
 
     /// Like [`Llama::forward`] but only the last position's logits: `[B, vocab]` f32 (saves the
@@ -646,37 +686,65 @@ impl Llama {
 /// labels `-100` ignored, averaged over all non-ignored targets of the batch. Differentiable.
 pub fn causal_lm_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let (b, t, v) = logits.dims3()?;
+    let (rows, targets) = shifted_targets(labels, b, t)?;
+    let dev = logits.device();
+    let n = rows.len();
+    let lg = logits
+        .reshape((b * t, v))?
+        .index_select(&Tensor::from_vec(rows, n, dev)?, 0)?;
+    mean_cross_entropy(&lg, targets)
+}
+
+/// Rows of the flattened `[B * T]` positions whose *next* label is a target, and those labels:
+/// the HF shift (`logits[..., :-1]` against `labels[..., 1:]`, -100 ignored).
+fn shifted_targets(labels: &Tensor, b: usize, t: usize) -> Result<(Vec<u32>, Vec<u32>)> {
     if t < 2 {
         return Err(Error::Invalid(
             "need at least 2 positions for a shifted loss".into(),
         ));
     }
-    let lg = logits.narrow(1, 0, t - 1)?.reshape((b * (t - 1), v))?;
-    let lab = labels
+    if labels.dims() != [b, t] {
+        return Err(Error::Invalid(format!(
+            "labels are {:?} but the logits cover [{b}, {t}] positions",
+            labels.dims()
+        )));
+    }
+    let labv = labels
         .to_dtype(DType::I64)?
-        .narrow(1, 1, t - 1)?
-        .flatten_all()?;
-    let labv = lab.to_vec1::<i64>()?;
-    let valid: Vec<f32> = labv
-        .iter()
-        .map(|&l| if l == -100 { 0.0 } else { 1.0 })
-        .collect();
-    let n: f32 = valid.iter().sum();
-    if n == 0.0 {
+        .flatten_all()?
+        .to_vec1::<i64>()?;
+    let mut rows = Vec::new();
+    let mut targets = Vec::new();
+    for bi in 0..b {
+        for ti in 0..t - 1 {
+            let l = labv[bi * t + ti + 1];
+            if l == -100 {
+                continue;
+            }
+            if l < 0 {
+                return Err(Error::Invalid(format!(
+                    "label {l} at row {bi}, position {} (only -100 may be negative)",
+                    ti + 1
+                )));
+            }
+            rows.push((bi * t + ti) as u32);
+            targets.push(l as u32);
+        }
+    }
+    if rows.is_empty() {
         return Err(Error::Invalid(
             "no target token (all labels are -100)".into(),
         ));
     }
-    let idx: Vec<u32> = labv
-        .iter()
-        .map(|&l| if l < 0 { 0 } else { l as u32 })
-        .collect();
-    let dev = logits.device();
-    let idx = Tensor::from_vec(idx, (b * (t - 1), 1), dev)?;
-    let valid = Tensor::from_vec(valid, b * (t - 1), dev)?;
-    let lsm = candle_nn::ops::log_softmax(&lg.to_dtype(DType::F32)?, D::Minus1)?;
-    let picked = lsm.gather(&idx, 1)?.squeeze(1)?;
-    Ok(((picked * valid)?.sum_all()?.neg()? / n as f64)?)
+    Ok((rows, targets))
+}
+
+/// Mean cross-entropy of `logits: [N, V]` rows against `targets`.
+fn mean_cross_entropy(logits: &Tensor, targets: Vec<u32>) -> Result<Tensor> {
+    let n = targets.len();
+    let t = Tensor::from_vec(targets, n, logits.device())?;
+    let per_row = crate::fused::cross_entropy_rows(logits, &t)?;
+    Ok((per_row.sum_all()? / n as f64)?)
 }
 
 /// `x @ wᵀ`, re-exported for callers building their own heads.

@@ -325,6 +325,19 @@ impl MiniGpt4 {
             .forward(embeds, &pos, attention_mask, None, train)
     }
 
+    /// Training loss of a layout embedding: [`crate::llama::Llama::train_loss`] with the
+    /// positions `0..T` of every row (training batches are right-padded).
+    pub fn train_loss(
+        &self,
+        embeds: &Tensor,
+        attention_mask: &Tensor,
+        position_ids: &Tensor,
+        labels: &Tensor,
+    ) -> Result<Tensor> {
+        self.llama
+            .train_loss(embeds, position_ids, Some(attention_mask), labels)
+    }
+
     /// Makes `llama_proj` trainable and returns its Vars (`llama_proj.weight`, `llama_proj.bias`).
     pub fn make_projector_trainable(&mut self) -> Result<Vec<(String, Var)>> {
         let (w, b) = self.llama_proj.make_trainable()?;

@@ -49,12 +49,24 @@ impl MultiHeadAttention {
     fn forward_t(&self, hidden: &Tensor, kv: &Tensor, train: bool) -> Result<Tensor> {
         let (b, n, d) = hidden.dims3()?;
         let hd = d / self.num_heads;
-        let q = self.split(&self.query.forward_t(hidden, train)?)?;
-        let k = self.split(&self.key.forward_t(kv, train)?)?;
-        let v = self.split(&self.value.forward_t(kv, train)?)?;
-        let scores = (q.matmul(&k.t()?.contiguous()?)? / (hd as f64).sqrt())?;
-        let probs = softmax_t(&scores, train)?;
-        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
+        let q = self.query.forward_t(hidden, train)?;
+        let k = self.key.forward_t(kv, train)?;
+        let v = self.value.forward_t(kv, train)?;
+        let spec = crate::fused::AttnSpec {
+            heads: self.num_heads,
+            scale: 1.0 / (hd as f64).sqrt(),
+            scale_at: crate::fused::ScaleAt::Scores,
+            mask: None,
+            rope: None,
+        };
+        let ctx = if train && crate::fused::attention_ok(&[&q, &k, &v], &spec) {
+            crate::fused::attention(&q, &k, &v, &spec)?
+        } else {
+            let (q, k, v) = (self.split(&q)?, self.split(&k)?, self.split(&v)?);
+            let scores = (q.matmul(&k.t()?.contiguous()?)? / (hd as f64).sqrt())?;
+            let probs = softmax_t(&scores, train)?;
+            probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?
+        };
         let out = self.dense.forward_t(&ctx, train)?;
         self.norm.forward_t(&(out + hidden)?, train)
     }

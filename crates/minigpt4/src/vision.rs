@@ -37,12 +37,7 @@ impl LayerNorm {
     /// `train` selects the differentiable path.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         if train {
-            return Ok(candle_nn::ops::layer_norm_slow(
-                x,
-                &self.weight,
-                &self.bias,
-                self.eps as f32,
-            )?);
+            return crate::fused::layer_norm(x, &self.weight, &self.bias, self.eps);
         }
         let x = x.contiguous()?;
         Ok(candle_nn::ops::layer_norm(
@@ -57,7 +52,7 @@ impl LayerNorm {
 /// Softmax over the last dim: fused kernel for inference, differentiable ops for training.
 pub(crate) fn softmax_t(x: &Tensor, train: bool) -> Result<Tensor> {
     if train {
-        Ok(candle_nn::ops::softmax(x, D::Minus1)?)
+        crate::fused::softmax_last_dim(x)
     } else {
         Ok(candle_nn::ops::softmax_last_dim(x)?)
     }
@@ -95,6 +90,19 @@ impl Attention {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (b, n, d) = x.dims3()?;
         let qkv = self.qkv.forward_t(x, train)?;
+        if train {
+            let spec = crate::fused::AttnSpec {
+                heads: self.num_heads,
+                scale: (self.head_dim as f64).powf(-0.5),
+                scale_at: crate::fused::ScaleAt::Query,
+                mask: None,
+                rope: None,
+            };
+            if crate::fused::attention_ok(&[&qkv], &spec) {
+                let out = crate::fused::attention_packed(&qkv, &spec)?;
+                return self.projection.forward_t(&out, train);
+            }
+        }
         let qkv = qkv
             .reshape((b, n, 3, self.num_heads, self.head_dim))?
             .permute((2, 0, 3, 1, 4))?;
