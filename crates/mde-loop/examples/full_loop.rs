@@ -442,7 +442,7 @@ fn main() -> Result<()> {
     );
 
     // 11. Evaluate the trained model the same way and compare.
-    let mut model1 = load_eval(trainer.into_model(), tok, "round 1");
+    let mut model1 = load_eval(trainer.into_inference_model()?, tok, "round 1");
     for (i, (b, before)) in benches.iter().zip(&before).enumerate() {
         let after = evaluate(&mut model1, b, &out.join(format!("eval_after_{i}")))?;
         print_comparison(b.name, before, &after);

@@ -993,7 +993,7 @@ impl LoopRun {
                     None => me.round_trainer(&base, k, &pool_images, &pattern)?.0,
                 };
                 Ok(me.wrap_eval(
-                    t.into_model(),
+                    t.into_inference_model()?,
                     tok.clone(),
                     &format!("{} round {k}", base.name),
                 ))

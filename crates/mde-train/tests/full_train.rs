@@ -249,3 +249,41 @@ fn full_mode_weight_decay_groups() -> Result<()> {
     assert_eq!(decayed.tensors, rest);
     Ok(())
 }
+
+/// After full training, the inference model (rebuilt from detached tensors) computes exactly
+/// what the trained model computes, and its forwards record no autograd graph.
+#[test]
+fn inference_model_after_full_training_is_detached_and_equal() -> Result<()> {
+    let run = tempfile::tempdir()?;
+    let mut t = trainer(run.path(), config(TrainMode::Full, ImageMode::Train))?;
+    t.run(
+        None,
+        RunOptions {
+            stop_after: Some(2),
+            progress: false,
+        },
+    )?;
+    let px = candle_core::safetensors::load(
+        common::golden_dir().join("expected/forward.safetensors"),
+        &Device::Cpu,
+    )?
+    .remove("pixel_values")
+    .context("no pixel_values in the fixture")?;
+    let trained = t.model().qformer_features(&px)?;
+    let emb = |m: &minigpt4::model::MiniGpt4| -> Result<candle_core::Tensor> {
+        Ok(m.llama.embed_ids(&[1, 5, 9])?.unsqueeze(0)?)
+    };
+    let logits = t
+        .model()
+        .forward_embeds(&emb(t.model())?, None, None, false)?;
+    assert!(logits.track_op(), "a trained model's forward is tracked");
+    let m = t.into_inference_model()?;
+    let l2 = m.forward_embeds(&emb(&m)?, None, None, false)?;
+    assert!(!l2.track_op(), "the inference model still holds Vars");
+    let max = |a: candle_core::Tensor| -> Result<f32> {
+        Ok(a.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
+    };
+    assert_eq!(max((l2 - logits)?)?, 0.0);
+    assert_eq!(max((m.qformer_features(&px)? - trained)?)?, 0.0);
+    Ok(())
+}

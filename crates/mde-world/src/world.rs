@@ -31,6 +31,7 @@ use mde_core::records::{coco, ObjectBox};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -432,23 +433,35 @@ impl World {
         // Images: train, then val (A-OKVQA then MMBench).
         let mut encoded: HashMap<u64, Vec<u8>> = HashMap::new();
         let mm_ids: HashSet<u64> = mm_items.iter().map(|it| it.scene.image_id).collect();
-        for s in train
+        let all: Vec<&Scene> = train
             .iter()
             .chain(val.iter())
             .chain(mm_items.iter().map(|it| &it.scene))
-        {
-            let img = render(s);
-            let bytes = match cfg.image_format {
-                ImageFormat::Jpeg => encode_jpeg(&img, cfg.jpeg_quality),
-                ImageFormat::Png => encode_png(&img),
-            }
-            .map_err(|e| WorldError::Image {
-                path: dir.join("coco").join(s.rel_path()),
-                msg: e.to_string(),
-            })?;
-            w.image(&format!("coco/{}", s.rel_path()), &bytes)?;
-            if mm_ids.contains(&s.image_id) {
-                encoded.insert(s.image_id, bytes);
+            .collect();
+        // Rendering and encoding are pure per scene: done in parallel, in chunks, while hashing
+        // and writing stay sequential in the fixed order (the world hash does not depend on
+        // the thread count).
+        for chunk in all.chunks(1024) {
+            let bytes: Vec<Result<Vec<u8>, WorldError>> = chunk
+                .par_iter()
+                .map(|s| {
+                    let img = render(s);
+                    match cfg.image_format {
+                        ImageFormat::Jpeg => encode_jpeg(&img, cfg.jpeg_quality),
+                        ImageFormat::Png => encode_png(&img),
+                    }
+                    .map_err(|e| WorldError::Image {
+                        path: dir.join("coco").join(s.rel_path()),
+                        msg: e.to_string(),
+                    })
+                })
+                .collect();
+            for (s, bytes) in chunk.iter().zip(bytes) {
+                let bytes = bytes?;
+                w.image(&format!("coco/{}", s.rel_path()), &bytes)?;
+                if mm_ids.contains(&s.image_id) {
+                    encoded.insert(s.image_id, bytes);
+                }
             }
         }
         let mut mains = vec![];
@@ -721,8 +734,19 @@ impl World {
             .map(|v| v.as_slice())
             .unwrap_or(&[])
     }
-    /// Ids of the train2017 images: the candidate pool ABS draws query images from.
+    /// Ids of the candidate pool ABS draws query images from: the `pool_images` train2017
+    /// images generated for it, never used by the base sets (whose images are train2017 too,
+    /// see [`World::train_image_ids`]).
     pub fn pool_image_ids(&self) -> Vec<u64> {
+        let end = POOL_ID_BASE + self.config().pool_images as u64;
+        self.scenes
+            .range(POOL_ID_BASE..end)
+            .filter(|(_, s)| s.split == "train")
+            .map(|(&id, _)| id)
+            .collect()
+    }
+    /// Ids of every train2017 image: the pool and the images of both base sets.
+    pub fn train_image_ids(&self) -> Vec<u64> {
         self.scenes
             .values()
             .filter(|s| s.split == "train")

@@ -822,3 +822,23 @@ fn sizes_and_image_format_options_work() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn the_abs_pool_is_the_pool_images_only() -> Result<()> {
+    let (_d, w) = shared();
+    let pool = w.pool_image_ids();
+    assert_eq!(pool.len(), w.config().pool_images);
+    let base: std::collections::BTreeSet<u64> = [BaseVariant::Unbalanced, BaseVariant::Balanced]
+        .into_iter()
+        .flat_map(|v| w.load_base_vqa(v).unwrap())
+        .map(|r| r.image_id)
+        .collect();
+    assert!(!base.is_empty());
+    assert!(
+        pool.iter().all(|id| !base.contains(id)),
+        "a base image in the pool"
+    );
+    // Every train2017 image is either in the pool or in a base set.
+    assert_eq!(w.train_image_ids().len(), pool.len() + base.len());
+    Ok(())
+}

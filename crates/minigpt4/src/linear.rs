@@ -399,6 +399,18 @@ impl Linear {
         Ok(())
     }
 
+    /// For inference after training: merges the adapter, drops the Vars and detaches weight and
+    /// bias, so that forwards record no autograd graph (with Vars, candle keeps every
+    /// intermediate tensor of a forward alive for a backward that never comes).
+    pub fn freeze(&mut self) -> Result<()> {
+        self.merge()?;
+        self.weight = self.weight.detach();
+        self.bias = self.bias.as_ref().map(|b| b.detach());
+        self.weight_var = None;
+        self.bias_var = None;
+        Ok(())
+    }
+
     /// Forward; `train` enables LoRA dropout.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mask = match &self.lora {

@@ -669,6 +669,19 @@ impl Llama {
         out
     }
 
+    /// [`Linear::freeze`] on every linear layer that has an adapter or trainable weights
+    /// (adapters merged, Vars dropped): the LLaMA for inference after LoRA training.
+    pub fn freeze(&mut self) -> Result<()> {
+        for layer in &mut self.layers {
+            for t in LORA_TARGETS {
+                if let Some(l) = layer.linear_mut(t) {
+                    l.freeze()?;
+                }
+            }
+        }
+        self.lm_head.freeze()
+    }
+
     /// Merges every adapter into its base weight (`W += B A * scale`).
     pub fn merge_lora(&mut self) -> Result<()> {
         for layer in &mut self.layers {
