@@ -56,7 +56,10 @@ fn runner_cfg(concurrency: usize) -> RunnerConfig {
 }
 
 async fn run(base: &str, qs: &[GenQuery], rc: RunnerConfig, out: &Path) -> Result<RunSummary> {
-    let teacher = build_teacher(&teacher_cfg(base, 0.3))?;
+    // The client timeout must fire on `Fault::Slow` only: 1.5 s is 300x the normal 5 ms reply,
+    // so a loaded machine does not turn a served reply into a timeout and a retry (which the
+    // exactly-once assertions would count as a duplicate).
+    let teacher = build_teacher(&teacher_cfg(base, 1.5))?;
     let prompt = GeneratePrompt::v1();
     let runner = Runner::new(teacher, rc);
     Ok(runner
@@ -90,7 +93,7 @@ fn fault_plan() -> Plan {
             0 => Some(Fault::RateLimit("0")),
             1 => Some(Fault::RateLimit("0.05")),
             2 => Some(Fault::ServerError),
-            3 => Some(Fault::Slow(Duration::from_millis(800))),
+            3 => Some(Fault::Slow(Duration::from_millis(3000))),
             4 => Some(Fault::Drop),
             5 => Some(Fault::Malformed),
             _ => None,
