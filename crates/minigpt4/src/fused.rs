@@ -56,6 +56,59 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// `cpu_fwd` of an op whose forward value was computed beforehand with untracked tensor ops:
+/// takes the value out of `slot` (once) and returns a copy of its contiguous f32 storage.
+pub(crate) fn hand_out(
+    slot: &std::sync::Mutex<Option<Tensor>>,
+    what: &str,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let out = slot
+        .lock()
+        .map_err(|_| candle_core::Error::Msg(format!("{what}: poisoned lock")))?
+        .take()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{what}: forward ran twice")))?
+        .contiguous()?;
+    let (st, l) = out.storage_and_layout();
+    let (candle_core::Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) =
+        (&*st, l.contiguous_offsets())
+    else {
+        candle_core::bail!("{what}: expected a contiguous f32 CPU result");
+    };
+    Ok((CpuStorage::F32(v[a..b].to_vec()), out.shape().clone()))
+}
+
+/// Fills `dx` row by row with `row(dx, x, g, acc)` in parallel tasks of [`ROWS_PER_TASK`] rows,
+/// each task with its own zeroed `acc` of `acc_len` values (per-task weight-gradient sums);
+/// returns the task sums added in task order.
+fn rows_with_sums(
+    dx: &mut [f32],
+    x: &[f32],
+    g: &[f32],
+    d: usize,
+    acc_len: usize,
+    row: impl Fn(&mut [f32], &[f32], &[f32], &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let partial: Vec<Vec<f32>> = dx
+        .par_chunks_mut(ROWS_PER_TASK * d)
+        .zip(x.par_chunks(ROWS_PER_TASK * d))
+        .zip(g.par_chunks(ROWS_PER_TASK * d))
+        .map(|((dx, x), g)| {
+            let mut acc = vec![0f32; acc_len];
+            for ((dx, x), g) in dx.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)) {
+                row(dx, x, g, &mut acc);
+            }
+            acc
+        })
+        .collect();
+    let mut sum = vec![0f32; acc_len];
+    for p in partial {
+        for (a, b) in sum.iter_mut().zip(p) {
+            *a += b;
+        }
+    }
+    sum
+}
+
 // ---------------------------------------------------------------------------------------------
 // softmax
 
@@ -203,37 +256,21 @@ impl CustomOp3 for RmsNormBwd {
         let d = w.len();
         let n = x.len() / d;
         let mut out = vec![0f32; (n + 1) * d];
-        let (dx, _) = out.split_at_mut(n * d);
-        let partial: Vec<Vec<f32>> = dx
-            .par_chunks_mut(ROWS_PER_TASK * d)
-            .zip(x.par_chunks(ROWS_PER_TASK * d))
-            .zip(g.par_chunks(ROWS_PER_TASK * d))
-            .map(|((dx, x), g)| {
-                let mut dw = vec![0f32; d];
-                let mut u = vec![0f32; d];
-                for ((dx, x), g) in dx.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)) {
-                    let r = rms(x, self.eps);
-                    let mut mean_uxn = 0f32;
-                    for i in 0..d {
-                        let xn = x[i] / r;
-                        dw[i] += g[i] * xn;
-                        u[i] = g[i] * w[i];
-                        mean_uxn += u[i] * xn;
-                    }
-                    mean_uxn /= d as f32;
-                    for i in 0..d {
-                        dx[i] = (u[i] - (x[i] / r) * mean_uxn) / r;
-                    }
-                }
-                dw
-            })
-            .collect();
-        let dw = &mut out[n * d..];
-        for p in partial {
-            for (a, b) in dw.iter_mut().zip(p) {
-                *a += b;
+        let (dx, dw) = out.split_at_mut(n * d);
+        let sums = rows_with_sums(dx, x, g, d, d, |dx, x, g, dw| {
+            let r = rms(x, self.eps);
+            let mut mean_uxn = 0f32;
+            for i in 0..d {
+                let xn = x[i] / r;
+                dw[i] += g[i] * xn;
+                mean_uxn += (g[i] * w[i]) * xn;
             }
-        }
+            mean_uxn /= d as f32;
+            for i in 0..d {
+                dx[i] = (g[i] * w[i] - (x[i] / r) * mean_uxn) / r;
+            }
+        });
+        dw.copy_from_slice(&sums);
         Ok((CpuStorage::F32(out), Shape::from((n + 1, d))))
     }
 }
@@ -341,42 +378,26 @@ impl CustomOp3 for LayerNormBwd {
         let d = w.len();
         let n = x.len() / d;
         let mut out = vec![0f32; (n + 2) * d];
-        let (dx, _) = out.split_at_mut(n * d);
-        let partial: Vec<Vec<f32>> = dx
-            .par_chunks_mut(ROWS_PER_TASK * d)
-            .zip(x.par_chunks(ROWS_PER_TASK * d))
-            .zip(g.par_chunks(ROWS_PER_TASK * d))
-            .map(|((dx, x), g)| {
-                // [dw | db]
-                let mut acc = vec![0f32; 2 * d];
-                let mut u = vec![0f32; d];
-                let mut xh = vec![0f32; d];
-                for ((dx, x), g) in dx.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)) {
-                    let (mean, sd) = moments(x, self.eps);
-                    let (mut mean_u, mut mean_uxh) = (0f32, 0f32);
-                    for i in 0..d {
-                        xh[i] = (x[i] - mean) / sd;
-                        acc[i] += g[i] * xh[i];
-                        acc[d + i] += g[i];
-                        u[i] = g[i] * w[i];
-                        mean_u += u[i];
-                        mean_uxh += u[i] * xh[i];
-                    }
-                    mean_u /= d as f32;
-                    mean_uxh /= d as f32;
-                    for i in 0..d {
-                        dx[i] = (u[i] - mean_u - xh[i] * mean_uxh) / sd;
-                    }
-                }
-                acc
-            })
-            .collect();
-        let acc = &mut out[n * d..];
-        for p in partial {
-            for (a, b) in acc.iter_mut().zip(p) {
-                *a += b;
+        let (dx, dwdb) = out.split_at_mut(n * d);
+        // acc = [dw | db]
+        let sums = rows_with_sums(dx, x, g, d, 2 * d, |dx, x, g, acc| {
+            let (mean, sd) = moments(x, self.eps);
+            let (mut mean_u, mut mean_uxh) = (0f32, 0f32);
+            for i in 0..d {
+                let xh = (x[i] - mean) / sd;
+                let u = g[i] * w[i];
+                acc[i] += g[i] * xh;
+                acc[d + i] += g[i];
+                mean_u += u;
+                mean_uxh += u * xh;
             }
-        }
+            mean_u /= d as f32;
+            mean_uxh /= d as f32;
+            for i in 0..d {
+                dx[i] = (g[i] * w[i] - mean_u - ((x[i] - mean) / sd) * mean_uxh) / sd;
+            }
+        });
+        dwdb.copy_from_slice(&sums);
         Ok((CpuStorage::F32(out), Shape::from((n + 2, d))))
     }
 }
@@ -701,20 +722,7 @@ fn attention_forward(
 
 impl Attention {
     fn take_out(&self) -> candle_core::Result<(CpuStorage, Shape)> {
-        let out = self
-            .out
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("attention: poisoned lock".into()))?
-            .take()
-            .ok_or_else(|| candle_core::Error::Msg("attention: forward ran twice".into()))?
-            .contiguous()?;
-        let (st, l) = out.storage_and_layout();
-        let (candle_core::Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) =
-            (&*st, l.contiguous_offsets())
-        else {
-            candle_core::bail!("attention: expected a contiguous f32 CPU result");
-        };
-        Ok((CpuStorage::F32(v[a..b].to_vec()), out.shape().clone()))
+        hand_out(&self.out, "attention")
     }
 
     /// `(dq, dk, dv)`, each `[B, T, H*d]`.

@@ -245,19 +245,7 @@ impl CustomOp3 for FusedLinear {
         _: &CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let out = self
-            .out
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("fused linear: poisoned lock".into()))?
-            .take()
-            .ok_or_else(|| candle_core::Error::Msg("fused linear: forward ran twice".into()))?;
-        let out = out.contiguous()?;
-        let (st, l) = out.storage_and_layout();
-        let (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) = (&*st, l.contiguous_offsets())
-        else {
-            candle_core::bail!("fused linear: expected a contiguous f32 CPU result");
-        };
-        Ok((CpuStorage::F32(v[a..b].to_vec()), out.shape().clone()))
+        crate::fused::hand_out(&self.out, "fused linear")
     }
 
     fn bwd(

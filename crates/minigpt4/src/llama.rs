@@ -154,10 +154,10 @@ impl Attention {
         train: bool,
     ) -> Result<Tensor> {
         let hd = self.head_dim;
+        let q = self.q_proj.forward_t(x, train)?;
+        let k = self.k_proj.forward_t(x, train)?;
+        let v = self.v_proj.forward_t(x, train)?;
         if train && cache.is_none() && self.num_heads == self.num_kv_heads {
-            let q = self.q_proj.forward_t(x, true)?;
-            let k = self.k_proj.forward_t(x, true)?;
-            let v = self.v_proj.forward_t(x, true)?;
             let spec = crate::fused::AttnSpec {
                 heads: self.num_heads,
                 scale: 1.0 / (hd as f64).sqrt(),
@@ -169,11 +169,7 @@ impl Attention {
                 let out = crate::fused::attention(&q, &k, &v, &spec)?;
                 return self.o_proj.forward_t(&out, true);
             }
-            return self.forward_heads(q, k, v, cos, sin, mask, None, true);
         }
-        let q = self.q_proj.forward_t(x, train)?;
-        let k = self.k_proj.forward_t(x, train)?;
-        let v = self.v_proj.forward_t(x, train)?;
         self.forward_heads(q, k, v, cos, sin, mask, cache, train)
     }
 
