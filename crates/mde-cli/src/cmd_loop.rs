@@ -33,6 +33,11 @@ pub struct Args {
     /// sharing the cached base model, and compare them in `OUT/ablation/`.
     #[arg(long, value_delimiter = ',')]
     pub ablation: Vec<String>,
+    /// With --ablation: repeat every arm with each of these `[run] seed`s (sampling, teacher and
+    /// round training; the base model is shared) into `OUT/<strategy>/seed-<s>/`; the report
+    /// adds per-strategy means and standard deviations over the seeds.
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Vec<u64>,
     /// No progress bars.
     #[arg(long)]
     pub no_progress: bool,
@@ -64,11 +69,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let out = args
         .out
         .context("--out DIR is required (where the run writes; re-run to resume)")?;
+    if !args.seeds.is_empty() && args.ablation.is_empty() {
+        bail!("--seeds repeats the arms of --ablation; give --ablation too");
+    }
     if !args.ablation.is_empty() {
         let mut arms = Vec::new();
-        for strategy in &args.ablation {
+        let seeds: Vec<Option<u64>> = if args.seeds.is_empty() {
+            vec![None]
+        } else {
+            args.seeds.iter().copied().map(Some).collect()
+        };
+        for (strategy, seed) in args
+            .ablation
+            .iter()
+            .flat_map(|st| seeds.iter().map(move |s| (st, *s)))
+        {
             let mut c = cfg.clone();
             c.abs.strategy = strategy.clone();
+            if let Some(s) = seed {
+                c.run.seed = s;
+            }
             c.validate()
                 .with_context(|| format!("--ablation {strategy}"))?;
             let label: String = strategy
@@ -81,14 +101,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     }
                 })
                 .collect();
-            let dir = out.join(&label);
-            eprintln!("ablation arm {strategy}: {}", dir.display());
+            let (dir, arm_label) = match seed {
+                Some(s) => (
+                    out.join(&label).join(format!("seed-{s}")),
+                    format!("{strategy} (seed {s})"),
+                ),
+                None => (out.join(&label), strategy.clone()),
+            };
+            eprintln!("ablation arm {arm_label}: {}", dir.display());
             let mut run = LoopRun::new(c, &dir)?;
             if args.no_progress {
                 run.set_progress(false);
             }
             arms.push(mde_loop::report::AblationArm {
-                label: strategy.clone(),
+                label: arm_label,
                 report: run.run()?,
             });
         }

@@ -12,7 +12,7 @@ use mde_eval::runner::{
     load_items, run_predictions, score_predictions, write_official_predictions, Benchmark,
     ImageLoader, Method, RunConfig,
 };
-use minigpt4::eval_adapter::{EvalModelConfig, MiniGpt4Eval};
+use minigpt4::eval_adapter::{EvalModelConfig, MiniGpt4Eval, RankScore};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -273,6 +273,30 @@ fn tiny_minigpt4_ranks_mmbench_batched_like_the_reference() -> Result<()> {
     model.clear_image_cache();
     close(&model.rank(&reqs)?, &want, "one batch of every request");
     assert_eq!(reference.image_cache_stats().0, 0);
+
+    // `RankScore::Sum` is the mean times the candidate's token count, on both paths.
+    let lens: Vec<Vec<usize>> = reqs
+        .iter()
+        .map(|r| {
+            MiniGpt4Eval::candidates_for(r)
+                .iter()
+                .map(|c| Ok(model.tokenizer.encode(c, false)?.len()))
+                .collect::<Result<Vec<_>>>()
+        })
+        .collect::<Result<_>>()?;
+    let want_sum: Vec<Vec<f32>> = want
+        .iter()
+        .zip(&lens)
+        .map(|(w, l)| w.iter().zip(l).map(|(m, n)| m * *n as f32).collect())
+        .collect();
+    let mut summed = load_model(&g, 5)?.with_rank_score(RankScore::Sum);
+    close(&summed.rank(&reqs)?, &want_sum, "sum scores, batched");
+    let mut summed_ref = load_model(&g, 1)?.with_rank_score(RankScore::Sum);
+    let one: Vec<Vec<f32>> = reqs
+        .iter()
+        .map(|r| Ok(summed_ref.rank_per_request(std::slice::from_ref(r))?[0].clone()))
+        .collect::<Result<_>>()?;
+    close(&one, &want_sum, "sum scores, per request");
 
     // Prompt: the clean ranking prompt with the hint before the question, BOS first; without a
     // hint and with letters A.. it is exactly the SEED/A-OKVQA clean prompt.

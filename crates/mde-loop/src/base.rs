@@ -202,13 +202,7 @@ pub fn pretrained_base(
     )?;
     let steps = trainer.step();
     drop(trainer);
-    let tensors: BTreeMap<String, candle_core::Tensor> = vars
-        .data()
-        .lock()
-        .map_err(|_| LoopError::Config("varmap poisoned".into()))?
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-        .collect();
+    let tensors = mde_train::trainer::detached_tensors(&vars)?;
     write_model_like(&init, &tensors, &out_dir)?;
     let info = PretrainInfo {
         key,

@@ -171,6 +171,9 @@ pub struct EvalSection {
     /// Ranking scores the choice texts after a prompt without the option listing (models trained
     /// in the `qa` format, like the embedded tiny model), see `PromptStyle::AnswerRank`.
     pub answer_only: bool,
+    /// How ranking scores a candidate: `mean` token log-probability (the released protocol) or
+    /// `sum` (total log-likelihood, independent of how many tokens a choice splits into).
+    pub rank_score: minigpt4::eval_adapter::RankScore,
 }
 
 impl Default for EvalSection {
@@ -181,6 +184,7 @@ impl Default for EvalSection {
             batch_size: 32,
             released_quirks: false,
             answer_only: false,
+            rank_score: Default::default(),
         }
     }
 }

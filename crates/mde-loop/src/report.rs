@@ -182,6 +182,85 @@ pub struct AblationSummary {
     pub types: Vec<String>,
     /// One entry per arm, in the given order.
     pub arms: Vec<ArmSummary>,
+    /// Per strategy (in first-seen order), mean and sample standard deviation over its arms
+    /// (e.g. seeds); only strategies with more than one arm.
+    #[serde(default)]
+    pub by_strategy: Vec<StrategyStats>,
+}
+
+/// Mean ± sample standard deviation of a strategy's arms.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StrategyStats {
+    pub strategy: String,
+    /// Number of arms (seeds).
+    pub arms: usize,
+    /// Overall accuracy change (points).
+    pub overall_delta: MeanSd,
+    /// Mean change of each arm's weakest-k types (points).
+    pub weakest_mean_delta: MeanSd,
+    /// Per-type change (points).
+    pub delta: BTreeMap<String, MeanSd>,
+}
+
+/// A mean and its sample standard deviation (0 for one value).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MeanSd {
+    pub mean: f64,
+    pub sd: f64,
+}
+
+impl MeanSd {
+    /// Of the finite values of `xs`; `None` when there are none.
+    pub fn of(xs: impl IntoIterator<Item = f64>) -> Option<MeanSd> {
+        let v: Vec<f64> = xs.into_iter().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return None;
+        }
+        let n = v.len() as f64;
+        let mean = v.iter().sum::<f64>() / n;
+        let sd = if v.len() > 1 {
+            (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+        } else {
+            0.0
+        };
+        Some(MeanSd { mean, sd })
+    }
+}
+
+fn strategy_stats(arms: &[ArmSummary], types: &[String]) -> Vec<StrategyStats> {
+    let mut order: Vec<&str> = Vec::new();
+    for a in arms {
+        if !order.contains(&a.strategy.as_str()) {
+            order.push(&a.strategy);
+        }
+    }
+    order
+        .into_iter()
+        .filter_map(|st| {
+            let group: Vec<&ArmSummary> = arms.iter().filter(|a| a.strategy == st).collect();
+            if group.len() < 2 {
+                return None;
+            }
+            let nan = f64::NAN;
+            Some(StrategyStats {
+                strategy: st.to_string(),
+                arms: group.len(),
+                overall_delta: MeanSd::of(group.iter().map(|a| a.overall_delta.unwrap_or(nan)))?,
+                weakest_mean_delta: MeanSd::of(
+                    group.iter().map(|a| a.weakest_mean_delta.unwrap_or(nan)),
+                )?,
+                delta: types
+                    .iter()
+                    .filter_map(|t| {
+                        let m = MeanSd::of(
+                            group.iter().map(|a| a.delta.get(t).copied().unwrap_or(nan)),
+                        )?;
+                        Some((t.clone(), m))
+                    })
+                    .collect(),
+            })
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -926,10 +1005,12 @@ pub fn summarize_arm(arm: &AblationArm, k: usize) -> ArmSummary {
 pub fn summarize_ablation(arms: &[AblationArm]) -> AblationSummary {
     let arms: Vec<ArmSummary> = arms.iter().map(|a| summarize_arm(a, WEAKEST_K)).collect();
     let types = union_types(arms.iter().flat_map(|a| [&a.round0, &a.last]));
+    let by_strategy = strategy_stats(&arms, &types);
     AblationSummary {
         k: WEAKEST_K,
         types,
         arms,
+        by_strategy,
     }
 }
 
@@ -983,6 +1064,39 @@ fn render_ablation_markdown(s: &AblationSummary) -> String {
         ],
         &rows,
     ));
+
+    if !s.by_strategy.is_empty() {
+        let ms = |m: &MeanSd| format!("{:+.1} ± {:.1}", m.mean, m.sd);
+        let mut headers = vec![
+            "strategy".to_string(),
+            "arms".to_string(),
+            "Δ overall".to_string(),
+            format!("Δ weakest-{} (mean)", s.k),
+        ];
+        headers.extend(s.types.iter().map(|t| format!("Δ {t}")));
+        let rows: Vec<Vec<String>> = s
+            .by_strategy
+            .iter()
+            .map(|g| {
+                let mut row = vec![
+                    g.strategy.clone(),
+                    g.arms.to_string(),
+                    ms(&g.overall_delta),
+                    ms(&g.weakest_mean_delta),
+                ];
+                row.extend(
+                    s.types
+                        .iter()
+                        .map(|t| g.delta.get(t).map(ms).unwrap_or_else(|| DASH.into())),
+                );
+                row
+            })
+            .collect();
+        md.push_str(&format!(
+            "\n## By strategy (mean ± sample sd over its arms, points)\n\n{}",
+            markdown_table(&headers, &rows)
+        ));
+    }
 
     let labels: Vec<String> = s.arms.iter().map(|a| a.label.clone()).collect();
     let per_type = |title: &str, cell: &dyn Fn(&ArmSummary, &str) -> String| {

@@ -287,7 +287,9 @@ impl LoopRun {
     }
 
     fn wrap_eval(&self, model: MiniGpt4, tok: LlamaTokenizer, name: &str) -> MiniGpt4Eval {
-        MiniGpt4Eval::new(model, tok, name).with_max_batch(self.eval_batch())
+        MiniGpt4Eval::new(model, tok, name)
+            .with_max_batch(self.eval_batch())
+            .with_rank_score(self.cfg.eval.rank_score)
     }
 
     /// The mining and report specs (derived from the world when not given).

@@ -73,6 +73,12 @@ pub struct TinyModelConfig {
     pub init_std: f64,
     /// How weights are initialised: `normal` (N(0, init_std) everywhere, as HF) or `fan_in`.
     pub init: InitScheme,
+    /// Std of the vision tower's learned position embeddings (default: `init_std`). At
+    /// `init_std` 0.05 the patch projections are ~15x larger than the position embeddings, and
+    /// from-scratch training left the ViT nearly position-blind: shapes and quadrants stayed at
+    /// chance (docs/RESULTS.md, session 5).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vision_pos_init_std: Option<f64>,
 }
 
 /// Initialisation of weight matrices and embeddings (norm weights are always 1, biases 0).
@@ -114,6 +120,7 @@ impl Default for TinyModelConfig {
             tokenizer_min_frequency: 2,
             init_std: 0.02,
             init: InitScheme::Normal,
+            vision_pos_init_std: None,
         }
     }
 }
@@ -163,6 +170,12 @@ impl TinyModelConfig {
         }
         if !(self.llm_hidden / self.llm_heads).is_multiple_of(2) {
             return bad("llm head dim must be even (RoPE rotates halves)".into());
+        }
+        if let Some(p) = self
+            .vision_pos_init_std
+            .filter(|p| !(*p > 0.0 && p.is_finite()))
+        {
+            return bad(format!("vision_pos_init_std must be > 0, got {p}"));
         }
         if !(self.init_std > 0.0 && self.init_std.is_finite()) {
             return bad(format!("init_std must be > 0, got {}", self.init_std));
@@ -621,7 +634,14 @@ pub fn build_base_model(
     let vocab = tok.get_vocab_size(true);
     // Weights.
     let mcfg = cfg.minigpt4_config(vocab);
-    let params = init_parameters(&mcfg, seed, cfg.init_std, cfg.init)?;
+    let mut params = init_parameters(&mcfg, seed, cfg.init_std, cfg.init)?;
+    if let Some(std) = cfg.vision_pos_init_std {
+        let name = "vision_model.embeddings.position_embedding";
+        if let Some(dims) = params.get(name).map(|t| t.dims().to_vec()) {
+            let t = init_tensor(name, &dims, seed, std, InitScheme::Normal)?;
+            params.insert(name.to_string(), t);
+        }
+    }
     let num_parameters = params.values().map(|t| t.elem_count()).sum();
     let (blip2, llama, proj) = split_root_tensors(params);
     let write = |rel: &str, bytes: &[u8]| -> Result<()> {

@@ -296,3 +296,46 @@ fn report_ablation_files_and_weakest_mean() -> anyhow::Result<()> {
     assert!(has_text(&svg, "abs") && has_text(&svg, "uniform"));
     Ok(())
 }
+
+#[test]
+fn ablation_over_seeds_reports_mean_and_sd_per_strategy() -> anyhow::Result<()> {
+    let acc_b: [[f64; 5]; 3] = [ACC[0], ACC[1], [65.0, 25.0, 55.0, 79.0, 30.0]];
+    let arms = vec![
+        AblationArm {
+            label: "abs (seed 0)".into(),
+            report: build("a", "abs", ACC, 1),
+        },
+        AblationArm {
+            label: "abs (seed 1)".into(),
+            report: build("b", "abs", acc_b, 1),
+        },
+        AblationArm {
+            label: "uniform (seed 0)".into(),
+            report: build("c", "uniform", acc_b, 2),
+        },
+    ];
+    let dir = tempfile::tempdir()?;
+    let files = write_ablation(dir.path(), &arms)?;
+    let s: AblationSummary = mde_core::io::read_json(&files.json)?;
+    // One group: "uniform" has a single arm.
+    assert_eq!(s.by_strategy.len(), 1);
+    let g = &s.by_strategy[0];
+    assert_eq!((g.strategy.as_str(), g.arms), ("abs", 2));
+    let (x, y) = (
+        s.arms[0].overall_delta.unwrap(),
+        s.arms[1].overall_delta.unwrap(),
+    );
+    assert!((g.overall_delta.mean - (x + y) / 2.0).abs() < 1e-9);
+    assert!((g.overall_delta.sd - (x - y).abs() / 2f64.sqrt()).abs() < 1e-9);
+    for (i, t) in TYPES.iter().enumerate() {
+        let (p, q) = (ACC[2][i] - ACC[0][i], acc_b[2][i] - acc_b[0][i]);
+        assert!((g.delta[*t].mean - (p + q) / 2.0).abs() < 1e-9, "{t}");
+    }
+    let md = std::fs::read_to_string(&files.markdown)?;
+    assert!(md.contains("## By strategy"), "{md}");
+    assert!(md.contains(&format!(
+        "| abs | 2 | {:+.1} ± {:.1} |",
+        g.overall_delta.mean, g.overall_delta.sd
+    )));
+    Ok(())
+}

@@ -404,3 +404,109 @@ fn demo_config_parses() -> anyhow::Result<()> {
     assert!(e.to_string().contains("vit_widht"), "{e}");
     Ok(())
 }
+
+/// Full training reaches the vision tower and the Q-Former with correct gradients: for
+/// `f = sum(image_embeds * R)`, the f32 gradients (fused training kernels) equal the f64 ones
+/// (candle's composite ops), and those equal central finite differences.
+#[test]
+fn full_mode_image_path_gradients_match_finite_differences() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let w = world(&tmp.path().join("world"))?;
+    let cfg = TinyModelConfig {
+        vision_pos_init_std: Some(0.5),
+        init_std: 0.05,
+        ..small_cfg()
+    };
+    let base = build_base_model(
+        &cfg,
+        CorpusSource::WorldDir(w.dir()),
+        &tmp.path().join("base"),
+        5,
+    )?;
+    let (_, pos_sd) = mean_sd(
+        &candle_core::safetensors::load(base.blip2_dir().join("model.safetensors"), &Device::Cpu)?
+            ["vision_model.embeddings.position_embedding"],
+    )?;
+    assert!(
+        (pos_sd - 0.5).abs() < 0.05,
+        "position embedding sd {pos_sd}"
+    );
+    let px = Tensor::cat(
+        &[
+            image_pixels(&w, &base)?,
+            image_pixels(&w, &base)?.flip(&[3])?,
+        ],
+        0,
+    )?;
+    let probe = [
+        "vision_model.embeddings.patch_embedding.weight",
+        "vision_model.embeddings.position_embedding",
+        "vision_model.encoder.layers.0.self_attn.qkv.weight",
+        "vision_model.encoder.layers.1.mlp.fc1.weight",
+        "vision_model.post_layernorm.weight",
+        "qformer.encoder.layer.0.crossattention.attention.key.weight",
+        "qformer.encoder.layer.1.attention.attention.value.weight",
+        "qformer.layernorm.bias",
+        "query_tokens",
+    ];
+    let mut by_dtype = Vec::new();
+    for dt in [DType::F32, DType::F64] {
+        let (m, vm) = MiniGpt4::load_varmap(&base.model_paths(), dt, &Device::Cpu)?;
+        let px = px.to_dtype(dt)?;
+        let f = |m: &MiniGpt4| -> anyhow::Result<Tensor> {
+            let e = m.project(&m.qformer_features_t(&px, true)?, true)?;
+            let r = Tensor::arange(0f32, e.elem_count() as f32, &Device::Cpu)?
+                .affine(0.37, 0.0)?
+                .sin()?
+                .reshape(e.shape())?
+                .to_dtype(dt)?;
+            Ok((e * r)?.sum_all()?)
+        };
+        let grads = f(&m)?.backward()?;
+        let vars = vm.data().lock().expect("varmap").clone();
+        let mut got = Vec::new();
+        for name in probe {
+            let var = vars.get(name).expect(name);
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("{name}: no gradient"))
+                .flatten_all()?
+                .to_dtype(DType::F64)?
+                .to_vec1::<f64>()?;
+            if dt == DType::F64 {
+                let orig = var.as_tensor().flatten_all()?.to_vec1::<f64>()?;
+                // The largest-gradient coordinate plus two fixed ones.
+                let big = (0..g.len())
+                    .max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs()))
+                    .unwrap_or(0);
+                for i in [big, 0, orig.len() / 2] {
+                    let eps = 1e-5;
+                    let at = |d: f64| -> anyhow::Result<f64> {
+                        let mut p = orig.clone();
+                        p[i] += d;
+                        var.set(&Tensor::from_vec(p, var.shape(), &Device::Cpu)?)?;
+                        Ok(f(&m)?.to_scalar::<f64>()?)
+                    };
+                    let fd = (at(eps)? - at(-eps)?) / (2.0 * eps);
+                    var.set(&Tensor::from_vec(orig.clone(), var.shape(), &Device::Cpu)?)?;
+                    assert!(
+                        (fd - g[i]).abs() <= 1e-4 * fd.abs().max(g[i].abs()) + 1e-7,
+                        "{name}[{i}]: autograd {} vs finite difference {fd}",
+                        g[i]
+                    );
+                }
+            }
+            got.push(g);
+        }
+        by_dtype.push(got);
+    }
+    for (name, (a, b)) in probe.iter().zip(by_dtype[0].iter().zip(&by_dtype[1])) {
+        let scale = b.iter().fold(0f64, |m, x| m.max(x.abs())).max(1e-6);
+        let diff = a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            diff <= 1e-4 * scale,
+            "{name}: f32 vs f64 gradient differs by {diff} (scale {scale})"
+        );
+    }
+    Ok(())
+}

@@ -5,7 +5,7 @@
 //! from `TrainConfig::seed` and the step counter, and all of it is in the checkpoint, so a
 //! run killed and resumed from its last checkpoint reaches the same weights bit for bit (CPU).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::backprop::GradStore;
@@ -847,13 +847,7 @@ impl Trainer {
     pub fn into_inference_model(self) -> Result<MiniGpt4> {
         let mut model = self.model;
         if let Some(vm) = &self.varmap {
-            let tensors: HashMap<String, Tensor> = vm
-                .data()
-                .lock()
-                .map_err(|_| TrainError::Invalid("VarMap lock poisoned".into()))?
-                .iter()
-                .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
-                .collect();
+            let tensors: HashMap<String, Tensor> = detached_tensors(vm)?.into_iter().collect();
             let vb = VarBuilder::from_tensors(tensors, model.dtype(), model.device());
             return Ok(MiniGpt4::new(&model.config(), vb)?);
         }
@@ -1423,4 +1417,16 @@ impl Validator for LossValidator {
         }
         Ok(total / n as f64)
     }
+}
+
+/// The current values of every Var of `vm`, detached from the graph (name -> tensor), e.g. to
+/// write a trained model or rebuild it without Vars.
+pub fn detached_tensors(vm: &VarMap) -> Result<BTreeMap<String, Tensor>> {
+    Ok(vm
+        .data()
+        .lock()
+        .map_err(|_| TrainError::Invalid("VarMap lock poisoned".into()))?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+        .collect())
 }

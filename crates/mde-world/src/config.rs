@@ -60,6 +60,11 @@ pub struct WorldConfig {
     pub mmbench_per_type: usize,
     /// Fraction of `object_localization` questions that ask "where" (quadrant) instead of "how many".
     pub where_fraction: f64,
+    /// Brightness drop of the dark stripes / checker cells (0.45: visible through blur and noise).
+    pub background_contrast: f64,
+    /// At most one object per colour in an image (default: per colour + shape), so that "the red
+    /// object" alone names one object.
+    pub unique_colors: bool,
 }
 
 impl Default for WorldConfig {
@@ -95,6 +100,8 @@ impl Default for WorldConfig {
             aokvqa_per_type: 300,
             mmbench_per_type: 300,
             where_fraction: 0.4,
+            background_contrast: crate::scene::default_contrast(),
+            unique_colors: false,
         }
     }
 }
@@ -180,6 +187,19 @@ impl WorldConfig {
                 .all(|t| self.base_type_weights.get(t.id()).copied().unwrap_or(0.0) <= 0.0)
         {
             return bad("base_type_weights gives weight 0 to every configured type".into());
+        }
+        if self.unique_colors && self.max_objects > self.colors.len() {
+            return bad(format!(
+                "unique_colors needs max_objects <= the number of colours ({}), got {}",
+                self.colors.len(),
+                self.max_objects
+            ));
+        }
+        if !(0.0..=0.9).contains(&self.background_contrast) {
+            return bad(format!(
+                "background_contrast must be in 0..=0.9, got {}",
+                self.background_contrast
+            ));
         }
         if !(0.0..=1.0).contains(&self.where_fraction) {
             return bad(format!(

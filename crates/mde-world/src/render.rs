@@ -64,14 +64,14 @@ pub fn render(scene: &Scene) -> Rgb8 {
                 BackgroundKind::Plain => 1.0,
                 BackgroundKind::Gradient => {
                     let t = ((fx * dx + fy * dy) - pmin) / (pmax - pmin);
-                    1.0 - 0.50 * t
+                    1.0 - (bg.contrast + 0.05) * t
                 }
                 BackgroundKind::Stripes => {
                     let u = fx * dx + fy * dy - pmin;
                     if ((u / period).floor() as i64) % 2 == 0 {
                         1.0
                     } else {
-                        0.55
+                        1.0 - bg.contrast
                     }
                 }
                 BackgroundKind::Checkerboard => {
@@ -80,7 +80,7 @@ pub fn render(scene: &Scene) -> Rgb8 {
                     if (cx + cy) % 2 == 0 {
                         1.0
                     } else {
-                        0.55
+                        1.0 - bg.contrast
                     }
                 }
             } as f32;

@@ -195,6 +195,15 @@ pub struct Background {
     pub angle: u32,
     /// Stripe width / checker cell in pixels (at the image's size).
     pub period: u32,
+    /// Brightness drop of the dark stripes / checker cells (0 = plain look, 1 = black); the
+    /// gradient darkens by `contrast + 0.05` across the image.
+    #[serde(default = "default_contrast")]
+    pub contrast: f64,
+}
+
+/// The background contrast of generator version 2.
+pub fn default_contrast() -> f64 {
+    0.45
 }
 
 /// Image-quality degradation applied after drawing.
@@ -418,7 +427,10 @@ pub fn sample_scene<R: Rng>(
         attempts += 1;
         let shape = cfg.shapes[rng.random_range(0..cfg.shapes.len())];
         let color = cfg.colors[rng.random_range(0..cfg.colors.len())];
-        if objects.iter().any(|o| o.shape == shape && o.color == color) {
+        if objects
+            .iter()
+            .any(|o| o.color == color && (cfg.unique_colors || o.shape == shape))
+        {
             continue;
         }
         let size = if rng.random_bool(0.5) {
@@ -468,6 +480,7 @@ pub fn sample_scene<R: Rng>(
             tint,
             angle,
             period,
+            contrast: cfg.background_contrast,
         },
         quality,
         objects,

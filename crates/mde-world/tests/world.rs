@@ -842,3 +842,59 @@ fn the_abs_pool_is_the_pool_images_only() -> Result<()> {
     assert_eq!(w.train_image_ids().len(), pool.len() + base.len());
     Ok(())
 }
+
+#[test]
+fn unique_colors_and_background_contrast_knobs() -> Result<()> {
+    use mde_world::scene::{sample_scene, SceneRequest};
+    use rand::SeedableRng;
+    let cfg = WorldConfig {
+        unique_colors: true,
+        max_objects: 4,
+        min_objects: 4,
+        ..WorldConfig::tiny(3)
+    };
+    cfg.validate()?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    for id in 0..50 {
+        let s = sample_scene(&cfg, &mut rng, id, "train", SceneRequest::default());
+        let mut colors: Vec<_> = s.objects.iter().map(|o| o.color).collect();
+        colors.sort();
+        colors.dedup();
+        assert_eq!(
+            colors.len(),
+            s.objects.len(),
+            "image {id}: a colour repeats"
+        );
+    }
+    assert!(WorldConfig {
+        max_objects: 5,
+        ..cfg.clone()
+    }
+    .validate()
+    .is_err());
+    // Contrast 0 renders stripes and checkers as plain as a plain background (the light sensor
+    // noise only); the default contrast does not.
+    let spread = |contrast: f64| -> f32 {
+        let cfg = WorldConfig {
+            background_contrast: contrast,
+            min_objects: 1,
+            max_objects: 2,
+            ..WorldConfig::tiny(3)
+        };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+        let req = SceneRequest {
+            quality: Some(Quality::Clean),
+            background: Some(BackgroundKind::Checkerboard),
+            min_objects: 1,
+        };
+        let mut s = sample_scene(&cfg, &mut rng, 0, "train", req);
+        s.objects.clear();
+        let img = mde_world::render::render(&s);
+        let v: Vec<f32> = img.data.iter().step_by(3).map(|&x| x as f32).collect();
+        let m = v.iter().sum::<f32>() / v.len() as f32;
+        (v.iter().map(|x| (x - m).powi(2)).sum::<f32>() / v.len() as f32).sqrt()
+    };
+    assert!(spread(0.0) < 4.0, "{}", spread(0.0));
+    assert!(spread(0.45) > 20.0, "{}", spread(0.45));
+    Ok(())
+}

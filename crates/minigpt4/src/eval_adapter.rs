@@ -11,6 +11,9 @@
 //! | `McqRank` | the clean ranking prompt with `{hint} {question}` and the choices' own letters, BOS | mean CE of each `(L) choice` |
 //! | `Mme`, `Chat` | Vicuna-v0 chat (`CONV_VISION_Vicuna0`), BOS; choices appended as `(A) .. (B) ..` | greedy, 300 new tokens |
 //!
+//! `AnswerRank` (the choice texts after a QA prompt) is ranked the same way. "Mean CE" is the
+//! released protocol; `rank_score = "sum"` ([`RankScore::Sum`]) ranks by total log-likelihood.
+//!
 //! Generation stops on EOS and on both tokenizations of `###`; the text is post-processed as
 //! MiniGPT-4's `Chat.answer` does (the runner applies the benchmark's own answer extraction).
 //!
@@ -43,6 +46,7 @@
 //! dtype = "f16"                              # f32 | f16 | bf16
 //! device = "cuda:0"                          # cpu | cuda | cuda:N
 //! max_batch = 4
+//! rank_score = "mean"                        # mean (released) | sum
 //! [mmbench]                                  # optional GenerationConfig overrides
 //! num_beams = 5
 //! ```
@@ -129,6 +133,9 @@ pub struct EvalModelConfig {
     pub mmbench: GenerationConfig,
     #[serde(default = "default_chat")]
     pub chat: GenerationConfig,
+    /// How ranking scores a candidate: `"mean"` (released) or `"sum"`, see [`RankScore`].
+    #[serde(default)]
+    pub rank_score: RankScore,
 }
 
 impl EvalModelConfig {
@@ -204,6 +211,45 @@ pub struct MiniGpt4Eval {
     max_batch: usize,
     name: String,
     images: ImageCache,
+    rank_score: RankScore,
+}
+
+/// How a ranking candidate's token log-probabilities become its score.
+///
+/// `Mean` is the released A-OKVQA protocol (mean token cross-entropy). It favours candidates
+/// whose later tokens are predictable continuations of the first ("they are the same size" against
+/// "the red circle"): an uncertain model then picks the longer text. `Sum` ranks by the
+/// candidate's total log-likelihood, which does not depend on how many tokens a text happens to
+/// split into.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RankScore {
+    /// Mean token log-probability (the released protocol).
+    #[default]
+    Mean,
+    /// Total log-probability of the candidate's tokens.
+    Sum,
+}
+
+impl std::str::FromStr for RankScore {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "mean" => Ok(RankScore::Mean),
+            "sum" => Ok(RankScore::Sum),
+            _ => Err(format!("unknown rank score {s:?} (expected mean or sum)")),
+        }
+    }
+}
+
+impl RankScore {
+    /// The score of a candidate of `len` tokens whose log-probabilities sum to `logp`.
+    pub fn score(self, logp: f32, len: usize) -> f32 {
+        match self {
+            RankScore::Mean => logp / len as f32,
+            RankScore::Sum => logp,
+        }
+    }
 }
 
 /// Identity of an image's bytes: a SipHash of the bytes plus their length and the RGB size (a
@@ -312,7 +358,15 @@ impl MiniGpt4Eval {
             max_batch: default_max_batch(),
             name: name.into(),
             images: ImageCache::new(DEFAULT_IMAGE_CACHE_BYTES),
+            rank_score: RankScore::Mean,
         }
+    }
+
+    /// Sets how ranking candidates are scored (default: [`RankScore::Mean`], the released
+    /// protocol).
+    pub fn with_rank_score(mut self, score: RankScore) -> Self {
+        self.rank_score = score;
+        self
     }
 
     /// Sets the byte budget of the image-embedding cache (0 disables it).
@@ -383,7 +437,9 @@ impl MiniGpt4Eval {
                 None => format!("minigpt4-{}", base(&cfg.vicuna)),
             }
         });
-        let mut me = Self::new(model, tokenizer, name).with_max_batch(cfg.max_batch);
+        let mut me = Self::new(model, tokenizer, name)
+            .with_max_batch(cfg.max_batch)
+            .with_rank_score(cfg.rank_score);
         me.mmbench = cfg.mmbench.clone();
         me.chat = cfg.chat.clone();
         Ok(me)
@@ -593,10 +649,15 @@ impl MiniGpt4Eval {
         for (r, img) in reqs.iter().zip(&images) {
             let cands = self.candidate_ids(r)?;
             let prefix = self.prompt_embeds(r, img)?;
+            let mean = self
+                .model
+                .score_candidates(&prefix, &cands)
+                .map_err(backend)?;
             out.push(
-                self.model
-                    .score_candidates(&prefix, &cands)
-                    .map_err(backend)?,
+                mean.iter()
+                    .zip(&cands)
+                    .map(|(m, c)| self.rank_score.score(m * c.len() as f32, c.len()))
+                    .collect(),
             );
         }
         Ok(out)
@@ -744,7 +805,7 @@ impl MiniGpt4Eval {
                 }
                 ri_rest += c.len() - 1;
                 ci += 1;
-                scores.push(-s / c.len() as f32);
+                scores.push(self.rank_score.score(-s, c.len()));
             }
             out.push(scores);
         }

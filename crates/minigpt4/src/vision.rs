@@ -195,17 +195,17 @@ impl VisionModel {
     /// `layer_norm_slow`, `ops::softmax`).
     pub fn forward_pre_ln_t(&self, pixel_values: &Tensor, train: bool) -> Result<Tensor> {
         let dt = self.patch_weight.dtype();
-        // The patch conv runs in f32: candle's CPU conv2d has no bf16 matmul, and the conv is a
-        // negligible share of the work.
-        let x = pixel_values.to_dtype(DType::F32)?;
-        let w = self.patch_weight.to_dtype(DType::F32)?;
+        // The patch conv runs in f32 for half-precision models: candle's CPU conv2d has no bf16
+        // matmul, and the conv is a negligible share of the work. f64 stays f64 (gradient checks).
+        let cdt = if dt == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
+        };
+        let x = pixel_values.to_dtype(cdt)?;
+        let w = self.patch_weight.to_dtype(cdt)?;
         let x = x.conv2d(&w, 0, self.cfg.patch_size, 1, 1)?;
-        let x = x.broadcast_add(&self.patch_bias.to_dtype(DType::F32)?.reshape((
-            1,
-            (),
-            1,
-            1,
-        ))?)?;
+        let x = x.broadcast_add(&self.patch_bias.to_dtype(cdt)?.reshape((1, (), 1, 1))?)?;
         let x = x.to_dtype(dt)?;
         let b = x.dim(0)?;
         // [B, D, gh, gw] -> [B, gh*gw, D], patches in row-major order.
