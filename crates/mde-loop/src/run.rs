@@ -870,6 +870,22 @@ impl LoopRun {
                     examples: Some(&examples),
                 };
                 let (queries, report) = sample(&inputs, &scfg)?;
+                if queries.is_empty() && scfg.n_queries > 0 {
+                    // Not an error: the round then trains on replayed base data only, which is a
+                    // legitimate (if accidental) control; but the user must know.
+                    let why: Vec<String> = report
+                        .allocation
+                        .skipped
+                        .iter()
+                        .map(|(t, r)| format!("{t}: {r}"))
+                        .collect();
+                    tracing::warn!(
+                        round = k,
+                        strategy = %self.cfg.abs.strategy,
+                        "the sampler allocated no queries ({}); this round adds no generated data",
+                        report.stop_reason.clone().unwrap_or_else(|| why.join("; "))
+                    );
+                }
                 let mut text = Vec::new();
                 for q in &queries {
                     serde_json::to_writer(&mut text, q)
