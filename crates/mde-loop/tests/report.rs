@@ -253,18 +253,26 @@ fn report_data_chart_none_without_generation() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An ablation arm labelled `label` holding `build(name, strategy, acc, gen_scale)`.
+fn arm(
+    label: &str,
+    name: &str,
+    strategy: &str,
+    acc: [[f64; 5]; 3],
+    gen_scale: usize,
+) -> AblationArm {
+    AblationArm {
+        label: label.into(),
+        report: build(name, strategy, acc, gen_scale),
+    }
+}
+
 #[test]
 fn report_ablation_files_and_weakest_mean() -> anyhow::Result<()> {
     let acc_b: [[f64; 5]; 3] = [ACC[0], ACC[1], [65.0, 25.0, 55.0, 79.0, 30.0]];
     let arms = vec![
-        AblationArm {
-            label: "abs".into(),
-            report: build("a", "abs", ACC, 1),
-        },
-        AblationArm {
-            label: "uniform".into(),
-            report: build("b", "uniform", acc_b, 2),
-        },
+        arm("abs", "a", "abs", ACC, 1),
+        arm("uniform", "b", "uniform", acc_b, 2),
     ];
     let dir = tempfile::tempdir()?;
     let files = write_ablation(dir.path(), &arms)?;
@@ -301,18 +309,9 @@ fn report_ablation_files_and_weakest_mean() -> anyhow::Result<()> {
 fn ablation_over_seeds_reports_mean_and_sd_per_strategy() -> anyhow::Result<()> {
     let acc_b: [[f64; 5]; 3] = [ACC[0], ACC[1], [65.0, 25.0, 55.0, 79.0, 30.0]];
     let arms = vec![
-        AblationArm {
-            label: "abs (seed 0)".into(),
-            report: build("a", "abs", ACC, 1),
-        },
-        AblationArm {
-            label: "abs (seed 1)".into(),
-            report: build("b", "abs", acc_b, 1),
-        },
-        AblationArm {
-            label: "uniform (seed 0)".into(),
-            report: build("c", "uniform", acc_b, 2),
-        },
+        arm("abs (seed 0)", "a", "abs", ACC, 1),
+        arm("abs (seed 1)", "b", "abs", acc_b, 1),
+        arm("uniform (seed 0)", "c", "uniform", acc_b, 2),
     ];
     let dir = tempfile::tempdir()?;
     let files = write_ablation(dir.path(), &arms)?;

@@ -243,11 +243,12 @@ impl std::str::FromStr for RankScore {
 }
 
 impl RankScore {
-    /// The score of a candidate of `len` tokens whose log-probabilities sum to `logp`.
-    pub fn score(self, logp: f32, len: usize) -> f32 {
+    /// The score (lower is better) of a candidate of `len` tokens whose token cross-entropies
+    /// sum to `ce`.
+    pub fn score(self, ce: f32, len: usize) -> f32 {
         match self {
-            RankScore::Mean => logp / len as f32,
-            RankScore::Sum => logp,
+            RankScore::Mean => ce / len as f32,
+            RankScore::Sum => ce,
         }
     }
 }
@@ -649,14 +650,14 @@ impl MiniGpt4Eval {
         for (r, img) in reqs.iter().zip(&images) {
             let cands = self.candidate_ids(r)?;
             let prefix = self.prompt_embeds(r, img)?;
-            let mean = self
+            let ce = self
                 .model
-                .score_candidates(&prefix, &cands)
+                .candidate_cross_entropy(&prefix, &cands)
                 .map_err(backend)?;
             out.push(
-                mean.iter()
+                ce.into_iter()
                     .zip(&cands)
-                    .map(|(m, c)| self.rank_score.score(m * c.len() as f32, c.len()))
+                    .map(|(ce, c)| self.rank_score.score(ce, c.len()))
                     .collect(),
             );
         }
@@ -798,7 +799,7 @@ impl MiniGpt4Eval {
         for cs in cands {
             let mut scores = Vec::with_capacity(cs.len());
             for c in cs {
-                // Summed in token order, as score_candidates does.
+                // Summed in token order, as candidate_cross_entropy does.
                 let mut s = first[ci];
                 for k in 1..c.len() {
                     s += rest[ri_rest + k - 1];

@@ -415,6 +415,21 @@ impl MiniGpt4 {
     /// embeddings), computed in one right-padded batch (causal attention makes the padding
     /// irrelevant). Lower is better; used for A-OKVQA ranking.
     pub fn score_candidates(&self, prefix: &Tensor, candidates: &[Vec<u32>]) -> Result<Vec<f32>> {
+        Ok(self
+            .candidate_cross_entropy(prefix, candidates)?
+            .into_iter()
+            .zip(candidates)
+            .map(|(ce, c)| ce / c.len() as f32)
+            .collect())
+    }
+
+    /// Total token cross-entropy (negative log-likelihood, summed in token order) of each
+    /// candidate continuation after `prefix`; [`Self::score_candidates`] divides it by the length.
+    pub fn candidate_cross_entropy(
+        &self,
+        prefix: &Tensor,
+        candidates: &[Vec<u32>],
+    ) -> Result<Vec<f32>> {
         if candidates.is_empty() {
             return Ok(vec![]);
         }
@@ -455,7 +470,7 @@ impl MiniGpt4 {
                     .enumerate()
                     .map(|(k, &t)| lsm[i][k][t as usize])
                     .sum();
-                -s / c.len() as f32
+                -s
             })
             .collect())
     }
