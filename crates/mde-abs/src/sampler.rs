@@ -28,9 +28,12 @@ pub enum Strategy {
     /// P ∝ error rate (the released behaviour).
     #[default]
     ErrorRate,
-    /// P ∝ max(0, err − chance_err)^power with chance_err = 1 − 1/n_choices; types at or below
-    /// chance are skipped (a type the model answers at chance may be unlearnable; see
-    /// LOOP_FEASIBILITY.md lesson 3).
+    /// P ∝ (err / chance_err)^power, the chance-corrected error (0 = perfect, 1 = guessing;
+    /// chance_err = 1 − 1/n_choices) raised to a sharper power, for types whose accuracy is more
+    /// than [`SamplerConfig::chance_margin`] above chance; types at (or below) chance are skipped:
+    /// a type the model answers at chance may be unlearnable and would only absorb samples
+    /// (LOOP_FEASIBILITY.md lesson 3). The correction also makes 2- and 4-choice types
+    /// comparable (40% error is near chance for yes/no, far from it for four options).
     ChanceDiscounted { power: f64 },
     /// P ∝ exp(err / temperature).
     Softmax { temperature: f64 },
@@ -102,6 +105,9 @@ pub struct SamplerConfig {
     /// Number of choices for the chance level of `ChanceDiscounted`; `None` = per type, the most
     /// common choice count of its bad cases.
     pub n_choices: Option<usize>,
+    /// `ChanceDiscounted` skips a type unless its accuracy exceeds chance by more than this
+    /// (a fraction; 0.05 is two standard errors of a 4-choice type measured on 300 items).
+    pub chance_margin: f64,
     /// Images never to use (e.g. used by earlier rounds).
     pub exclude_images: BTreeSet<u64>,
     /// Query ids are `{prefix}{number:06}`.
@@ -122,6 +128,7 @@ impl Default for SamplerConfig {
             similar_ratio: 0.5,
             max_objects: 10,
             n_choices: None,
+            chance_margin: 0.05,
             exclude_images: BTreeSet::new(),
             id_prefix: "q".into(),
         }
@@ -175,6 +182,12 @@ pub fn allocate(
             }
         }
     }
+    if !(0.0..1.0).contains(&cfg.chance_margin) {
+        return Err(AbsError::Input(format!(
+            "chance_margin must be in [0, 1), got {}",
+            cfg.chance_margin
+        )));
+    }
     if !(cfg.floor >= 0.0 && cfg.floor.is_finite()) {
         return Err(AbsError::Input(format!(
             "floor must be a non-negative number, got {}",
@@ -226,17 +239,19 @@ pub fn allocate(
                     continue;
                 }
                 let chance_err = 1.0 - 1.0 / n as f64;
-                let above = e - chance_err;
-                // A tiny tolerance so a rate rounded to 3 decimals (0.75 for 4 choices) counts
-                // as at chance.
-                if above <= 1e-9 {
+                // A tiny tolerance so that a rate rounded to 3 decimals exactly at the margin
+                // counts as at chance.
+                if e >= chance_err - cfg.chance_margin - 1e-9 {
                     skipped.insert(
                         t.to_string(),
-                        format!("error rate {e} at or below chance ({chance_err:.3})"),
+                        format!(
+                            "error rate {e} is within {} of chance ({chance_err:.3}) or worse",
+                            cfg.chance_margin
+                        ),
                     );
                     continue;
                 }
-                above.powf(power)
+                (e / chance_err).powf(power)
             }
         };
         raw.insert(t.to_string(), w);

@@ -235,19 +235,59 @@ fn strategies_floor_and_quotas() {
     .unwrap();
     assert!(uni.probabilities.values().all(|p| (p - 0.25).abs() < 1e-12));
 
-    // Chance error for 4 choices is 0.75: beta (at chance) and gamma (below) are skipped.
+    // Chance error for 4 choices is 0.75: alpha (worse than chance) and beta (at chance) are
+    // skipped, and so is delta (0.71, within the 0.05 margin); gamma (0.5) and eps (0.3) are
+    // learnable and weighted by (err / 0.75)^2.
+    let w6 = weights(&[
+        ("alpha", 0.9),
+        ("beta", 0.75),
+        ("gamma", 0.5),
+        ("delta", 0.71),
+        ("eps", 0.3),
+    ]);
+    let (pool6, _) = BadCasePool::new(
+        cases(
+            &[
+                ("alpha", 2),
+                ("beta", 2),
+                ("gamma", 2),
+                ("delta", 2),
+                ("eps", 2),
+            ],
+            4,
+        ),
+        &tax,
+    )
+    .unwrap();
     let cd = SamplerConfig {
         strategy: Strategy::ChanceDiscounted { power: 2.0 },
         ..base.clone()
     };
-    let a = allocate(&pool, &w, &tax, &cd).unwrap();
-    assert!(a.skipped.contains_key("beta") && a.skipped.contains_key("gamma"));
-    let (wa, wd) = ((0.9f64 - 0.75).powi(2), (0.85f64 - 0.75).powi(2));
-    assert!((a.probabilities["alpha"] - wa / (wa + wd)).abs() < 1e-9);
-    // With 2 choices the chance error is 0.5: only gamma is skipped.
+    let a = allocate(&pool6, &w6, &tax, &cd).unwrap();
+    for t in ["alpha", "beta", "delta"] {
+        assert!(a.skipped.contains_key(t), "{t}: {a:?}");
+    }
+    let (wg, we) = ((0.5f64 / 0.75).powi(2), (0.3f64 / 0.75).powi(2));
+    assert_eq!(a.probabilities.len(), 2);
+    assert!((a.probabilities["gamma"] - wg / (wg + we)).abs() < 1e-9);
+    assert!((a.probabilities["eps"] - we / (wg + we)).abs() < 1e-9);
+    // A zero margin keeps delta.
+    let a0 = allocate(
+        &pool6,
+        &w6,
+        &tax,
+        &SamplerConfig {
+            chance_margin: 0.0,
+            ..cd.clone()
+        },
+    )
+    .unwrap();
+    assert!(a0.probabilities.contains_key("delta"));
+    // With 2 choices the chance error is 0.5: gamma (0.5) is at chance and only eps is left (a
+    // 0.3 error there is 0.6 of the way to guessing).
     let a2 = allocate(
-        &pool,
-        &w,
+        &pool6,
+        &w6,
         &tax,
         &SamplerConfig {
             n_choices: Some(2),
@@ -255,7 +295,17 @@ fn strategies_floor_and_quotas() {
         },
     )
     .unwrap();
-    assert_eq!(a2.probabilities.len(), 3);
+    assert_eq!(a2.probabilities.keys().collect::<Vec<_>>(), ["eps"]);
+    assert!(allocate(
+        &pool6,
+        &w6,
+        &tax,
+        &SamplerConfig {
+            chance_margin: 1.0,
+            ..cd.clone()
+        },
+    )
+    .is_err());
 
     let sm = allocate(
         &pool,

@@ -1,7 +1,7 @@
 //! `mde loop`: the closed loop (evaluate -> mine bad cases -> ABS -> generate -> validate ->
 //! train -> evaluate), round after round, resumable at step granularity.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use mde_loop::config::LoopConfig;
@@ -74,47 +74,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if !args.ablation.is_empty() {
         let mut arms = Vec::new();
-        let seeds: Vec<Option<u64>> = if args.seeds.is_empty() {
-            vec![None]
-        } else {
-            args.seeds.iter().copied().map(Some).collect()
-        };
-        for (strategy, seed) in args
-            .ablation
-            .iter()
-            .flat_map(|st| seeds.iter().map(move |s| (st, *s)))
-        {
-            let mut c = cfg.clone();
-            c.abs.strategy = strategy.clone();
-            if let Some(s) = seed {
-                c.run.seed = s;
-            }
-            c.validate()
-                .with_context(|| format!("--ablation {strategy}"))?;
-            let label: String = strategy
-                .chars()
-                .map(|ch| {
-                    if ch.is_ascii_alphanumeric() || ch == '_' {
-                        ch
-                    } else {
-                        '-'
-                    }
-                })
-                .collect();
-            let (dir, arm_label) = match seed {
-                Some(s) => (
-                    out.join(&label).join(format!("seed-{s}")),
-                    format!("{strategy} (seed {s})"),
-                ),
-                None => (out.join(&label), strategy.clone()),
-            };
-            eprintln!("ablation arm {arm_label}: {}", dir.display());
-            let mut run = LoopRun::new(c, &dir)?;
+        for arm in ablation_arms(&cfg, &out, &args.ablation, &args.seeds)? {
+            eprintln!("ablation arm {}: {}", arm.label, arm.dir.display());
+            let mut run = LoopRun::new(arm.cfg, &arm.dir)?;
             if args.no_progress {
                 run.set_progress(false);
             }
             arms.push(mde_loop::report::AblationArm {
-                label: arm_label,
+                label: arm.label,
                 report: run.run()?,
             });
         }
@@ -143,4 +110,136 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// One arm of `--ablation`: its report label, output folder and config.
+struct Arm {
+    label: String,
+    dir: PathBuf,
+    cfg: LoopConfig,
+}
+
+/// The arms of `--ablation STRATEGIES [--seeds SEEDS]`, strategy-major: `OUT/<strategy>/` or,
+/// with seeds, `OUT/<strategy>/seed-<s>/` with `[run] seed = s`. Every arm shares the cache a
+/// plain run into OUT would use, so the world and the base model are built once.
+fn ablation_arms(
+    cfg: &LoopConfig,
+    out: &Path,
+    strategies: &[String],
+    seeds: &[u64],
+) -> anyhow::Result<Vec<Arm>> {
+    let seeds: Vec<Option<u64>> = if seeds.is_empty() {
+        vec![None]
+    } else {
+        seeds.iter().copied().map(Some).collect()
+    };
+    let cache = cfg
+        .run
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| mde_loop::run::default_cache_dir(out));
+    let mut arms = Vec::new();
+    for strategy in strategies {
+        let folder: String = strategy
+            .chars()
+            .map(|ch| {
+                if ch.is_ascii_alphanumeric() || ch == '_' {
+                    ch
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        for seed in &seeds {
+            let mut c = cfg.clone();
+            c.abs.strategy = strategy.clone();
+            c.run.cache_dir = Some(cache.clone());
+            if let Some(s) = seed {
+                c.run.seed = *s;
+            }
+            c.validate()
+                .with_context(|| format!("--ablation {strategy}"))?;
+            let (dir, label) = match seed {
+                Some(s) => (
+                    out.join(&folder).join(format!("seed-{s}")),
+                    format!("{strategy} (seed {s})"),
+                ),
+                None => (out.join(&folder), strategy.clone()),
+            };
+            arms.push(Arm { label, dir, cfg: c });
+        }
+    }
+    Ok(arms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ablation_arms_share_one_cache_and_nest_seeds() -> anyhow::Result<()> {
+        let cfg = LoopConfig::load(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/shapes-demo.toml"),
+        )?;
+        let out = Path::new("runs/abl");
+        let arms = ablation_arms(
+            &cfg,
+            out,
+            &["uniform".into(), "chance_discounted:2".into()],
+            &[0, 7],
+        )?;
+        let got: Vec<(&str, PathBuf, u64, &str)> = arms
+            .iter()
+            .map(|a| {
+                (
+                    a.label.as_str(),
+                    a.dir.clone(),
+                    a.cfg.run.seed,
+                    a.cfg.abs.strategy.as_str(),
+                )
+            })
+            .collect();
+        let d = |s: &str| out.join(s);
+        assert_eq!(
+            got,
+            [
+                ("uniform (seed 0)", d("uniform/seed-0"), 0, "uniform"),
+                ("uniform (seed 7)", d("uniform/seed-7"), 7, "uniform"),
+                (
+                    "chance_discounted:2 (seed 0)",
+                    d("chance_discounted-2/seed-0"),
+                    0,
+                    "chance_discounted:2"
+                ),
+                (
+                    "chance_discounted:2 (seed 7)",
+                    d("chance_discounted-2/seed-7"),
+                    7,
+                    "chance_discounted:2"
+                ),
+            ]
+        );
+        // The cache a plain `--out runs/abl` run would use, for every arm.
+        for a in &arms {
+            assert_eq!(
+                a.cfg.run.cache_dir.as_deref(),
+                Some(Path::new("runs/.cache"))
+            );
+        }
+        // Without seeds: one arm per strategy in OUT/<strategy>, the config's seed kept; a
+        // configured cache_dir wins.
+        let mut cfg2 = cfg.clone();
+        cfg2.run.seed = 3;
+        cfg2.run.cache_dir = Some(PathBuf::from("/c"));
+        let arms = ablation_arms(&cfg2, out, &["uniform".into()], &[])?;
+        assert_eq!(arms.len(), 1);
+        assert_eq!(
+            (arms[0].label.as_str(), arms[0].cfg.run.seed),
+            ("uniform", 3)
+        );
+        assert_eq!(arms[0].dir, d("uniform"));
+        assert_eq!(arms[0].cfg.run.cache_dir.as_deref(), Some(Path::new("/c")));
+        assert!(ablation_arms(&cfg, out, &["bogus".into()], &[]).is_err());
+        Ok(())
+    }
 }

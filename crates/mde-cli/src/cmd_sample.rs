@@ -69,6 +69,9 @@ pub struct Args {
     /// Number of choices for the chance level of chance_discounted (default: per type).
     #[arg(long)]
     pub n_choices: Option<usize>,
+    /// chance_discounted skips types whose accuracy is not more than this above chance.
+    #[arg(long, default_value_t = 0.05)]
+    pub chance_margin: f64,
     /// JSON array of image ids never to use (e.g. images of earlier rounds).
     #[arg(long)]
     pub exclude_images: Option<PathBuf>,
@@ -126,6 +129,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         similar_ratio: args.similar_ratio,
         max_objects: args.max_objects,
         n_choices: args.n_choices,
+        chance_margin: args.chance_margin,
         exclude_images,
         ..Default::default()
     };

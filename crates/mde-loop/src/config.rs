@@ -202,6 +202,11 @@ pub struct AbsSection {
     pub max_objects: usize,
     pub min_cases: usize,
     pub floor: f64,
+    /// `chance_discounted` skips types whose accuracy is not more than this above chance.
+    /// Left out of the written config (and so of the fingerprint) at its default, so that run
+    /// folders of earlier versions still resume.
+    #[serde(skip_serializing_if = "is_default_chance_margin")]
+    pub chance_margin: f64,
     /// Query images of earlier rounds are not used again.
     pub exclude_used_images: bool,
 }
@@ -216,9 +221,18 @@ impl Default for AbsSection {
             max_objects: 10,
             min_cases: 2,
             floor: 0.0,
+            chance_margin: default_chance_margin(),
             exclude_used_images: true,
         }
     }
+}
+
+fn default_chance_margin() -> f64 {
+    mde_abs::SamplerConfig::default().chance_margin
+}
+
+fn is_default_chance_margin(m: &f64) -> bool {
+    *m == default_chance_margin()
 }
 
 impl AbsSection {

@@ -141,6 +141,15 @@ pub struct LoopRun {
     labels: HashMap<String, String>,
 }
 
+/// The world and base-model cache of a run into `out` when `[run] cache_dir` is not set:
+/// `.cache` beside `out` (`runs/demo` -> `runs/.cache`), so that sibling runs share it.
+pub fn default_cache_dir(out: &Path) -> PathBuf {
+    out.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .join(".cache")
+}
+
 impl LoopRun {
     /// Checks the output folder against the config (a folder of another config is refused).
     pub fn new(cfg: LoopConfig, out: &Path) -> Result<Self> {
@@ -155,12 +164,11 @@ impl LoopRun {
             })
         };
         let out = &abs(out)?;
-        let cache = cfg.run.cache_dir.clone().unwrap_or_else(|| {
-            out.parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."))
-                .join(".cache")
-        });
+        let cache = cfg
+            .run
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| default_cache_dir(out));
         let cache = abs(&cache)?;
         std::fs::create_dir_all(out).map_err(|e| LoopError::Io {
             path: out.to_path_buf(),
@@ -844,6 +852,7 @@ impl LoopRun {
                     seed: self.cfg.run.seed.wrapping_add(k as u64),
                     strategy,
                     floor: self.cfg.abs.floor,
+                    chance_margin: self.cfg.abs.chance_margin,
                     min_cases: self.cfg.abs.min_cases,
                     top_k: self.cfg.abs.top_k,
                     similar_ratio: self.cfg.abs.similar_ratio,

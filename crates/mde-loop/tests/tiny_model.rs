@@ -398,6 +398,13 @@ fn demo_config_parses() -> anyhow::Result<()> {
         model.image_size as u32, world.image_size,
         "model and world image sizes differ"
     );
+    // `[abs] chance_margin` at its default is not serialised, so the fingerprint of run folders
+    // written before the key existed still matches; another value changes it.
+    let abs = serde_json::to_value(&cfg.abs)?;
+    assert!(abs.get("chance_margin").is_none(), "{abs}");
+    let mut other = cfg.clone();
+    other.abs.chance_margin = 0.1;
+    assert_ne!(other.fingerprint(), cfg.fingerprint());
     // Unknown keys of [model] are rejected with their name.
     let text = std::fs::read_to_string(&path)?.replace("[model]\n", "[model]\nvit_widht = 3\n");
     let e = mde_loop::config::LoopConfig::parse(&text, Some(&path)).unwrap_err();
