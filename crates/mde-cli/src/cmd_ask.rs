@@ -120,7 +120,10 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         Device::cuda_if_available(0)?
     };
-    let model = MiniGpt4::load(&paths, dtype, &device).context("loading MiniGPT-4")?;
+    let mut model = MiniGpt4::load(&paths, dtype, &device).context("loading MiniGPT-4")?;
+    model
+        .set_inference_layout(true)
+        .context("storing the weights for inference")?;
     let tok_path = Location::parse(&paths.vicuna)?
         .file("tokenizer.json")
         .with_context(|| format!("{}: no tokenizer.json", paths.vicuna))?;

@@ -133,7 +133,7 @@ fn print_comparison(name: &str, before: &Evaluated, after: &Evaluated) {
 }
 
 fn main() -> Result<()> {
-    minigpt4::alloc::tune_malloc();
+    minigpt4::runtime::tune_process();
     let out = std::env::args()
         .nth(1)
         .map(PathBuf::from)

@@ -20,7 +20,7 @@ use minigpt4::tokenizer::LlamaTokenizer;
 use minigpt4::{MiniGpt4, ModelPaths};
 
 fn main() -> anyhow::Result<()> {
-    minigpt4::alloc::tune_malloc();
+    minigpt4::runtime::tune_process();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let model_dir = PathBuf::from(args.first().context("model dir")?);
     let world = mde_world::World::load(args.get(1).context("world dir")?)?;

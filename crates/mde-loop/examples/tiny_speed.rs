@@ -16,7 +16,7 @@ use mde_world::{World, WorldConfig};
 use minigpt4::preprocess::{load_rgb, ImageProcessor};
 
 fn main() -> anyhow::Result<()> {
-    minigpt4::alloc::tune_malloc();
+    minigpt4::runtime::tune_process();
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .map(|a| {

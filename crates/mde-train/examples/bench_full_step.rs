@@ -93,7 +93,7 @@ fn random_model(cfg: &MiniGpt4Config, dev: &Device) -> Result<(MiniGpt4, VarMap)
 }
 
 fn main() -> Result<()> {
-    minigpt4::alloc::tune_malloc();
+    minigpt4::runtime::tune_process();
     let args: Vec<String> = std::env::args().collect();
     let batch: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(32);
     let steps: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5);

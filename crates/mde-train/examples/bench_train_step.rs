@@ -22,7 +22,7 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 
 fn main() -> Result<()> {
-    minigpt4::alloc::tune_malloc();
+    minigpt4::runtime::tune_process();
     let args: Vec<String> = std::env::args().collect();
     let path = args.get(1).cloned().unwrap_or_else(|| {
         format!(

@@ -26,7 +26,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> Result<()> {
-    minigpt4::alloc::tune_malloc();
+    minigpt4::runtime::tune_process();
     let args: Vec<String> = std::env::args().collect();
     let path = args.get(1).cloned().unwrap_or_else(|| {
         format!(
@@ -55,7 +55,7 @@ fn main() -> Result<()> {
     let dev = Device::Cpu;
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
-    let mut model = MiniGpt4::new(&cfg, vb)?;
+    let _random = MiniGpt4::new(&cfg, vb)?;
     // Random weights (seeded), std 1/sqrt(fan_in) for matrices, 1 for norms.
     let mut rng = ChaCha8Rng::seed_from_u64(1234);
     let mut vars = vm.all_vars();
@@ -77,6 +77,20 @@ fn main() -> Result<()> {
             })
             .collect();
         var.set(&Tensor::from_vec(vals, t.shape(), &dev)?)?;
+    }
+    // A model loaded from files holds plain tensors, not Vars: rebuild it that way, and store
+    // its weights as inference does (`MiniGpt4Eval`, `mde ask`; `MDE_BENCH_ROW_MAJOR=1` keeps
+    // the row-major layout). `enable_lora` below restores the training layout.
+    let data = vm
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned varmap"))?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+        .collect();
+    let mut model = MiniGpt4::new(&cfg, VarBuilder::from_tensors(data, DType::F32, &dev))?;
+    if std::env::var_os("MDE_BENCH_ROW_MAJOR").is_none() {
+        model.set_inference_layout(true)?;
     }
     println!(
         "config {path}; threads {}",

@@ -347,8 +347,13 @@ impl ImageCache {
 }
 
 impl MiniGpt4Eval {
-    /// Wraps a loaded model. The image size comes from the vision config.
-    pub fn new(model: MiniGpt4, tokenizer: LlamaTokenizer, name: impl Into<String>) -> Self {
+    /// Wraps a loaded model. The image size comes from the vision config. Frozen CPU weights are
+    /// stored for inference ([`MiniGpt4::set_inference_layout`]); trainable ones stay as they are.
+    pub fn new(mut model: MiniGpt4, tokenizer: LlamaTokenizer, name: impl Into<String>) -> Self {
+        if let Err(e) = model.set_inference_layout(true) {
+            // Only a failed copy can get here; the row-major storage still works, just slower.
+            tracing::warn!("keeping the row-major weight storage: {e}");
+        }
         let size = model.config().vision.image_size as u32;
         MiniGpt4Eval {
             model,

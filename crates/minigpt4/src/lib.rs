@@ -29,10 +29,15 @@
 //! # Ok(()) }
 //! ```
 //!
+//! CPU inference speed: call [`runtime::tune_process`] first thing in `main`, and
+//! [`model::MiniGpt4::set_inference_layout`] on a model that will not be trained
+//! ([`eval_adapter::MiniGpt4Eval`] does); docs/PERFORMANCE.md has the measurements.
+//!
 //! Training: [`model::MiniGpt4::make_projector_trainable`], [`model::MiniGpt4::enable_lora`],
 //! [`model::MiniGpt4::trainable_vars`], forward with `train = true` (differentiable ops only),
 //! and [`llama::causal_lm_loss`].
 
+pub mod act;
 pub mod alloc;
 pub mod config;
 pub mod error;
@@ -45,6 +50,7 @@ pub mod model;
 pub mod preprocess;
 pub mod prompt;
 pub mod qformer;
+pub mod runtime;
 pub mod tokenizer;
 pub mod vision;
 pub mod weights;

@@ -137,10 +137,126 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let rows: usize = dims[..dims.len() - 1].iter().product();
     let out = w.dim(0)?;
     let x2 = x.reshape((rows, inp))?;
-    let y = x2.matmul(&w.t()?)?;
+    let wt = w.t()?;
+    let y = if rows == 1 && gemv_ok(&x2, &wt) {
+        x2.apply_op1_no_bwd(&GemvT { wt })?
+    } else {
+        x2.matmul(&wt)?
+    };
     let mut od = dims.clone();
     *od.last_mut().unwrap() = out;
     Ok(y.reshape(od)?)
+}
+
+/// Whether the one-row product `x Wᵀ` can use [`GemvT`]: untracked f32 CPU operands with `Wᵀ`
+/// stored row-major (the inference layout of [`Linear::set_inference_layout`]).
+fn gemv_ok(x2: &Tensor, wt: &Tensor) -> bool {
+    !x2.track_op()
+        && !wt.track_op()
+        && x2.device().is_cpu()
+        && wt.device().is_cpu()
+        && x2.dtype() == DType::F32
+        && wt.dtype() == DType::F32
+        && wt.is_contiguous()
+        && x2.dims()[1] == wt.dims()[0]
+        && wt.elem_count() > 0
+}
+
+/// `y[1, out] = x[1, in] @ Wᵀ[in, out]` with `Wᵀ` row-major, as `sum_k x_k Wᵀ[k, :]` over blocks
+/// of output columns that stay in L1, blocks in parallel.
+///
+/// Why: decoding multiplies one row by every weight; with the transposed storage the gemm crate
+/// took 3.0 ms for the small config's `lm_head` (512 -> 32,000) against 2.4 ms for the row-major
+/// weight. This kernel streams `Wᵀ` once, four rows per pass over one thread's slice of `y`:
+/// 1.8 ms on 2 threads, 2.4 ms on 1 (`examples/bench_linear.rs`).
+struct GemvT {
+    /// `[in, out]`, contiguous.
+    wt: Tensor,
+}
+
+impl CustomOp1 for GemvT {
+    fn name(&self) -> &'static str {
+        "minigpt4-gemv-t"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        // Smallest slice of `y` per task: narrower products run on one thread (splitting a
+        // 1,376-wide one over two took 0.043 ms against 0.033 ms).
+        const BLOCK: usize = 2048;
+        let CpuStorage::F32(xv) = s else {
+            candle_core::bail!("gemv: expected an f32 input")
+        };
+        let Some((a, b)) = l.contiguous_offsets() else {
+            candle_core::bail!("gemv: expected a contiguous input")
+        };
+        let x = &xv[a..b];
+        let (k, n) = self.wt.dims2()?;
+        if x.len() != k {
+            candle_core::bail!("gemv: x has {} elements but Wᵀ is [{k}, {n}]", x.len());
+        }
+        let (ws, wl) = self.wt.storage_and_layout();
+        let Storage::Cpu(CpuStorage::F32(wv)) = &*ws else {
+            candle_core::bail!("gemv: expected an f32 CPU weight")
+        };
+        let Some((wa, wb)) = wl.contiguous_offsets() else {
+            candle_core::bail!("gemv: expected a contiguous weight")
+        };
+        let w = &wv[wa..wb];
+        let mut y = vec![0f32; n];
+        let block = n
+            .div_ceil(rayon::current_num_threads().max(1))
+            .next_multiple_of(16)
+            .max(BLOCK);
+        y.par_chunks_mut(block)
+            .enumerate()
+            .for_each(|(blk, yb)| axpy_rows(x, w, n, blk * block, yb));
+        Ok((CpuStorage::F32(y), Shape::from((1, n))))
+    }
+}
+
+/// `y += sum_k x[k] * w[k * n + c0 ..][..y.len()]`, vectorised for the CPU it runs on.
+fn axpy_rows(x: &[f32], w: &[f32], n: usize, c0: usize, y: &mut [f32]) {
+    // Four rows of `w` per pass over `y`: a quarter of the `y` traffic, four read streams.
+    #[inline(always)]
+    fn body(x: &[f32], w: &[f32], n: usize, c0: usize, y: &mut [f32]) {
+        let len = y.len();
+        let row = |k: usize| &w[k * n + c0..k * n + c0 + len];
+        let mut k = 0;
+        while k + 4 <= x.len() {
+            let (r0, r1, r2, r3) = (row(k), row(k + 1), row(k + 2), row(k + 3));
+            let (x0, x1, x2, x3) = (x[k], x[k + 1], x[k + 2], x[k + 3]);
+            for j in 0..len {
+                y[j] += x0 * r0[j] + x1 * r1[j] + x2 * r2[j] + x3 * r3[j];
+            }
+            k += 4;
+        }
+        for (kk, &xk) in x.iter().enumerate().skip(k) {
+            for (y, &wv) in y.iter_mut().zip(row(kk)) {
+                *y += xk * wv;
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512(x: &[f32], w: &[f32], n: usize, c0: usize, y: &mut [f32]) {
+            body(x, w, n, c0, y)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(x: &[f32], w: &[f32], n: usize, c0: usize, y: &mut [f32]) {
+            body(x, w, n, c0, y)
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked just above).
+            return unsafe { avx512(x, w, n, c0, y) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            return unsafe { avx2(x, w, n, c0, y) };
+        }
+    }
+    body(x, w, n, c0, y)
 }
 
 /// `x[rows, in] @ W[out, in]ᵀ` for a frozen `W`, as a custom op on `x` alone.
@@ -342,9 +458,44 @@ impl Linear {
         self.weight.dim(0).unwrap_or(0)
     }
 
+    /// Stores a frozen CPU weight transposed (`on`): the memory holds `[in, out]` row-major and
+    /// `weight` stays an `[out, in]` view of it, so callers see no difference. `off` restores
+    /// the row-major `[out, in]` storage. Variables (trainable weights) and other devices are
+    /// left as they are.
+    ///
+    /// Why: `x Wᵀ` with a row-major `W` makes the gemm crate pack the whole weight matrix on every
+    /// call, which costs as much as the product when `x` has few rows; with `Wᵀ` row-major it reads
+    /// the weight in place. Measured on 2 cores (`examples/bench_linear.rs`, docs/perf/
+    /// pytorch-s7.md): 96 x 512 -> 512 0.37 -> 0.12 ms, 96 x 512 -> 1376 0.86 -> 0.33 ms,
+    /// 4 x 512 -> 32000 7.9 -> 1.6 ms; 1.1-1.3x from 257 to 384 rows, even at 1,312. The LoRA backward prefers the row-major `[out, in]` layout,
+    /// so [`Linear::make_trainable`] and [`crate::llama::Llama::enable_lora`] restore it.
+    pub fn set_inference_layout(&mut self, on: bool) -> Result<()> {
+        if self.weight_var.is_some()
+            || self.weight.is_variable()
+            || !self.weight.device().is_cpu()
+            || self.weight.rank() != 2
+        {
+            return Ok(());
+        }
+        if on && self.weight.is_contiguous() {
+            self.weight = self.weight.t()?.contiguous()?.t()?;
+        } else if !on && !self.weight.is_contiguous() {
+            self.weight = self.weight.contiguous()?;
+        }
+        Ok(())
+    }
+
+    /// Whether the weight is stored transposed ([`Linear::set_inference_layout`]).
+    pub fn has_inference_layout(&self) -> bool {
+        self.weight.rank() == 2
+            && !self.weight.is_contiguous()
+            && self.weight.t().is_ok_and(|t| t.is_contiguous())
+    }
+
     /// Turns weight and bias into [`Var`]s (gradients reach them); returns them.
     pub fn make_trainable(&mut self) -> Result<(Var, Option<Var>)> {
         if self.weight_var.is_none() {
+            self.set_inference_layout(false)?;
             let v = Var::from_tensor(&self.weight)?;
             self.weight = v.as_tensor().clone();
             self.weight_var = Some(v);
@@ -517,6 +668,42 @@ mod tests {
 
     fn max_abs(a: &Tensor, b: &Tensor) -> anyhow::Result<f32> {
         Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
+    }
+
+    /// The transposed storage changes no value beyond float rounding, for one row (the
+    /// [`GemvT`] kernel: widths that are not a multiple of its blocks, inner sizes that are not a
+    /// multiple of 4) and for several; `set_inference_layout(false)` restores the storage.
+    #[test]
+    fn inference_layout_gives_the_same_products() -> anyhow::Result<()> {
+        let dev = Device::Cpu;
+        for (rows, inp, out) in [
+            (1, 7, 5),
+            (1, 517, 4099),
+            (1, 64, 2048),
+            (3, 33, 70),
+            (130, 9, 3),
+        ] {
+            let x = Tensor::randn(0f32, 1.0, (rows, inp), &dev)?;
+            let w = Tensor::randn(0f32, 1.0, (out, inp), &dev)?;
+            let b = Tensor::randn(0f32, 1.0, out, &dev)?;
+            let mut lin = Linear::from_weights(w.clone(), Some(b));
+            let want = lin.forward_t(&x, false)?;
+            lin.set_inference_layout(true)?;
+            assert!(lin.has_inference_layout());
+            assert_eq!(lin.weight.dims(), &[out, inp]);
+            let got = lin.forward_t(&x, false)?;
+            let tol = 1e-5 * (inp as f32).sqrt();
+            assert!(max_abs(&got, &want)? < tol, "{rows}x{inp}->{out}");
+            lin.set_inference_layout(false)?;
+            assert!(!lin.has_inference_layout() && lin.weight.is_contiguous());
+            assert_eq!(lin.weight.to_vec2::<f32>()?, w.to_vec2::<f32>()?);
+        }
+        // Trainable weights keep their storage.
+        let mut lin = Linear::from_weights(Tensor::ones((4, 3), DType::F32, &dev)?, None);
+        lin.make_trainable()?;
+        lin.set_inference_layout(true)?;
+        assert!(!lin.has_inference_layout());
+        Ok(())
     }
 
     /// The fused training node must give the unfused path's outputs and the gradients of x,

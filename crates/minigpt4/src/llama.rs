@@ -352,6 +352,36 @@ pub struct Llama {
 }
 
 impl Llama {
+    /// Every linear layer, `lm_head` included.
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut v: Vec<&mut Linear> = Vec::new();
+        for l in &mut self.layers {
+            let Attention {
+                q_proj,
+                k_proj,
+                v_proj,
+                o_proj,
+                ..
+            } = &mut l.self_attn;
+            v.extend([q_proj, k_proj, v_proj, o_proj]);
+            let Mlp {
+                gate_proj,
+                up_proj,
+                down_proj,
+            } = &mut l.mlp;
+            v.extend([gate_proj, up_proj, down_proj]);
+        }
+        v.push(&mut self.lm_head);
+        v
+    }
+
+    /// [`Linear::set_inference_layout`] on every linear layer.
+    pub fn set_inference_layout(&mut self, on: bool) -> Result<()> {
+        self.linears_mut()
+            .into_iter()
+            .try_for_each(|l| l.set_inference_layout(on))
+    }
+
     /// `vb` is the root of an HF `LlamaForCausalLM` checkpoint (`model.*`, `lm_head.*`).
     pub fn new(cfg: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
         let m = vb.pp("model");
@@ -441,8 +471,10 @@ impl Llama {
         cache: Option<&mut KvCache>,
         train: bool,
     ) -> Result<Tensor> {
-        let h = self.hidden_states(embeds, position_ids, attention_mask, cache, train)?;
-        Ok(self.lm_head.forward_t(&h, train)?.to_dtype(DType::F32)?)
+        crate::runtime::inference(train, embeds.device(), || {
+            let h = self.hidden_states(embeds, position_ids, attention_mask, cache, train)?;
+            Ok(self.lm_head.forward_t(&h, train)?.to_dtype(DType::F32)?)
+        })
     }
 
     /// The shifted causal-LM loss (mean over target tokens, f32 scalar) of a training forward.
@@ -476,18 +508,33 @@ impl Llama {
         attention_mask: Option<&Tensor>,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        let h = self.hidden_states(embeds, position_ids, attention_mask, cache, false)?;
-        let t = h.dim(1)?;
-        let last = h.narrow(1, t - 1, 1)?;
-        Ok(self
-            .lm_head
-            .forward_t(&last, false)?
-            .squeeze(1)?
-            .to_dtype(DType::F32)?)
+        crate::runtime::on_compute_pool(embeds.device(), || {
+            let h = self.hidden_states(embeds, position_ids, attention_mask, cache, false)?;
+            let t = h.dim(1)?;
+            let last = h.narrow(1, t - 1, 1)?;
+            Ok(self
+                .lm_head
+                .forward_t(&last, false)?
+                .squeeze(1)?
+                .to_dtype(DType::F32)?)
+        })
     }
 
     /// Like [`Llama::forward`] but returns the final hidden states (after the last norm).
     pub fn hidden_states(
+        &self,
+        embeds: &Tensor,
+        position_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Result<Tensor> {
+        crate::runtime::inference(train, embeds.device(), || {
+            self.hidden_states_impl(embeds, position_ids, attention_mask, cache, train)
+        })
+    }
+
+    fn hidden_states_impl(
         &self,
         embeds: &Tensor,
         position_ids: &Tensor,
@@ -586,6 +633,7 @@ impl Llama {
     /// Attaches freshly initialised (PEFT-like) LoRA adapters to `cfg.target_modules` of every
     /// layer. A ~ U(-1/sqrt(in), 1/sqrt(in)) from a seeded ChaCha8 stream per module, B = 0.
     pub fn enable_lora(&mut self, cfg: &LoraConfig) -> Result<()> {
+        self.set_inference_layout(false)?;
         let dev = self.device().clone();
         for (li, layer) in self.layers.iter_mut().enumerate() {
             for (ti, t) in cfg.target_modules.iter().enumerate() {

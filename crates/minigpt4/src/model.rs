@@ -222,8 +222,10 @@ impl MiniGpt4 {
     /// [`MiniGpt4::qformer_features`]; `train = true` runs only differentiable ops through the
     /// vision tower and the Q-Former, so gradients reach their weights (full training).
     pub fn qformer_features_t(&self, pixel_values: &Tensor, train: bool) -> Result<Tensor> {
-        let v = self.vision.forward_t(pixel_values, train)?;
-        self.qformer.forward_t(&v, train)
+        crate::runtime::inference(train, pixel_values.device(), || {
+            let v = self.vision.forward_t(pixel_values, train)?;
+            self.qformer.forward_t(&v, train)
+        })
     }
 
     /// Q-Former output -> LLM image embeddings (`llama_proj`). Differentiable when trainable.
@@ -234,7 +236,9 @@ impl MiniGpt4 {
 
     /// `[B, 3, S, S]` -> image embeddings `[B, num_query, llm_hidden]`.
     pub fn encode_images(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        self.project(&self.qformer_features(pixel_values)?, false)
+        crate::runtime::on_compute_pool(pixel_values.device(), || {
+            self.project(&self.qformer_features(pixel_values)?, false)
+        })
     }
 
     /// `[text_0; image_0; text_1; image_1; ...; text_n]` embeddings `[T, hidden]` from token
@@ -336,6 +340,20 @@ impl MiniGpt4 {
     ) -> Result<Tensor> {
         self.llama
             .train_loss(embeds, position_ids, Some(attention_mask), labels)
+    }
+
+    /// [`Linear::set_inference_layout`] on every linear layer of the model: frozen CPU weights
+    /// stored transposed, which makes inference with few rows per matmul (prefill, decoding,
+    /// the Q-Former's queries) up to 3x faster per layer. [`MiniGpt4Eval`] and `mde ask` turn it
+    /// on; training turns it off where it matters (see `set_inference_layout`).
+    ///
+    /// [`MiniGpt4Eval`]: crate::eval_adapter::MiniGpt4Eval
+    pub fn set_inference_layout(&mut self, on: bool) -> Result<()> {
+        let mut all = self.vision.linears_mut();
+        all.extend(self.qformer.linears_mut());
+        all.push(&mut self.llama_proj);
+        all.extend(self.llama.linears_mut());
+        all.into_iter().try_for_each(|l| l.set_inference_layout(on))
     }
 
     /// Makes `llama_proj` trainable and returns its Vars (`llama_proj.weight`, `llama_proj.bias`).

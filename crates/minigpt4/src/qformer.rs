@@ -113,7 +113,7 @@ impl QFormerLayer {
         if let Some(c) = &self.crossattention {
             x = c.forward_t(&x, image, train)?;
         }
-        let h = self.intermediate.forward_t(&x, train)?.gelu_erf()?;
+        let h = crate::act::gelu_erf(&self.intermediate.forward_t(&x, train)?, train)?;
         let h = self.output.forward_t(&h, train)?;
         self.output_norm.forward_t(&(h + x)?, train)
     }
@@ -145,6 +145,32 @@ impl QFormer {
         })
     }
 
+    /// Every linear layer of the Q-Former.
+    pub(crate) fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut v: Vec<&mut Linear> = Vec::new();
+        for l in &mut self.layers {
+            let QFormerLayer {
+                attention,
+                crossattention,
+                intermediate,
+                output,
+                ..
+            } = l;
+            for a in std::iter::once(attention).chain(crossattention.as_mut()) {
+                let MultiHeadAttention {
+                    query,
+                    key,
+                    value,
+                    dense,
+                    ..
+                } = a;
+                v.extend([query, key, value, dense]);
+            }
+            v.extend([intermediate, output]);
+        }
+        v
+    }
+
     /// `image_embeds: [B, N, encoder_hidden]` (after ln_vision) -> `[B, num_query, hidden]`.
     pub fn forward(&self, image_embeds: &Tensor) -> Result<Tensor> {
         self.forward_t(image_embeds, false)
@@ -153,6 +179,12 @@ impl QFormer {
     /// [`QFormer::forward`]; `train` selects the differentiable path (`layer_norm_slow`,
     /// `ops::softmax`), so gradients reach the query tokens and every Q-Former weight.
     pub fn forward_t(&self, image_embeds: &Tensor, train: bool) -> Result<Tensor> {
+        crate::runtime::inference(train, image_embeds.device(), || {
+            self.forward_impl(image_embeds, train)
+        })
+    }
+
+    fn forward_impl(&self, image_embeds: &Tensor, train: bool) -> Result<Tensor> {
         let b = image_embeds.dim(0)?;
         let image = image_embeds.to_dtype(self.query_tokens.dtype())?;
         let q =

@@ -141,11 +141,10 @@ impl Block {
         let x = (x + self
             .attn
             .forward_t(&self.norm1.forward_t(x, train)?, train)?)?;
-        // `gelu_erf` has a backward in candle (UnaryOp::GeluErf), so both paths share it.
         let h = self
             .fc1
-            .forward_t(&self.norm2.forward_t(&x, train)?, train)?
-            .gelu_erf()?;
+            .forward_t(&self.norm2.forward_t(&x, train)?, train)?;
+        let h = crate::act::gelu_erf(&h, train)?;
         let h = self.fc2.forward_t(&h, train)?;
         Ok((x + h)?)
     }
@@ -186,6 +185,21 @@ impl VisionModel {
         })
     }
 
+    /// Every linear layer of the tower.
+    pub(crate) fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        self.blocks
+            .iter_mut()
+            .flat_map(|b| {
+                [
+                    &mut b.attn.qkv,
+                    &mut b.attn.projection,
+                    &mut b.fc1,
+                    &mut b.fc2,
+                ]
+            })
+            .collect()
+    }
+
     /// ViT output before `ln_vision`: `[B, 3, S, S] -> [B, 1 + (S/p)^2, D]`.
     pub fn forward_pre_ln(&self, pixel_values: &Tensor) -> Result<Tensor> {
         self.forward_pre_ln_t(pixel_values, false)
@@ -194,6 +208,12 @@ impl VisionModel {
     /// [`VisionModel::forward_pre_ln`]; `train` selects the differentiable path (conv2d,
     /// `layer_norm_slow`, `ops::softmax`).
     pub fn forward_pre_ln_t(&self, pixel_values: &Tensor, train: bool) -> Result<Tensor> {
+        crate::runtime::inference(train, pixel_values.device(), || {
+            self.forward_pre_ln_impl(pixel_values, train)
+        })
+    }
+
+    fn forward_pre_ln_impl(&self, pixel_values: &Tensor, train: bool) -> Result<Tensor> {
         let dt = self.patch_weight.dtype();
         // The patch conv runs in f32 for half-precision models: candle's CPU conv2d has no bf16
         // matmul, and the conv is a negligible share of the work. f64 stays f64 (gradient checks).
@@ -227,8 +247,10 @@ impl VisionModel {
 
     /// [`VisionModel::forward`]; `train` selects the differentiable path.
     pub fn forward_t(&self, pixel_values: &Tensor, train: bool) -> Result<Tensor> {
-        self.ln_vision
-            .forward_t(&self.forward_pre_ln_t(pixel_values, train)?, train)
+        crate::runtime::inference(train, pixel_values.device(), || {
+            self.ln_vision
+                .forward_t(&self.forward_pre_ln_t(pixel_values, train)?, train)
+        })
     }
 }
 

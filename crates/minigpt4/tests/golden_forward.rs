@@ -289,6 +289,31 @@ fn hf_layout_matches_pytorch() -> Result<()> {
     check_chats(&fx, &m, "hf", true)
 }
 
+/// The transposed weight storage of inference (`set_inference_layout`, used by `MiniGpt4Eval`
+/// and `mde ask`) gives the same numbers, greedy tokens and batched decoding; training restores
+/// the row-major storage.
+#[test]
+fn inference_layout_matches_pytorch() -> Result<()> {
+    let fx = fixture()?;
+    let mut m = fx.hf_model()?;
+    m.set_inference_layout(true)?;
+    assert!(m.llama.lm_head.has_inference_layout());
+    assert!(m.llama_proj.has_inference_layout());
+    check_encoders(&fx, &m, "hf, inference layout")?;
+    check_chats(&fx, &m, "hf, inference layout", true)?;
+    m.make_projector_trainable()?;
+    assert!(!m.llama_proj.has_inference_layout());
+    m.enable_lora(&minigpt4::llama::LoraConfig {
+        r: 2,
+        alpha: 4.0,
+        dropout: 0.0,
+        target_modules: vec!["q_proj".into()],
+        seed: 0,
+    })?;
+    assert!(!m.llama.lm_head.has_inference_layout());
+    Ok(())
+}
+
 #[test]
 fn lavis_layout_matches_pytorch() -> Result<()> {
     let fx = fixture()?;
