@@ -189,7 +189,8 @@ pub struct TrainConfig {
     /// same random crops) is split row-wise into `S` contiguous shards; each shard's forward
     /// and backward runs on its own OS thread, inside its own one-thread rayon pool (for
     /// candle-nn's row kernels), with candle's gemm single-threaded: building a trainer with
-    /// `S > 1` sets `RAYON_NUM_THREADS=1` for the whole process, the only knob candle reads
+    /// `S > 1` sets `RAYON_NUM_THREADS=1` for the whole process while the trainer lives (it is
+    /// restored when the trainer is dropped or turned into an inference model), the only knob candle reads
     /// (on a tiny model the per-op rayon barriers cost more than the parallel gemm gains;
     /// one thread per shard is meant to use the cores better: measure on an idle machine). Shard `i`'s loss is weighted by `n_i / N` (its supervised target tokens
     /// over the micro-batch's), so the gradients, summed in shard order, equal the
@@ -405,6 +406,35 @@ pub struct Trainer {
     /// dropout stream is one mutex-guarded RNG that concurrent shards would interleave in a
     /// timing-dependent order.
     replicas: Vec<Llama>,
+    /// Set with shards: restores `RAYON_NUM_THREADS` when the trainer goes (last field, so the
+    /// shard pools are dropped first).
+    gemm_threads: Option<GemmThreadsGuard>,
+}
+
+/// Sets an environment variable and puts back its previous value (or its absence) when dropped:
+/// a sharded trainer's `RAYON_NUM_THREADS=1`.
+struct GemmThreadsGuard {
+    var: &'static str,
+    previous: Option<std::ffi::OsString>,
+}
+
+impl GemmThreadsGuard {
+    fn set(var: &'static str, value: &str) -> Self {
+        let previous = std::env::var_os(var);
+        std::env::set_var(var, value);
+        Self { var, previous }
+    }
+}
+
+impl Drop for GemmThreadsGuard {
+    fn drop(&mut self) {
+        // Same caveat as the `set_var` in `Trainer::build`: racy only with concurrent
+        // environment reads from C code.
+        match &self.previous {
+            Some(v) => std::env::set_var(self.var, v),
+            None => std::env::remove_var(self.var),
+        }
+    }
 }
 
 /// Inputs of one micro-batch, before the model runs.
@@ -752,6 +782,7 @@ impl Trainer {
             varmap: None,
             pools: Vec::new(),
             replicas: Vec::new(),
+            gemm_threads: None,
         };
         let shards = t.cfg.shards.min(t.cfg.batch_size);
         if shards > 1 {
@@ -759,11 +790,13 @@ impl Trainer {
             // `candle_core::utils::get_num_threads()`, which only reads RAYON_NUM_THREADS (no
             // per-thread or global setting exists); a one-thread rayon pool alone does not
             // help (measured: gemm still takes its multi-thread path, 1.5-3x slower). So
-            // with shards the whole process's candle gemm goes single-threaded from here on:
-            // each shard thread is one core's worth of work.
+            // with shards the whole process's candle gemm goes single-threaded while this
+            // trainer lives (each shard thread is one core's worth of work); `gemm_threads`
+            // puts the previous value back when it goes, so that later inference in the same
+            // process (the loop's evaluations) uses every core again.
             // SAFETY (edition 2021: `set_var` is a safe fn, but racy with concurrent env
             // reads from C): set once, at construction, before any shard thread exists.
-            std::env::set_var("RAYON_NUM_THREADS", "1");
+            t.gemm_threads = Some(GemmThreadsGuard::set("RAYON_NUM_THREADS", "1"));
             t.pools = (0..shards)
                 .map(|i| {
                     rayon::ThreadPoolBuilder::new()
@@ -1429,4 +1462,24 @@ pub fn detached_tensors(vm: &VarMap) -> Result<BTreeMap<String, Tensor>> {
         .iter()
         .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GemmThreadsGuard;
+
+    #[test]
+    fn the_thread_setting_is_restored() {
+        // A variable of its own: the real RAYON_NUM_THREADS may be read by concurrent tests.
+        const VAR: &str = "MDE_TRAIN_TEST_GUARD_VAR";
+        std::env::set_var(VAR, "7");
+        {
+            let _g = GemmThreadsGuard::set(VAR, "1");
+            assert_eq!(std::env::var(VAR).as_deref(), Ok("1"));
+        }
+        assert_eq!(std::env::var(VAR).as_deref(), Ok("7"));
+        std::env::remove_var(VAR);
+        drop(GemmThreadsGuard::set(VAR, "1"));
+        assert!(std::env::var_os(VAR).is_none());
+    }
 }
