@@ -347,8 +347,9 @@ impl ImageCache {
 }
 
 impl MiniGpt4Eval {
-    /// Wraps a loaded model. The image size comes from the vision config. Frozen CPU weights are
-    /// stored for inference ([`MiniGpt4::set_inference_layout`]); trainable ones stay as they are.
+    /// Wraps a loaded model. The image size comes from the vision config. Frozen f32 CPU weights
+    /// are stored for inference ([`MiniGpt4::set_inference_layout`]); trainable ones stay as
+    /// they are.
     pub fn new(mut model: MiniGpt4, tokenizer: LlamaTokenizer, name: impl Into<String>) -> Self {
         if let Err(e) = model.set_inference_layout(true) {
             // Only a failed copy can get here; the row-major storage still works, just slower.

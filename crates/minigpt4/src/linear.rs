@@ -460,8 +460,8 @@ impl Linear {
 
     /// Stores a frozen CPU weight transposed (`on`): the memory holds `[in, out]` row-major and
     /// `weight` stays an `[out, in]` view of it, so callers see no difference. `off` restores
-    /// the row-major `[out, in]` storage. Variables (trainable weights) and other devices are
-    /// left as they are.
+    /// the row-major `[out, in]` storage. Variables (trainable weights), other devices and
+    /// other dtypes than f32 (not measured; the GEMV kernel is f32 only) are left as they are.
     ///
     /// Why: `x Wᵀ` with a row-major `W` makes the gemm crate pack the whole weight matrix on every
     /// call, which costs as much as the product when `x` has few rows; with `Wᵀ` row-major it reads
@@ -473,6 +473,7 @@ impl Linear {
         if self.weight_var.is_some()
             || self.weight.is_variable()
             || !self.weight.device().is_cpu()
+            || self.weight.dtype() != DType::F32
             || self.weight.rank() != 2
         {
             return Ok(());

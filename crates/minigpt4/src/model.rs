@@ -342,7 +342,7 @@ impl MiniGpt4 {
             .train_loss(embeds, position_ids, Some(attention_mask), labels)
     }
 
-    /// [`Linear::set_inference_layout`] on every linear layer of the model: frozen CPU weights
+    /// [`Linear::set_inference_layout`] on every linear layer of the model: frozen f32 CPU weights
     /// stored transposed, which makes inference with few rows per matmul (prefill, decoding,
     /// the Q-Former's queries) up to 3x faster per layer. [`MiniGpt4Eval`] and `mde ask` turn it
     /// on; training turns it off where it matters (see `set_inference_layout`).
