@@ -36,7 +36,7 @@ def load(split, n):
 class ViT(nn.Module):
     def __init__(s, nout):
         super().__init__()
-        s.patch = nn.Conv2d(3, WID, P, P) if P_ARG > 0 else nn.Sequential(nn.Conv2d(3, 32, 3, 1, 1), nn.GELU(), nn.Conv2d(32, 64, 3, 2, 1), nn.GELU(), nn.Conv2d(64, WID, 3, 2, 1), nn.GELU(), nn.Conv2d(WID, WID, 2, 2)); s.pos = nn.Parameter(torch.randn(1, (64 // (P_ARG if P_ARG > 0 else 8)) ** 2, WID) * 0.05)
+        s.patch = nn.Conv2d(3, WID, P_ARG, P_ARG) if P_ARG > 0 else nn.Sequential(nn.Conv2d(3, 32, 3, 1, 1), nn.GELU(), nn.Conv2d(32, 64, 3, 2, 1), nn.GELU(), nn.Conv2d(64, WID, 3, 2, 1), nn.GELU(), nn.Conv2d(WID, WID, 2, 2)); s.pos = nn.Parameter(torch.randn(1, (64 // (P_ARG if P_ARG > 0 else 8)) ** 2, WID) * 0.05)
         layer = nn.TransformerEncoderLayer(WID, 4, 4 * WID, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
         s.enc = nn.TransformerEncoder(layer, 2); s.norm = nn.LayerNorm(WID); s.head = nn.Linear(WID, nout)
     def forward(s, x):
