@@ -179,13 +179,10 @@ fn main() -> Result<()> {
             Trainer::new_full(m, vm, tok.clone(), ds.clone(), tc, run.path())?
         } else {
             // Frozen base weights must not be Vars (or backward computes their gradients).
-            let frozen: std::collections::HashMap<String, Tensor> = vm
-                .data()
-                .lock()
-                .map_err(|_| anyhow::anyhow!("poisoned"))?
-                .iter()
-                .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
-                .collect();
+            let frozen: std::collections::HashMap<String, Tensor> =
+                minigpt4::model::detached_tensors(&vm)?
+                    .into_iter()
+                    .collect();
             let m = MiniGpt4::new(&cfg, VarBuilder::from_tensors(frozen, DType::F32, &dev))?;
             Trainer::new(m, tok.clone(), ds.clone(), tc, run.path())?
         };

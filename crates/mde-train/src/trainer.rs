@@ -1452,16 +1452,9 @@ impl Validator for LossValidator {
     }
 }
 
-/// The current values of every Var of `vm`, detached from the graph (name -> tensor), e.g. to
-/// write a trained model or rebuild it without Vars.
+/// [`minigpt4::model::detached_tensors`] with this crate's error type.
 pub fn detached_tensors(vm: &VarMap) -> Result<BTreeMap<String, Tensor>> {
-    Ok(vm
-        .data()
-        .lock()
-        .map_err(|_| TrainError::Invalid("VarMap lock poisoned".into()))?
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
-        .collect())
+    Ok(minigpt4::model::detached_tensors(vm)?)
 }
 
 #[cfg(test)]

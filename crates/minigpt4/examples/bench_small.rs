@@ -81,12 +81,8 @@ fn main() -> Result<()> {
     // A model loaded from files holds plain tensors, not Vars: rebuild it that way, and store
     // its weights as inference does (`MiniGpt4Eval`, `mde ask`; `MDE_BENCH_ROW_MAJOR=1` keeps
     // the row-major layout). `enable_lora` below restores the training layout.
-    let data = vm
-        .data()
-        .lock()
-        .map_err(|_| anyhow::anyhow!("poisoned varmap"))?
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+    let data = minigpt4::model::detached_tensors(&vm)?
+        .into_iter()
         .collect();
     let mut model = MiniGpt4::new(&cfg, VarBuilder::from_tensors(data, DType::F32, &dev))?;
     if std::env::var_os("MDE_BENCH_ROW_MAJOR").is_none() {

@@ -77,33 +77,9 @@ fn gelu_slice_generic(x: &[f32], y: &mut [f32]) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn gelu_slice_avx512(x: &[f32], y: &mut [f32]) {
-    gelu_slice_generic(x, y)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gelu_slice_avx2(x: &[f32], y: &mut [f32]) {
-    gelu_slice_generic(x, y)
-}
-
 /// GELU (erf form) of every element of `x` into `y` (same length), on the calling thread.
 pub fn gelu_slice(x: &[f32], y: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            return unsafe { gelu_slice_avx512(x, y) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            return unsafe { gelu_slice_avx2(x, y) };
-        }
-    }
-    gelu_slice_generic(x, y)
+    with_best_simd!(gelu_slice_generic(x: &[f32], y: &mut [f32]))
 }
 
 struct Gelu;
@@ -113,13 +89,7 @@ impl CustomOp1 for Gelu {
         "minigpt4-gelu-erf"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(v) = s else {
-            candle_core::bail!("gelu: expected an f32 tensor")
-        };
-        let Some((a, b)) = l.contiguous_offsets() else {
-            candle_core::bail!("gelu: expected a contiguous tensor")
-        };
-        let x = &v[a..b];
+        let x = crate::fused::f32s(s, l, "gelu")?;
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))

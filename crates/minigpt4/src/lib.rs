@@ -37,6 +37,36 @@
 //! [`model::MiniGpt4::trainable_vars`], forward with `train = true` (differentiable ops only),
 //! and [`llama::causal_lm_loss`].
 
+/// Calls the `#[inline(always)]` function `$body` with `$args`, compiled for the best of
+/// AVX-512F, AVX2+FMA or the baseline that the running CPU has (chosen at run time), so that
+/// its plain loops vectorise wide. `$args` are `name: type` pairs.
+macro_rules! with_best_simd {
+    ($body:ident($($a:ident: $t:ty),* $(,)?)) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f")]
+            unsafe fn avx512($($a: $t),*) {
+                $body($($a),*)
+            }
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2($($a: $t),*) {
+                $body($($a),*)
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU supports AVX-512F (checked just above).
+                return unsafe { avx512($($a),*) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                return unsafe { avx2($($a),*) };
+            }
+        }
+        $body($($a),*)
+    }};
+}
+
 pub mod act;
 pub mod alloc;
 pub mod config;

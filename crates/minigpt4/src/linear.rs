@@ -183,25 +183,16 @@ impl CustomOp1 for GemvT {
         // Smallest slice of `y` per task: narrower products run on one thread (splitting a
         // 1,376-wide one over two took 0.043 ms against 0.033 ms).
         const BLOCK: usize = 2048;
-        let CpuStorage::F32(xv) = s else {
-            candle_core::bail!("gemv: expected an f32 input")
-        };
-        let Some((a, b)) = l.contiguous_offsets() else {
-            candle_core::bail!("gemv: expected a contiguous input")
-        };
-        let x = &xv[a..b];
+        let x = crate::fused::f32s(s, l, "gemv input")?;
         let (k, n) = self.wt.dims2()?;
         if x.len() != k {
             candle_core::bail!("gemv: x has {} elements but Wᵀ is [{k}, {n}]", x.len());
         }
         let (ws, wl) = self.wt.storage_and_layout();
-        let Storage::Cpu(CpuStorage::F32(wv)) = &*ws else {
-            candle_core::bail!("gemv: expected an f32 CPU weight")
+        let Storage::Cpu(ws) = &*ws else {
+            candle_core::bail!("gemv: expected a CPU weight")
         };
-        let Some((wa, wb)) = wl.contiguous_offsets() else {
-            candle_core::bail!("gemv: expected a contiguous weight")
-        };
-        let w = &wv[wa..wb];
+        let w = crate::fused::f32s(ws, wl, "gemv weight")?;
         let mut y = vec![0f32; n];
         let block = n
             .div_ceil(rayon::current_num_threads().max(1))
@@ -236,27 +227,7 @@ fn axpy_rows(x: &[f32], w: &[f32], n: usize, c0: usize, y: &mut [f32]) {
             }
         }
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f")]
-        unsafe fn avx512(x: &[f32], w: &[f32], n: usize, c0: usize, y: &mut [f32]) {
-            body(x, w, n, c0, y)
-        }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2(x: &[f32], w: &[f32], n: usize, c0: usize, y: &mut [f32]) {
-            body(x, w, n, c0, y)
-        }
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            return unsafe { avx512(x, w, n, c0, y) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            return unsafe { avx2(x, w, n, c0, y) };
-        }
-    }
-    body(x, w, n, c0, y)
+    with_best_simd!(body(x: &[f32], w: &[f32], n: usize, c0: usize, y: &mut [f32]))
 }
 
 /// `x[rows, in] @ W[out, in]ᵀ` for a frozen `W`, as a custom op on `x` alone.
@@ -467,8 +438,9 @@ impl Linear {
     /// call, which costs as much as the product when `x` has few rows; with `Wᵀ` row-major it reads
     /// the weight in place. Measured on 2 cores (`examples/bench_linear.rs`, docs/perf/
     /// pytorch-s7.md): 96 x 512 -> 512 0.37 -> 0.12 ms, 96 x 512 -> 1376 0.86 -> 0.33 ms,
-    /// 4 x 512 -> 32000 7.9 -> 1.6 ms; 1.1-1.3x from 257 to 384 rows, even at 1,312. The LoRA backward prefers the row-major `[out, in]` layout,
-    /// so [`Linear::make_trainable`] and [`crate::llama::Llama::enable_lora`] restore it.
+    /// 4 x 512 -> 32000 7.9 -> 1.6 ms; 1.1-1.3x from 257 to 384 rows, even at 1,312. The LoRA
+    /// backward prefers the row-major `[out, in]` layout, so [`Linear::make_trainable`] and
+    /// [`crate::llama::Llama::enable_lora`] restore it.
     pub fn set_inference_layout(&mut self, on: bool) -> Result<()> {
         if self.weight_var.is_some()
             || self.weight.is_variable()

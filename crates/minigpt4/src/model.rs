@@ -560,3 +560,16 @@ impl SimpleBackend for VarMapBackend {
         known.unwrap_or(false) || self.src.contains_tensor(name)
     }
 }
+
+/// The current values of every Var of `vm`, detached from the graph (name -> tensor), e.g. to
+/// write a trained model or rebuild it without Vars (`VarBuilder::from_tensors`), as a model
+/// loaded from files is.
+pub fn detached_tensors(vm: &VarMap) -> Result<std::collections::BTreeMap<String, Tensor>> {
+    Ok(vm
+        .data()
+        .lock()
+        .map_err(|_| Error::Invalid("VarMap lock poisoned".into()))?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+        .collect())
+}
