@@ -35,6 +35,9 @@ pub struct PretrainInfo {
     pub final_loss: Option<f32>,
     pub seconds: f64,
     pub examples: BTreeMap<String, usize>,
+    /// The vision-tower stage, when `[base.vision]` ran one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vision: Option<crate::vision_pretrain::VisionPretrainInfo>,
 }
 
 /// The world's base VQA set as training records: `kind` "qa" (question, then the answer text)
@@ -95,18 +98,42 @@ fn variant(s: &str) -> BaseVariant {
 
 /// The cache key of a base build.
 pub fn base_key(world: &World, model: &TinyModelConfig, seed: u64, base: &BaseSection) -> String {
-    let v = serde_json::json!({
+    let mut v = serde_json::json!({
         "recipe": RECIPE_VERSION,
         "world": world.manifest().content_hash,
         "model": model, "seed": seed, "base": base,
     });
+    // With a vision stage, its key (which covers what the config does not show) is part of the
+    // base build's; without one the key stays what it was before the stage existed.
+    if !base.vision.is_off() {
+        v["vision"] = serde_json::Value::String(vision_key(world, model, seed, base));
+    }
     crate::tiny::sha256_hex(v.to_string().as_bytes())[..16].to_string()
 }
 
-/// Training settings of the base build.
+/// The cache key of a `[base.vision]` stage: the world, the model config and init seed, and the
+/// stage's own settings.
+pub fn vision_key(world: &World, model: &TinyModelConfig, seed: u64, base: &BaseSection) -> String {
+    let v = serde_json::json!({
+        "recipe": RECIPE_VERSION,
+        "world": world.manifest().content_hash,
+        "model": model, "seed": seed, "vision": base.vision,
+        "targets": crate::vision_pretrain::TARGETS_VERSION,
+    });
+    crate::tiny::sha256_hex(v.to_string().as_bytes())[..16].to_string()
+}
+
+/// Training settings of the base build: every parameter (`full`), or, after a `[base.vision]`
+/// stage with `freeze = true`, all but what it pretrained: `frozen-vit` (the tower) or `llm+fc`
+/// (tower and Q-Former, frozen as in MiniGPT-4).
 pub fn base_train_config(base: &BaseSection, seed: u64) -> TrainConfig {
+    let v = &base.vision;
     TrainConfig {
-        mode: TrainMode::Full,
+        mode: match (v.steps > 0 && v.freeze, v.qformer) {
+            (false, _) => TrainMode::Full,
+            (true, false) => TrainMode::FrozenVit,
+            (true, true) => TrainMode::LlmFc,
+        },
         optim: OptimSettings {
             init_lr: base.lr,
             min_lr: base.min_lr,
@@ -168,6 +195,22 @@ pub fn pretrained_base(
     )?;
     let tok = init.tokenizer()?;
     let (m, varmap) = load_trainable(&init, device)?;
+    let vision = if base.vision.steps > 0 {
+        // Cached on its own key, so base builds that differ only in their VQA recipe (the
+        // demo and its balanced control) share one pretrained encoder.
+        let vkey = vision_key(world, model, seed, base);
+        Some(crate::vision_pretrain::pretrain_vision(
+            &m,
+            &varmap,
+            world,
+            &base.vision,
+            seed,
+            &cache.join(format!("vision-{vkey}")),
+            progress,
+        )?)
+    } else {
+        None
+    };
     let vqa = world_vqa_records(world, variant(&base.vqa), &base.kind)?;
     let mut datasets = vec![TrainDataset {
         name: format!("base_vqa_{}", base.vqa),
@@ -212,6 +255,7 @@ pub fn pretrained_base(
         final_loss: reports.last().map(|r| r.loss),
         seconds: t0.elapsed().as_secs_f64(),
         examples,
+        vision,
     };
     mde_core::io::write_json(&done, &info)?;
     let manifest = mde_core::io::read_json(out_dir.join("manifest.json"))?;

@@ -98,6 +98,11 @@ pub struct BaseSection {
     pub checkpoint_every: u64,
     /// Rows of each batch split over this many threads (see `mde_train::TrainConfig::shards`).
     pub shards: usize,
+    /// `[base.vision]`: pretrain the vision tower on the world's annotations first (and keep it
+    /// frozen); off unless `steps > 0`. Not serialised when off, so the fingerprints of run
+    /// folders and base caches written before the stage existed still match.
+    #[serde(skip_serializing_if = "crate::vision_pretrain::VisionPretrainSection::is_off")]
+    pub vision: crate::vision_pretrain::VisionPretrainSection,
 }
 
 impl Default for BaseSection {
@@ -114,6 +119,7 @@ impl Default for BaseSection {
             caption_ratio: 0.25,
             checkpoint_every: 250,
             shards: 1,
+            vision: Default::default(),
         }
     }
 }
@@ -301,7 +307,7 @@ impl Default for GenSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainSection {
-    /// `lora+fc` (released), `lora`, `fc`, `llm+fc`, `full`.
+    /// `lora+fc` (released), `lora`, `fc`, `llm+fc`, `frozen-vit`, `full`.
     pub mode: TrainMode,
     pub lora: LoraSettings,
     pub steps: usize,

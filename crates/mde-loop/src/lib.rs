@@ -31,6 +31,7 @@ pub mod report;
 pub mod run;
 pub mod tiny;
 pub mod tokenizer_train;
+pub mod vision_pretrain;
 
 use std::path::PathBuf;
 

@@ -43,7 +43,7 @@ use mde_gen::postprocess::to_v1;
 use mde_gen::{postprocess, GeneratePrompt, Runner};
 use mde_train::data::{load_dataset, DatasetFormat, DatasetSpec, RecordKind};
 use mde_train::trainer::{
-    ImageMode, OptimSettings, RunOptions, TrainConfig, TrainDataset, TrainMode, Trainer,
+    ImageMode, OptimSettings, RunOptions, TrainConfig, TrainDataset, Trainer,
 };
 use mde_world::{BaseVariant, TeacherOptions, World, WorldTeacher};
 use minigpt4::eval_adapter::MiniGpt4Eval;
@@ -701,7 +701,7 @@ impl LoopRun {
         let tok = self.tokenizer(base)?;
         let dtype = self.dtype()?;
         let run_dir = self.round_dir(k).join("train");
-        let full = matches!(tcfg.mode, TrainMode::Full | TrainMode::LlmFc);
+        let full = tcfg.mode.needs_varmap();
         let prev =
             (!self.cfg.train.from_base && k > 1).then(|| self.round_dir(k - 1).join("train"));
         let t = if full {
@@ -713,7 +713,7 @@ impl LoopRun {
         } else {
             if prev.is_some() {
                 return Err(LoopError::Config(
-                    "[train] from_base = false is supported for the full modes (full, llm+fc) only"
+                    "[train] from_base = false is supported for the full modes (full, frozen-vit, llm+fc) only"
                         .into(),
                 ));
             }
@@ -1102,18 +1102,23 @@ impl LoopRun {
     }
 
     fn bar(&self, len: u64, msg: &str) -> indicatif::ProgressBar {
-        if !self.progress {
-            return indicatif::ProgressBar::hidden();
-        }
-        let b = indicatif::ProgressBar::new(len);
-        if let Ok(s) = indicatif::ProgressStyle::with_template(
-            "{msg:28} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}]",
-        ) {
-            b.set_style(s);
-        }
-        b.set_message(msg.to_string());
-        b
+        progress_bar(self.progress, len, msg)
     }
+}
+
+/// The loop's progress bar style (hidden when `progress` is off).
+pub(crate) fn progress_bar(progress: bool, len: u64, msg: &str) -> indicatif::ProgressBar {
+    if !progress {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(len);
+    if let Ok(s) = indicatif::ProgressStyle::with_template(
+        "{msg:28} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}]",
+    ) {
+        b.set_style(s);
+    }
+    b.set_message(msg.to_string());
+    b
 }
 
 fn runtime(dir: &Path) -> Result<tokio::runtime::Runtime> {
@@ -1138,7 +1143,7 @@ fn eval_err(e: mde_eval::runner::RunError) -> LoopError {
 }
 
 /// Sets every var of `varmap` from a root-name safetensors file written by a full-mode export.
-fn load_full_weights(varmap: &candle_nn::VarMap, path: &Path) -> Result<()> {
+pub(crate) fn load_full_weights(varmap: &candle_nn::VarMap, path: &Path) -> Result<()> {
     let t = candle_core::safetensors::load(path, &Device::Cpu)?;
     let data = varmap
         .data()

@@ -1,7 +1,7 @@
 //! Fine-tuning foundations for MiniGPT-4 (MLLM-DataEngine's stage 2): torch-exact AdamW with
 //! parameter groups and checkpointable state, MiniGPT-4's warmup-cosine schedule, the
 //! training batch layout, PEFT adapter I/O, resumable checkpoints and seeded dataset mixing,
-//! plus the [`Trainer`] driver (fc / lora / lora+fc, and full / llm+fc on a model whose
+//! plus the [`Trainer`] driver (fc / lora / lora+fc, and full / frozen-vit / llm+fc on a model whose
 //! parameters are Vars; gradient accumulation, exact resume,
 //! validation-based best checkpoint) and exports (PEFT adapter, runner-keyed safetensors,
 //! merged LLaMA).

@@ -53,6 +53,11 @@ pub enum TrainMode {
     /// Needs [`Trainer::new_full`].
     #[serde(rename = "llm+fc")]
     LlmFc,
+    /// Every parameter except the vision tower (ViT and `ln_vision`): Q-Former, query tokens,
+    /// projector and LLaMA. For a model whose tower was pretrained and stays frozen, as
+    /// MiniGPT-4 keeps EVA-CLIP frozen. Needs [`Trainer::new_full`].
+    #[serde(rename = "frozen-vit")]
+    FrozenVit,
 }
 
 impl TrainMode {
@@ -64,13 +69,20 @@ impl TrainMode {
     }
     /// Modes whose parameters come from a [`VarMap`] ([`Trainer::new_full`]).
     pub fn needs_varmap(self) -> bool {
-        matches!(self, TrainMode::Full | TrainMode::LlmFc)
+        matches!(
+            self,
+            TrainMode::Full | TrainMode::LlmFc | TrainMode::FrozenVit
+        )
     }
-    /// Whether the vision tower and Q-Former train (features are not detached).
+    /// Whether the vision tower trains (gradients flow into the ViT).
     pub fn trains_vision(self) -> bool {
         matches!(self, TrainMode::Full)
     }
-    /// The serde name (`fc`, `lora`, `lora+fc`, `full`, `llm+fc`).
+    /// Whether the Q-Former trains (its features are not detached, so they cannot be cached).
+    pub fn trains_qformer(self) -> bool {
+        matches!(self, TrainMode::Full | TrainMode::FrozenVit)
+    }
+    /// The serde name (`fc`, `lora`, `lora+fc`, `full`, `llm+fc`, `frozen-vit`).
     pub fn name(self) -> &'static str {
         match self {
             TrainMode::Fc => "fc",
@@ -78,12 +90,14 @@ impl TrainMode {
             TrainMode::LoraFc => "lora+fc",
             TrainMode::Full => "full",
             TrainMode::LlmFc => "llm+fc",
+            TrainMode::FrozenVit => "frozen-vit",
         }
     }
     /// Whether the VarMap parameter `name` (MiniGPT-4 root naming) trains in this mode.
     pub fn trains_param(self, name: &str) -> bool {
         match self {
             TrainMode::Full => true,
+            TrainMode::FrozenVit => !name.starts_with("vision_model."),
             TrainMode::LlmFc => name.starts_with("llama_model.") || name.starts_with("llama_proj."),
             TrainMode::Fc | TrainMode::LoraFc => name.starts_with("llama_proj."),
             TrainMode::Lora => false,
@@ -412,13 +426,21 @@ pub struct Trainer {
 }
 
 /// Sets an environment variable and puts back its previous value (or its absence) when dropped:
-/// a sharded trainer's `RAYON_NUM_THREADS=1`.
-struct GemmThreadsGuard {
+/// a sharded trainer's `RAYON_NUM_THREADS=1` (candle's gemm reads it on every call; see
+/// [`GemmThreadsGuard::single_threaded`]).
+pub struct GemmThreadsGuard {
     var: &'static str,
     previous: Option<std::ffi::OsString>,
 }
 
 impl GemmThreadsGuard {
+    /// Makes candle's CPU gemm single-threaded until the guard is dropped, for row shards that
+    /// each run on their own thread (a one-thread rayon pool alone does not do it). Set it
+    /// before starting the shard threads: setting the environment races with concurrent reads.
+    pub fn single_threaded() -> Self {
+        Self::set("RAYON_NUM_THREADS", "1")
+    }
+
     fn set(var: &'static str, value: &str) -> Self {
         let previous = std::env::var_os(var);
         std::env::set_var(var, value);
@@ -479,13 +501,18 @@ fn shard_loss(
     model: &MiniGpt4,
     llama: Option<&Llama>,
     visual: &Visual,
-    trains_vision: bool,
+    mode: TrainMode,
     b: &BatchTensors,
 ) -> Result<Tensor> {
     let qf = match visual {
         Visual::Features(f) => f.clone(),
         // Full training: gradients flow through the Q-Former and the vision tower.
-        Visual::Pixels(px) if trains_vision => model.qformer_features_t(px, true)?,
+        Visual::Pixels(px) if mode.trains_vision() => model.qformer_features_t(px, true)?,
+        // A frozen tower: its output is a constant (fast inference path), the Q-Former trains.
+        Visual::Pixels(px) if mode.trains_qformer() => {
+            let v = model.vision.forward(px)?.detach();
+            model.qformer.forward_t(&v, true)?
+        }
         Visual::Pixels(px) => model.qformer_features(px)?.detach(),
     };
     let Some(llama) = llama else {
@@ -661,8 +688,8 @@ impl Trainer {
         Self::build(model, tok, datasets, cfg, run_dir, params)
     }
 
-    /// Trainer for the modes that train base weights: `full` (everything) and `llm+fc`
-    /// (LLaMA + projector), and also `fc`. `varmap` is the one [`MiniGpt4::load_varmap`]
+    /// Trainer for the modes that train base weights: `full` (everything), `frozen-vit`
+    /// (everything but the vision tower) and `llm+fc` (LLaMA + projector), and also `fc`. `varmap` is the one [`MiniGpt4::load_varmap`]
     /// returned with `model`; the trained parameters are picked from it by name (MiniGPT-4
     /// root names, which are also the checkpoint keys and the names in `export`'s
     /// `model.safetensors`). Resumes from the newest checkpoint in `run_dir` if any.
@@ -796,7 +823,7 @@ impl Trainer {
             // process (the loop's evaluations) uses every core again.
             // SAFETY (edition 2021: `set_var` is a safe fn, but racy with concurrent env
             // reads from C): set once, at construction, before any shard thread exists.
-            t.gemm_threads = Some(GemmThreadsGuard::set("RAYON_NUM_THREADS", "1"));
+            t.gemm_threads = Some(GemmThreadsGuard::single_threaded());
             t.pools = (0..shards)
                 .map(|i| {
                     rayon::ThreadPoolBuilder::new()
@@ -992,7 +1019,7 @@ impl Trainer {
             })?);
         }
         let use_feature_cache = self.caching
-            && !self.cfg.mode.trains_vision()
+            && !self.cfg.mode.trains_qformer()
             && self.cfg.image_mode == ImageMode::Eval;
         let visual = if use_feature_cache {
             // Eval preprocessing draws nothing from `rng`, so skipping it keeps the stream.
@@ -1036,10 +1063,10 @@ impl Trainer {
     /// forward/backward on this thread. Several: row shards on their own threads, each
     /// weighted by its share of the target tokens; gradients summed in shard order.
     fn micro_batch_grads(&self, mb: &MicroBatch, scale: f64) -> Result<(f32, Vec<GradStore>)> {
-        let trains_vision = self.cfg.mode.trains_vision();
+        let mode = self.cfg.mode;
         let n_rows = mb.row_targets.len();
         if self.pools.len() < 2 || n_rows < 2 {
-            let mut l = shard_loss(&self.model, None, &mb.visual, trains_vision, &mb.batch)?;
+            let mut l = shard_loss(&self.model, None, &mb.visual, mode, &mb.batch)?;
             let v = l.to_dtype(DType::F32)?.to_scalar::<f32>()?;
             if !v.is_finite() {
                 return Err(TrainError::Invalid(format!(
@@ -1077,7 +1104,7 @@ impl Trainer {
                         let f = || {
                             let visual = mb.visual.rows(start, len)?;
                             let b = batch_rows(&mb.batch, start, len)?;
-                            let l = shard_loss(model, llama, &visual, trains_vision, &b)?;
+                            let l = shard_loss(model, llama, &visual, mode, &b)?;
                             let v = l.to_dtype(DType::F32)?.to_scalar::<f32>()?;
                             let g = (l * (w * scale))?.backward()?;
                             Ok(Some((v * w as f32, g)))
@@ -1215,7 +1242,7 @@ impl Trainer {
         save_checkpoint(&self.run_dir, &self.params, &self.opt, &state)
     }
 
-    /// Writes the trainable weights to `dir`: in `full` / `llm+fc` modes every trained tensor
+    /// Writes the trainable weights to `dir`: in `full` / `frozen-vit` / `llm+fc` modes every trained tensor
     /// under its MiniGPT-4 root name in `dir/model.safetensors` (frozen parts are not
     /// written: they are the base model's); otherwise the runner-keyed safetensors (and the
     /// PEFT adapter in LoRA modes).

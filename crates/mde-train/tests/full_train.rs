@@ -1,4 +1,4 @@
-//! `full` and `llm+fc` training on the tiny fixture model: which parameters train, exact
+//! `full`, `frozen-vit` and `llm+fc` training on the tiny fixture model: which parameters train, exact
 //! resume, caches that do not change results, weight-decay groups and the export.
 mod common;
 use std::collections::HashMap;
@@ -146,6 +146,41 @@ fn llm_fc_freezes_vision_and_resumes_bit_exact() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn frozen_vit_trains_all_but_the_tower_and_resumes_bit_exact() -> Result<()> {
+    let (a, run) = resume_is_bit_exact(TrainMode::FrozenVit, ImageMode::Train)?;
+    let names: Vec<&str> = a.trainable().iter().map(|(n, _)| n.as_str()).collect();
+    assert!(names.iter().all(|n| !n.starts_with("vision_model.")));
+    for pre in ["qformer.", "query_tokens", "llama_proj.", "llama_model."] {
+        assert!(
+            names.iter().any(|n| n.starts_with(pre)),
+            "nothing under {pre} trains"
+        );
+    }
+    // The tower is untouched: its output equals a fresh model's; the Q-Former's does not.
+    let (fresh, _, _) = load_model_varmap(&common::golden_paths(), &Device::Cpu)?;
+    let px = candle_core::safetensors::load(
+        common::golden_dir().join("expected/forward.safetensors"),
+        &Device::Cpu,
+    )?
+    .remove("pixel_values")
+    .context("no pixel_values in the fixture")?;
+    let max_diff = |x: candle_core::Tensor, y: candle_core::Tensor| -> Result<f32> {
+        Ok((x - y)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
+    };
+    let tower = max_diff(a.model().vision.forward(&px)?, fresh.vision.forward(&px)?)?;
+    assert_eq!(tower, 0.0, "the frozen tower changed");
+    let qf = max_diff(
+        a.model().qformer_features(&px)?,
+        fresh.qformer_features(&px)?,
+    )?;
+    assert!(qf > 0.0, "the Q-Former did not train");
+    // Nothing is cached as features: the Q-Former trains.
+    assert_eq!(a.cache_sizes().1, 0);
+    std::fs::remove_dir_all(&run)?;
+    Ok(())
+}
+
 fn losses(mode: TrainMode, image_mode: ImageMode, caching: bool) -> Result<Vec<f32>> {
     let run = tempfile::tempdir()?;
     let mut t = trainer(run.path(), config(mode, image_mode))?;
@@ -188,7 +223,7 @@ fn caches_do_not_change_results() -> Result<()> {
 #[test]
 fn constructors_refuse_the_wrong_modes() -> Result<()> {
     let run = tempfile::tempdir()?;
-    for mode in [TrainMode::Full, TrainMode::LlmFc] {
+    for mode in [TrainMode::Full, TrainMode::LlmFc, TrainMode::FrozenVit] {
         let (m, tok) =
             mde_train::trainer::load_model(&common::golden_paths(), DType::F32, &Device::Cpu)?;
         let err = Trainer::new(
@@ -219,6 +254,8 @@ fn constructors_refuse_the_wrong_modes() -> Result<()> {
     assert_eq!(m, TrainMode::Full);
     let m: TrainMode = serde_json::from_str("\"llm+fc\"")?;
     assert_eq!(m, TrainMode::LlmFc);
+    let m: TrainMode = serde_json::from_str("\"frozen-vit\"")?;
+    assert_eq!(m, TrainMode::FrozenVit);
     Ok(())
 }
 

@@ -1,4 +1,4 @@
-//! Exact (erf) GELU for the inference path, vectorised.
+//! Exact (erf) GELU and its derivative, vectorised.
 //!
 //! Why: candle's `gelu_erf` calls the scalar `libm::erff` once per element. With activations of
 //! realistic size it takes the `erfc2` branch (an `expf` plus two rational polynomials), and on
@@ -14,7 +14,9 @@
 //! formula `x/2 (1 + erff(x/sqrt 2))` that candle and PyTorch use: 9e-7), 2e-6 on [-5, -2] and
 //! 2e-5 on [-13, -5], where the textbook formula loses every digit (unit test below).
 //!
-//! Training keeps candle's `gelu_erf`, whose backward candle provides.
+//! The backward is analytic, `gelu'(x) = Phi(x) + x phi(x)`, from the same `erfc` and `exp`, in
+//! one pass (candle's `gelu_erf` backward is a chain of element-wise tensor ops around the scalar
+//! `erff`), so training uses the kernel too.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -49,11 +51,11 @@ fn exp_poly(x: f32) -> f32 {
     f32::from_bits((p.to_bits() as i32).wrapping_add(n << 23) as u32)
 }
 
-/// `gelu(x) = x/2 * erfc(-x / sqrt 2)`.
+/// `erfc(|x| / sqrt 2)` (Numerical Recipes' `erfcc`) and `z^2 = x^2 / 2`.
 // The coefficients are Numerical Recipes' as published (two carry a digit beyond f32).
 #[allow(clippy::excessive_precision)]
 #[inline(always)]
-fn gelu_one(x: f32) -> f32 {
+fn erfc_abs(x: f32) -> (f32, f32) {
     let z = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
     let t = 1.0 / (1.0 + 0.5 * z);
     let poly = -1.265_512_2
@@ -64,10 +66,28 @@ fn gelu_one(x: f32) -> f32 {
                         + t * (0.278_868_07
                             + t * (-1.135_203_98
                                 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
-    // erfc(|x|/sqrt 2); for x > 0, erfc(-x/sqrt 2) = 2 - erfc(x/sqrt 2).
-    let e = t * exp_poly(poly - z * z);
-    let c = if x < 0.0 { e } else { 2.0 - e };
-    0.5 * x * c
+    (t * exp_poly(poly - z * z), z * z)
+}
+
+/// `erfc(-x / sqrt 2) = 2 Phi(x)`; for x > 0 it is `2 - erfc(x / sqrt 2)`.
+#[inline(always)]
+fn two_phi(x: f32) -> (f32, f32) {
+    let (e, z2) = erfc_abs(x);
+    (if x < 0.0 { e } else { 2.0 - e }, z2)
+}
+
+/// `gelu(x) = x/2 * erfc(-x / sqrt 2)`.
+#[inline(always)]
+fn gelu_one(x: f32) -> f32 {
+    0.5 * x * two_phi(x).0
+}
+
+/// `gelu'(x) = Phi(x) + x phi(x)`, `phi(x) = exp(-x^2/2) / sqrt(2 pi)`.
+#[inline(always)]
+fn gelu_grad_one(x: f32) -> f32 {
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    let (c, z2) = two_phi(x);
+    0.5 * c + x * INV_SQRT_2PI * exp_poly(-z2)
 }
 
 #[inline(always)]
@@ -77,9 +97,34 @@ fn gelu_slice_generic(x: &[f32], y: &mut [f32]) {
     }
 }
 
+#[inline(always)]
+fn gelu_grad_slice_generic(x: &[f32], y: &mut [f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = gelu_grad_one(x);
+    }
+}
+
 /// GELU (erf form) of every element of `x` into `y` (same length), on the calling thread.
 pub fn gelu_slice(x: &[f32], y: &mut [f32]) {
     with_best_simd!(gelu_slice_generic(x: &[f32], y: &mut [f32]))
+}
+
+/// The derivative of GELU (erf form) at every element of `x` into `y`.
+pub fn gelu_grad_slice(x: &[f32], y: &mut [f32]) {
+    with_best_simd!(gelu_grad_slice_generic(x: &[f32], y: &mut [f32]))
+}
+
+fn map_f32(
+    s: &CpuStorage,
+    l: &Layout,
+    f: fn(&[f32], &mut [f32]),
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let x = crate::fused::f32s(s, l, "gelu")?;
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(y, x)| f(x, y));
+    Ok((CpuStorage::F32(y), l.shape().clone()))
 }
 
 struct Gelu;
@@ -89,22 +134,37 @@ impl CustomOp1 for Gelu {
         "minigpt4-gelu-erf"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = crate::fused::f32s(s, l, "gelu")?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(y, x)| gelu_slice(x, y));
-        Ok((CpuStorage::F32(y), l.shape().clone()))
+        map_f32(s, l, gelu_slice)
+    }
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let d = arg.contiguous()?.apply_op1_no_bwd(&GeluGrad)?;
+        Ok(Some(grad_res.mul(&d)?))
     }
 }
 
-/// Exact GELU: the vectorised kernel for f32 CPU tensors when `train` is false, candle's
-/// `gelu_erf` (which has a backward) otherwise.
-pub fn gelu_erf(x: &Tensor, train: bool) -> Result<Tensor> {
-    if train || !x.device().is_cpu() || x.dtype() != DType::F32 || x.elem_count() == 0 {
+struct GeluGrad;
+
+impl CustomOp1 for GeluGrad {
+    fn name(&self) -> &'static str {
+        "minigpt4-gelu-erf-grad"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        map_f32(s, l, gelu_grad_slice)
+    }
+}
+
+/// Exact GELU: the vectorised kernel (with its analytic backward) for f32 CPU tensors, candle's
+/// `gelu_erf` otherwise (f64 gradient checks, GPUs, half precision).
+pub fn gelu_erf(x: &Tensor, _train: bool) -> Result<Tensor> {
+    if !x.device().is_cpu() || x.dtype() != DType::F32 || x.elem_count() == 0 {
         return Ok(x.gelu_erf()?);
     }
-    Ok(x.contiguous()?.apply_op1_no_bwd(&Gelu)?)
+    Ok(x.contiguous()?.apply_op1(Gelu)?)
 }
 
 #[cfg(test)]
@@ -181,5 +241,51 @@ mod tests {
             .unwrap()
             .max(0);
         assert!(d.unwrap().to_scalar::<f32>().unwrap() < 2e-6);
+    }
+
+    #[test]
+    fn derivative_matches_f64_reference() {
+        // gelu'(x) = Phi(x) + x phi(x); absolute error (the derivative is O(1) and crosses 0).
+        let d64 = |x: f64| {
+            0.5 * libm::erfc(-x / std::f64::consts::SQRT_2)
+                + x * (-x * x / 2.0).exp() / (2.0 * std::f64::consts::PI).sqrt()
+        };
+        let mut worst = 0f64;
+        let mut x = -14f32;
+        while x < 30.0 {
+            let mut y = [0f32];
+            gelu_grad_slice(&[x], &mut y);
+            worst = worst.max((y[0] as f64 - d64(x as f64)).abs());
+            x += 0.000_71;
+        }
+        assert!(worst < 1e-6, "derivative error {worst:e}");
+    }
+
+    #[test]
+    fn backward_matches_candle_gelu_erf() {
+        let dev = candle_core::Device::Cpu;
+        let x = candle_core::Var::from_tensor(&Tensor::randn(0f32, 2.0, (5, 3001), &dev).unwrap())
+            .unwrap();
+        let w = Tensor::randn(0f32, 1.0, (5, 3001), &dev).unwrap();
+        let grad = |ours: bool| {
+            let y = if ours {
+                gelu_erf(x.as_tensor(), true).unwrap()
+            } else {
+                x.as_tensor().gelu_erf().unwrap()
+            };
+            let g = (y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            g.get(x.as_tensor()).unwrap().clone()
+        };
+        let d = (grad(true) - grad(false))
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-5, "max gradient difference {d}");
     }
 }
