@@ -115,3 +115,43 @@ fn trains_the_encoder_only_resumes_bit_exact_and_is_reused() -> anyhow::Result<(
     );
     Ok(())
 }
+
+#[test]
+fn the_stage_picks_the_base_mode_and_keys_the_cache() -> anyhow::Result<()> {
+    use mde_loop::base::{base_key, base_train_config};
+    use mde_loop::config::BaseSection;
+    use mde_train::trainer::TrainMode;
+    let mut base = BaseSection::default();
+    assert_eq!(base_train_config(&base, 0).mode, TrainMode::Full);
+    base.vision.steps = 10;
+    assert_eq!(base_train_config(&base, 0).mode, TrainMode::FrozenVit);
+    base.vision.qformer = true;
+    assert_eq!(base_train_config(&base, 0).mode, TrainMode::LlmFc);
+    base.vision.freeze = false;
+    assert_eq!(base_train_config(&base, 0).mode, TrainMode::Full);
+
+    // Off, the stage's settings do not touch the base key (old caches stay valid); on, they do.
+    let tmp = tempfile::tempdir()?;
+    let world = World::generate(&WorldConfig::tiny(5), tmp.path().join("world"))?;
+    let model = TinyModelConfig::default();
+    let off = BaseSection::default();
+    let mut off_other = off.clone();
+    off_other.vision.lr = 0.5;
+    assert_eq!(
+        base_key(&world, &model, 0, &off),
+        base_key(&world, &model, 0, &off_other)
+    );
+    let mut on = off.clone();
+    on.vision.steps = 10;
+    let mut on_other = on.clone();
+    on_other.vision.shape_weight = 2.0;
+    assert_ne!(
+        base_key(&world, &model, 0, &off),
+        base_key(&world, &model, 0, &on)
+    );
+    assert_ne!(
+        base_key(&world, &model, 0, &on),
+        base_key(&world, &model, 0, &on_other)
+    );
+    Ok(())
+}
