@@ -28,6 +28,7 @@ use mde_train::checkpoint::TrainState;
 use mde_train::checkpoint::{latest_checkpoint, load_checkpoint, save_checkpoint, RngState};
 use mde_train::optim::{AdamW, AdamWConfig};
 use mde_train::schedule::LinearWarmupCosine;
+use mde_train::shards::ShardPools;
 use mde_world::questions::{quadrant_of, QUADRANTS};
 use mde_world::scene::{BackgroundKind, Color, Object, Quality, Scene, Shape, Size};
 use mde_world::World;
@@ -380,11 +381,11 @@ fn loss(logits: &Tensor, classes: &[u32], targets: &Targets) -> Result<Tensor> {
     total.ok_or_else(|| LoopError::Config("no target group".into()))
 }
 
-/// Loss and gradients of one batch (`ids`) split into `pools.len()` row shards, each run on its
-/// own one-thread pool: `shard_loss` gives a shard's mean loss, weighted here by its share of
-/// the rows. Gradients are summed in shard order (deterministic for a given shard count).
+/// Loss and gradients of one batch (`ids`) split into row shards (one per pool of `shards`, or
+/// none): `shard_loss` gives a shard's mean loss, weighted here by its share of the rows.
+/// Gradients are summed in shard order (deterministic for a given shard count).
 fn sharded_grads<F>(
-    pools: &[rayon::ThreadPool],
+    shards: Option<&ShardPools>,
     ids: &[u64],
     shard_loss: F,
     params: &[(String, Var)],
@@ -392,56 +393,34 @@ fn sharded_grads<F>(
 where
     F: Fn(&[u64]) -> Result<Tensor> + Sync,
 {
-    if pools.len() < 2 {
+    let Some(shards) = shards else {
         let l = shard_loss(ids)?;
         return Ok((l.to_scalar::<f32>()?, l.backward()?));
-    }
+    };
     let n = ids.len();
-    let per = n.div_ceil(pools.len());
-    let results: Vec<Result<(f32, GradStore)>> = std::thread::scope(|sc| {
-        let handles: Vec<_> = ids
-            .chunks(per)
-            .zip(pools)
-            .map(|(part, pool)| {
-                let f = &shard_loss;
-                sc.spawn(move || {
-                    pool.install(|| -> Result<(f32, GradStore)> {
-                        let w = part.len() as f64 / n as f64;
-                        let l = (f(part)? * w)?;
-                        Ok((l.to_scalar::<f32>()?, l.backward()?))
-                    })
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(LoopError::Config("a shard thread panicked".into())))
-            })
-            .collect()
+    let parts: Vec<&[u64]> = ids.chunks(n.div_ceil(shards.len())).collect();
+    let results = shards.run(|i| -> Result<Option<(f32, GradStore)>> {
+        let Some(part) = parts.get(i) else {
+            return Ok(None);
+        };
+        let w = part.len() as f64 / n as f64;
+        let l = (shard_loss(part)? * w)?;
+        Ok(Some((l.to_scalar::<f32>()?, l.backward()?)))
     });
     let mut loss = 0f32;
     let mut stores = Vec::with_capacity(results.len());
     for r in results {
-        let (l, g) = r?;
-        loss += l;
-        stores.push(g);
-    }
-    let mut merged = stores.remove(0);
-    for (_, var) in params {
-        let t = var.as_tensor();
-        let mut sum = merged.get(t).cloned();
-        for g in &stores {
-            if let Some(g) = g.get(t) {
-                sum = Some(match sum {
-                    Some(s) => (s + g)?,
-                    None => g.clone(),
-                });
-            }
+        if let Some((l, g)) = r? {
+            loss += l;
+            stores.push(g);
         }
+    }
+    let mut sums = vec![None; params.len()];
+    mde_train::shards::add_grads(params.iter().map(|(_, v)| v), &stores, &mut sums)?;
+    let mut merged = stores.remove(0);
+    for ((_, var), sum) in params.iter().zip(sums) {
         if let Some(s) = sum {
-            merged.insert(t, s);
+            merged.insert(var.as_tensor(), s);
         }
     }
     Ok((loss, merged))
@@ -631,16 +610,12 @@ pub fn pretrain_vision(
             .map(|v| v as f32);
         tracing::info!(step, "resuming the vision pretraining");
     }
-    let shards = cfg.shards.clamp(1, cfg.batch_size.max(1));
-    let gemm_guard = (shards > 1).then(mde_train::trainer::GemmThreadsGuard::single_threaded);
-    let pools = (0..shards)
-        .map(|_| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(1)
-                .build()
-                .map_err(|e| LoopError::Config(format!("shard thread pool: {e}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let n_shards = cfg.shards.clamp(1, cfg.batch_size.max(1));
+    let shards = if n_shards > 1 {
+        Some(ShardPools::new(n_shards, "mde-vision-shard")?)
+    } else {
+        None
+    };
     let bar = crate::run::progress_bar(progress, cfg.steps as u64, "vision encoder");
     bar.set_position(step);
     let mut last = None;
@@ -650,7 +625,7 @@ pub fn pretrain_vision(
             .collect();
         opt.set_learning_rate(sched.lr_at(step as usize));
         let (v, grads) = sharded_grads(
-            &pools,
+            shards.as_ref(),
             &ids,
             |part: &[u64]| {
                 let b = load_batch(world, part, &proc, grid, n_query, &device)?;
@@ -691,8 +666,7 @@ pub fn pretrain_vision(
         }
     }
     bar.finish_and_clear();
-    drop(pools);
-    drop(gemm_guard);
+    drop(shards);
     // Validation on the world's val images.
     let mut pacc = vec![0usize; 3 + pt.sizes.len()];
     let mut sacc = vec![0usize; 3 + st.sizes.len()];
@@ -757,21 +731,22 @@ mod tests {
     use mde_world::scene::SceneRequest;
     use mde_world::WorldConfig;
 
+    /// `n` seeded scenes of the default world with at least two objects each.
+    fn scenes(seed: u64, n: u64) -> Vec<Scene> {
+        let cfg = WorldConfig::default();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let req = SceneRequest {
+            min_objects: 2,
+            ..Default::default()
+        };
+        (0..n)
+            .map(|id| mde_world::scene::sample_scene(&cfg, &mut rng, id, "train", req))
+            .collect()
+    }
+
     #[test]
     fn patch_classes_mark_the_patches_under_each_object() {
-        let cfg = WorldConfig::default();
-        let mut rng = ChaCha8Rng::seed_from_u64(3);
-        for id in 0..50 {
-            let scene = mde_world::scene::sample_scene(
-                &cfg,
-                &mut rng,
-                id,
-                "train",
-                SceneRequest {
-                    min_objects: 2,
-                    ..Default::default()
-                },
-            );
+        for (id, scene) in scenes(3, 50).into_iter().enumerate() {
             let grid = 8;
             let cls = patch_classes(&scene, grid);
             assert_eq!(cls.len(), grid * grid);
@@ -840,19 +815,7 @@ mod tests {
 
     #[test]
     fn slots_follow_the_left_right_order() {
-        let cfg = WorldConfig::default();
-        let mut rng = ChaCha8Rng::seed_from_u64(9);
-        for id in 0..30 {
-            let scene = mde_world::scene::sample_scene(
-                &cfg,
-                &mut rng,
-                id,
-                "train",
-                SceneRequest {
-                    min_objects: 2,
-                    ..Default::default()
-                },
-            );
+        for scene in scenes(9, 30) {
             let slots = slot_classes(&scene, 8);
             let n = scene.objects.len();
             let mut xs: Vec<f64> = Vec::new();

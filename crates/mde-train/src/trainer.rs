@@ -31,6 +31,7 @@ use crate::mix::{DatasetMixer, MixEntry, MixerState};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::peft::LoraKey;
 use crate::schedule::LinearWarmupCosine;
+use crate::shards::ShardPools;
 use crate::step::BatchTensors;
 
 /// What trains.
@@ -412,23 +413,21 @@ pub struct Trainer {
     features: HashMap<PathBuf, Tensor>,
     /// Every parameter as a Var (root names), when built by [`Trainer::new_full`].
     varmap: Option<VarMap>,
-    /// One one-thread rayon pool per shard (empty with 1 shard): shard `i` runs inside
-    /// `pools[i]`, so candle's gemm and candle-nn's `par_chunks` kernels stay on that thread.
-    pools: Vec<rayon::ThreadPool>,
+    /// One one-thread rayon pool per shard (none with 1 shard): shard `i` runs inside pool
+    /// `i`, so candle's gemm and candle-nn's `par_chunks` kernels stay on that thread; while
+    /// they live candle's gemm is single-threaded (`RAYON_NUM_THREADS=1`, restored after).
+    shards: Option<ShardPools>,
     /// LoRA modes with several shards: one LLaMA per shard sharing every weight tensor and
     /// LoRA Var with `model.llama` but with its own adapter objects, because an adapter's
     /// dropout stream is one mutex-guarded RNG that concurrent shards would interleave in a
     /// timing-dependent order.
     replicas: Vec<Llama>,
-    /// Set with shards: restores `RAYON_NUM_THREADS` when the trainer goes (last field, so the
-    /// shard pools are dropped first).
-    gemm_threads: Option<GemmThreadsGuard>,
 }
 
 /// Sets an environment variable and puts back its previous value (or its absence) when dropped:
 /// a sharded trainer's `RAYON_NUM_THREADS=1` (candle's gemm reads it on every call; see
 /// [`GemmThreadsGuard::single_threaded`]).
-pub struct GemmThreadsGuard {
+pub(crate) struct GemmThreadsGuard {
     var: &'static str,
     previous: Option<std::ffi::OsString>,
 }
@@ -437,7 +436,7 @@ impl GemmThreadsGuard {
     /// Makes candle's CPU gemm single-threaded until the guard is dropped, for row shards that
     /// each run on their own thread (a one-thread rayon pool alone does not do it). Set it
     /// before starting the shard threads: setting the environment races with concurrent reads.
-    pub fn single_threaded() -> Self {
+    pub(crate) fn single_threaded() -> Self {
         Self::set("RAYON_NUM_THREADS", "1")
     }
 
@@ -807,9 +806,8 @@ impl Trainer {
             images: HashMap::new(),
             features: HashMap::new(),
             varmap: None,
-            pools: Vec::new(),
+            shards: None,
             replicas: Vec::new(),
-            gemm_threads: None,
         };
         let shards = t.cfg.shards.min(t.cfg.batch_size);
         if shards > 1 {
@@ -818,21 +816,12 @@ impl Trainer {
             // per-thread or global setting exists); a one-thread rayon pool alone does not
             // help (measured: gemm still takes its multi-thread path, 1.5-3x slower). So
             // with shards the whole process's candle gemm goes single-threaded while this
-            // trainer lives (each shard thread is one core's worth of work); `gemm_threads`
+            // trainer lives (each shard thread is one core's worth of work); `ShardPools`
             // puts the previous value back when it goes, so that later inference in the same
             // process (the loop's evaluations) uses every core again.
             // SAFETY (edition 2021: `set_var` is a safe fn, but racy with concurrent env
             // reads from C): set once, at construction, before any shard thread exists.
-            t.gemm_threads = Some(GemmThreadsGuard::single_threaded());
-            t.pools = (0..shards)
-                .map(|i| {
-                    rayon::ThreadPoolBuilder::new()
-                        .num_threads(1)
-                        .thread_name(move |_| format!("mde-train-shard-{i}"))
-                        .build()
-                        .map_err(|e| TrainError::Invalid(format!("shard thread pool: {e}")))
-                })
-                .collect::<Result<_>>()?;
+            t.shards = Some(ShardPools::new(shards, "mde-train-shard")?);
             if t.cfg.mode.has_lora() {
                 t.replicas = (0..shards)
                     .map(|_| llama_replica(&t.model.llama))
@@ -1065,7 +1054,8 @@ impl Trainer {
     fn micro_batch_grads(&self, mb: &MicroBatch, scale: f64) -> Result<(f32, Vec<GradStore>)> {
         let mode = self.cfg.mode;
         let n_rows = mb.row_targets.len();
-        if self.pools.len() < 2 || n_rows < 2 {
+        let n_shards = self.shards.as_ref().map_or(1, ShardPools::len);
+        if n_shards < 2 || n_rows < 2 {
             let mut l = shard_loss(&self.model, None, &mb.visual, mode, &mb.batch)?;
             let v = l.to_dtype(DType::F32)?.to_scalar::<f32>()?;
             if !v.is_finite() {
@@ -1086,40 +1076,21 @@ impl Trainer {
                 self.step
             )));
         }
-        let ranges = shard_ranges(n_rows, self.pools.len());
-        let results: Vec<Result<Option<(f32, GradStore)>>> = std::thread::scope(|sc| {
-            let handles: Vec<_> = ranges
-                .iter()
-                .enumerate()
-                .map(|(i, &(start, len))| {
-                    let n_i: usize = mb.row_targets[start..start + len].iter().sum();
-                    let pool = &self.pools[i];
-                    let model = &self.model;
-                    let llama = self.replicas.get(i);
-                    sc.spawn(move || -> Result<Option<(f32, GradStore)>> {
-                        if n_i == 0 {
-                            return Ok(None); // no target: contributes nothing
-                        }
-                        let w = n_i as f64 / total as f64;
-                        let f = || {
-                            let visual = mb.visual.rows(start, len)?;
-                            let b = batch_rows(&mb.batch, start, len)?;
-                            let l = shard_loss(model, llama, &visual, mode, &b)?;
-                            let v = l.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-                            let g = (l * (w * scale))?.backward()?;
-                            Ok(Some((v * w as f32, g)))
-                        };
-                        pool.install(f)
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(TrainError::Invalid("a shard panicked".into())))
-                })
-                .collect()
+        let ranges = shard_ranges(n_rows, n_shards);
+        let shards = self.shards.as_ref().expect("n_shards >= 2");
+        let results: Vec<Result<Option<(f32, GradStore)>>> = shards.run(|i| {
+            let (start, len) = ranges[i];
+            let n_i: usize = mb.row_targets[start..start + len].iter().sum();
+            if n_i == 0 {
+                return Ok(None); // no target: contributes nothing
+            }
+            let w = n_i as f64 / total as f64;
+            let visual = mb.visual.rows(start, len)?;
+            let b = batch_rows(&mb.batch, start, len)?;
+            let l = shard_loss(&self.model, self.replicas.get(i), &visual, mode, &b)?;
+            let v = l.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+            let g = (l * (w * scale))?.backward()?;
+            Ok(Some((v * w as f32, g)))
         });
         let mut loss = 0f32;
         let mut stores = Vec::with_capacity(results.len());
@@ -1152,17 +1123,8 @@ impl Trainer {
             dataset = mb.dataset;
             let (v, stores) = self.micro_batch_grads(&mb, 1.0 / accum as f64)?;
             loss_sum += v;
-            for (k, (_, var)) in self.params.iter().enumerate() {
-                // Fixed order: micro-batches, then shards within one.
-                for grads in &stores {
-                    if let Some(g) = grads.get(var.as_tensor()) {
-                        sums[k] = Some(match sums[k].take() {
-                            Some(s) => (s + g)?,
-                            None => g.clone(),
-                        });
-                    }
-                }
-            }
+            // Fixed order: micro-batches, then shards within one.
+            crate::shards::add_grads(self.params.iter().map(|(_, v)| v), &stores, &mut sums)?;
             store = stores.into_iter().next().or(store);
         }
         let store = store.ok_or_else(|| TrainError::Invalid("no micro-batch".into()))?;
