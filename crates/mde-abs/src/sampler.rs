@@ -29,7 +29,8 @@ pub enum Strategy {
     #[default]
     ErrorRate,
     /// P ∝ (err / chance_err)^power, the chance-corrected error (0 = perfect, 1 = guessing;
-    /// chance_err = 1 − 1/n_choices) raised to a sharper power, for types whose accuracy is more
+    /// chance_err = 1 − 1/n_choices, or 1 − a measured chance accuracy when that is higher:
+    /// [`SamplerConfig::chance_accuracy`]) raised to a sharper power, for types whose accuracy is more
     /// than [`SamplerConfig::chance_margin`] above chance; types at (or below) chance are skipped:
     /// a type the model answers at chance may be unlearnable and would only absorb samples
     /// (LOOP_FEASIBILITY.md lesson 3). The correction also makes 2- and 4-choice types
@@ -105,6 +106,12 @@ pub struct SamplerConfig {
     /// Number of choices for the chance level of `ChanceDiscounted`; `None` = per type, the most
     /// common choice count of its bad cases.
     pub n_choices: Option<usize>,
+    /// Measured chance accuracy (0..1) per type id, name or number, e.g. a blind (text-only)
+    /// model's accuracy: a question whose filler options a model can rule out without the image
+    /// is easier to guess than `1/n_choices` says. `ChanceDiscounted` then uses the higher of the
+    /// two as the type's chance level; types not listed use `1/n_choices` alone.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub chance_accuracy: BTreeMap<String, f64>,
     /// `ChanceDiscounted` skips a type unless its accuracy exceeds chance by more than this
     /// (a fraction; 0.05 is two standard errors of a 4-choice type measured on 300 items).
     pub chance_margin: f64,
@@ -128,6 +135,7 @@ impl Default for SamplerConfig {
             similar_ratio: 0.5,
             max_objects: 10,
             n_choices: None,
+            chance_accuracy: BTreeMap::new(),
             chance_margin: 0.05,
             exclude_images: BTreeSet::new(),
             id_prefix: "q".into(),
@@ -142,6 +150,9 @@ pub struct Allocation {
     pub probabilities: BTreeMap<String, f64>,
     /// Type id (or raw weight key) -> reason it was skipped.
     pub skipped: BTreeMap<String, String>,
+    /// `ChanceDiscounted` only: type id -> the chance accuracy (0..1) it was discounted by.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub chance: BTreeMap<String, f64>,
 }
 
 fn most_common_choice_count(cases: &[BadCase]) -> usize {
@@ -188,6 +199,23 @@ pub fn allocate(
             cfg.chance_margin
         )));
     }
+    let mut measured_chance: BTreeMap<String, f64> = BTreeMap::new();
+    for (k, a) in &cfg.chance_accuracy {
+        if !(0.0..=1.0).contains(a) {
+            return Err(AbsError::Input(format!(
+                "chance accuracy of type {k:?} must be in [0, 1], got {a}"
+            )));
+        }
+        match taxonomy.lookup(k) {
+            Some(t) => {
+                measured_chance.insert(t.id.clone(), *a);
+            }
+            None => {
+                skipped.insert(k.clone(), format!("not in taxonomy {:?}", taxonomy.name));
+            }
+        }
+    }
+    let mut chance = BTreeMap::new();
     if !(cfg.floor >= 0.0 && cfg.floor.is_finite()) {
         return Err(AbsError::Input(format!(
             "floor must be a non-negative number, got {}",
@@ -238,7 +266,10 @@ pub fn allocate(
                     );
                     continue;
                 }
-                let chance_err = 1.0 - 1.0 / n as f64;
+                let uniform = 1.0 / n as f64;
+                let chance_acc = measured_chance.get(t).map_or(uniform, |&m| m.max(uniform));
+                chance.insert(t.to_string(), chance_acc);
+                let chance_err = 1.0 - chance_acc;
                 // A tiny tolerance so that a rate rounded to 3 decimals exactly at the margin
                 // counts as at chance.
                 if e >= chance_err - cfg.chance_margin - 1e-9 {
@@ -278,6 +309,7 @@ pub fn allocate(
     Ok(Allocation {
         probabilities,
         skipped,
+        chance,
     })
 }
 

@@ -296,6 +296,44 @@ fn strategies_floor_and_quotas() {
     )
     .unwrap();
     assert_eq!(a2.probabilities.keys().collect::<Vec<_>>(), ["eps"]);
+    // A measured chance accuracy (e.g. a blind model's) above 1/4 raises the chance level:
+    // gamma measured at 0.5 is at chance, eps's weight is discounted by 0.6 instead of 0.75. A
+    // measured level below 1/n_choices does not lower it (delta stays skipped), and the levels
+    // used are reported.
+    let measured = SamplerConfig {
+        chance_accuracy: [("gamma", 0.5), ("eps", 0.4), ("delta", 0.1)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        ..cd.clone()
+    };
+    let am = allocate(&pool6, &w6, &tax, &measured).unwrap();
+    assert_eq!(am.probabilities.keys().collect::<Vec<_>>(), ["eps"]);
+    assert!(am.skipped["gamma"].contains("chance"), "{am:?}");
+    assert!(am.skipped.contains_key("delta"));
+    assert_eq!(am.chance["gamma"], 0.5);
+    assert_eq!(am.chance["eps"], 0.4);
+    assert_eq!(am.chance["delta"], 0.25);
+    assert_eq!(am.chance["alpha"], 0.25);
+    // Next to a type at the uniform level, eps weighs (0.3 / 0.6)^2.
+    let wb = weights(&[("beta", 0.6), ("eps", 0.3)]);
+    let (poolb, _) = BadCasePool::new(cases(&[("beta", 2), ("eps", 2)], 4), &tax).unwrap();
+    let ab = allocate(&poolb, &wb, &tax, &measured).unwrap();
+    let (w_beta, w_eps) = ((0.6f64 / 0.75).powi(2), (0.3f64 / 0.6).powi(2));
+    assert!((ab.probabilities["beta"] - w_beta / (w_beta + w_eps)).abs() < 1e-9);
+    assert!((ab.probabilities["eps"] - w_eps / (w_beta + w_eps)).abs() < 1e-9);
+    // Out-of-range measurements and unknown types are reported, not silently used.
+    let bad = SamplerConfig {
+        chance_accuracy: [("eps".to_string(), 1.5)].into_iter().collect(),
+        ..cd.clone()
+    };
+    assert!(allocate(&pool6, &w6, &tax, &bad).is_err());
+    let unknown = SamplerConfig {
+        chance_accuracy: [("no_such_type".to_string(), 0.5)].into_iter().collect(),
+        ..cd.clone()
+    };
+    let au = allocate(&pool6, &w6, &tax, &unknown).unwrap();
+    assert!(au.skipped["no_such_type"].contains("taxonomy"));
     assert!(allocate(
         &pool6,
         &w6,

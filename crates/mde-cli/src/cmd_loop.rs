@@ -30,7 +30,8 @@ pub struct Args {
     pub base_vqa: Option<String>,
     /// Run one loop per ABS strategy (comma-separated, e.g.
     /// `uniform,error_rate,chance_discounted:2`) at equal data volume into `OUT/<strategy>/`,
-    /// sharing the cached base model, and compare them in `OUT/ablation/`.
+    /// sharing the cached base model, and compare them in `OUT/ablation/`. `STRATEGY@blind`
+    /// (or `@choices`) also sets the arm's `[abs] chance`, e.g. `chance_discounted:2@blind`.
     #[arg(long, value_delimiter = ',')]
     pub ablation: Vec<String>,
     /// With --ablation: repeat every arm with each of these `[run] seed`s (sampling, teacher and
@@ -150,9 +151,23 @@ fn ablation_arms(
                 }
             })
             .collect();
+        let (name, chance) = match strategy.split_once('@') {
+            Some((n, c)) => (
+                n.trim(),
+                Some(
+                    c.parse::<mde_loop::config::ChanceSource>()
+                        .map_err(anyhow::Error::msg)
+                        .with_context(|| format!("--ablation {strategy}"))?,
+                ),
+            ),
+            None => (strategy.as_str(), None),
+        };
         for seed in &seeds {
             let mut c = cfg.clone();
-            c.abs.strategy = strategy.clone();
+            c.abs.strategy = name.to_string();
+            if let Some(ch) = chance {
+                c.abs.chance = ch;
+            }
             c.run.cache_dir = Some(cache.clone());
             if let Some(s) = seed {
                 c.run.seed = *s;
@@ -240,6 +255,24 @@ mod tests {
         assert_eq!(arms[0].dir, d("uniform"));
         assert_eq!(arms[0].cfg.run.cache_dir.as_deref(), Some(Path::new("/c")));
         assert!(ablation_arms(&cfg, out, &["bogus".into()], &[]).is_err());
+        // `@blind` sets the arm's chance source; the folder and label keep the whole arm.
+        let arms = ablation_arms(&cfg, out, &["chance_discounted:2@blind".into()], &[])?;
+        assert_eq!(arms[0].dir, d("chance_discounted-2-blind"));
+        assert_eq!(arms[0].label, "chance_discounted:2@blind");
+        assert_eq!(arms[0].cfg.abs.strategy, "chance_discounted:2");
+        assert_eq!(
+            arms[0].cfg.abs.chance,
+            mde_loop::config::ChanceSource::Blind
+        );
+        assert!(arms[0].cfg.abs.blind_chance());
+        let err = ablation_arms(&cfg, out, &["uniform@psychic".into()], &[])
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(
+            err.contains("uniform@psychic") && err.contains("blind"),
+            "{err}"
+        );
         Ok(())
     }
 }

@@ -72,6 +72,11 @@ pub struct Args {
     /// chance_discounted skips types whose accuracy is not more than this above chance.
     #[arg(long, default_value_t = 0.05)]
     pub chance_margin: f64,
+    /// Measured chance accuracy per type for chance_discounted, as a JSON object {type: 0..1},
+    /// e.g. a blind (blank-image) evaluation's per-type accuracy; the higher of it and
+    /// 1/n_choices is the type's chance level.
+    #[arg(long, value_name = "FILE")]
+    pub chance_accuracy: Option<PathBuf>,
     /// JSON array of image ids never to use (e.g. images of earlier rounds).
     #[arg(long)]
     pub exclude_images: Option<PathBuf>,
@@ -110,6 +115,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(p) => read_json::<Vec<u64>>(p)?.into_iter().collect(),
         None => Default::default(),
     };
+    let chance_accuracy: BTreeMap<String, f64> = match &args.chance_accuracy {
+        Some(p) => read_json(p).with_context(|| {
+            format!(
+                "--chance-accuracy {}: expected a JSON object {{type: accuracy in 0..1}}",
+                p.display()
+            )
+        })?,
+        None => BTreeMap::new(),
+    };
     tracing::info!("loading {}", args.annotations.display());
     let db = AnnotationDb::load(&args.annotations, args.captions.as_deref())?;
     let index = args.index.as_ref().map(ImageIndex::load).transpose()?;
@@ -130,6 +144,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         max_objects: args.max_objects,
         n_choices: args.n_choices,
         chance_margin: args.chance_margin,
+        chance_accuracy,
         exclude_images,
         ..Default::default()
     };

@@ -238,18 +238,43 @@ pub enum RunError {
 /// - `Base64`: decoded (whitespace inside the field is ignored).
 /// - `Coco`: `{split}2017/{id:012}.jpg` (split from the item's `extra.split`, A-OKVQA's
 ///   layout), then `val2017/`, `train2017/`, `test2017/`, then the root itself.
+///
+/// [`ImageLoader::blank`] instead hands every item the same uniform image, for a blind
+/// (text-only) baseline: what a model answers without seeing the image measures how much of a
+/// benchmark its text alone gives away (e.g. filler options that never fit the question).
 #[derive(Debug, Clone, Default)]
 pub struct ImageLoader {
     pub root: Option<PathBuf>,
+    /// Every item gets [`BLANK_RGB`] instead of its image.
+    pub blank: bool,
 }
+
+/// The colour of [`ImageLoader::blank`]'s image: the CLIP normalisation mean, so that the
+/// normalised pixels are zero.
+pub const BLANK_RGB: [u8; 3] = [123, 117, 104];
 
 impl ImageLoader {
     pub fn new(root: Option<PathBuf>) -> Self {
-        ImageLoader { root }
+        ImageLoader { root, blank: false }
+    }
+
+    /// A loader that ignores the items' images and returns a uniform 32x32 [`BLANK_RGB`] image.
+    pub fn blank() -> Self {
+        ImageLoader {
+            root: None,
+            blank: true,
+        }
     }
 
     /// The image bytes of `item`.
     pub fn load(&self, item: &BenchItem) -> Result<ImageInput, RunError> {
+        if self.blank {
+            return Ok(ImageInput::Rgb {
+                width: 32,
+                height: 32,
+                data: BLANK_RGB.repeat(32 * 32),
+            });
+        }
         let err = |what: String, msg: String| RunError::Image {
             id: item.id.clone(),
             what,

@@ -477,6 +477,19 @@ fn limit_and_missing_images_are_reported() -> Result<()> {
         .unwrap_err()
         .to_string();
     assert!(err.contains("evil") && err.contains("escapes"), "{err}");
+    // The blind loader never touches the files: even the missing and the escaping references
+    // get the same uniform image.
+    let blank = ImageLoader::blank();
+    let a = blank.load(&evil)?;
+    let b = blank.load(&items[0])?;
+    assert_eq!(a, b);
+    a.validate().map_err(anyhow::Error::msg)?;
+    match a {
+        mde_core::model::ImageInput::Rgb { data, .. } => {
+            assert!(data.chunks(3).all(|px| px == mde_eval::runner::BLANK_RGB))
+        }
+        other => panic!("expected raw pixels, got {other:?}"),
+    }
     Ok(())
 }
 

@@ -213,8 +213,45 @@ pub struct AbsSection {
     /// folders of earlier versions still resume.
     #[serde(skip_serializing_if = "is_default_chance_margin")]
     pub chance_margin: f64,
+    /// Where `chance_discounted` takes each type's chance level from (default: the number of
+    /// choices). Not written at its default, for the same reason as `chance_margin`.
+    #[serde(skip_serializing_if = "ChanceSource::is_choices")]
+    pub chance: ChanceSource,
     /// Query images of earlier rounds are not used again.
     pub exclude_used_images: bool,
+}
+
+/// The chance level `chance_discounted` discounts error rates by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChanceSource {
+    /// 1 / number of choices (the most common count among the type's bad cases).
+    #[default]
+    Choices,
+    /// The higher of that and the model's own blind accuracy: every round also evaluates the
+    /// model on the mining benchmark with a blank image (`round_k/eval_blind`), which measures
+    /// how far the text alone gets it (filler options it has learned never to pick). A type whose
+    /// accuracy is no better than that does not use the image and is skipped.
+    Blind,
+}
+
+impl ChanceSource {
+    fn is_choices(&self) -> bool {
+        *self == ChanceSource::Choices
+    }
+}
+
+impl std::str::FromStr for ChanceSource {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "choices" => Ok(ChanceSource::Choices),
+            "blind" => Ok(ChanceSource::Blind),
+            other => Err(format!(
+                "unknown chance source {other:?}: expected choices or blind"
+            )),
+        }
+    }
 }
 
 impl Default for AbsSection {
@@ -228,6 +265,7 @@ impl Default for AbsSection {
             min_cases: 2,
             floor: 0.0,
             chance_margin: default_chance_margin(),
+            chance: ChanceSource::Choices,
             exclude_used_images: true,
         }
     }
@@ -246,6 +284,13 @@ impl AbsSection {
         self.strategy
             .parse()
             .map_err(|e: String| LoopError::Config(format!("[abs] strategy: {e}")))
+    }
+
+    /// Whether rounds measure a blind baseline: only `chance = "blind"` with a
+    /// `chance_discounted` strategy uses one.
+    pub fn blind_chance(&self) -> bool {
+        self.chance == ChanceSource::Blind
+            && matches!(self.strategy(), Ok(Strategy::ChanceDiscounted { .. }))
     }
 }
 

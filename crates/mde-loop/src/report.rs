@@ -72,6 +72,12 @@ pub struct RoundSummary {
     pub mine: Option<EvalSummary>,
     /// Held-out reporting-benchmark evaluation of the model at the end of this round.
     pub report: Option<EvalSummary>,
+    /// With `[abs] chance = "blind"`: the mining benchmark answered with a blank image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blind: Option<EvalSummary>,
+    /// `chance_discounted`: the chance accuracy (0..1) each type's error was discounted by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chance_levels: Option<PerType>,
     /// Error rates (0..1) that drove this round's sampling (`None` in round 0).
     pub error_rates: Option<PerType>,
     /// Sampling probability per type (0..1).
@@ -497,6 +503,15 @@ pub fn render_markdown(r: &LoopReport) -> String {
         None => md.push_str("No mining-benchmark evaluation was recorded.\n"),
     }
     md.push('\n');
+    if let Some(t) = accuracy_table(r, |x| x.blind.as_ref()) {
+        md.push_str("## Blind baseline (mining benchmark, blank image)\n\n");
+        md.push_str(
+            "What each round's model answers without seeing the image: the chance level \
+             `chance_discounted` discounts error rates by (never below 1 / number of choices).\n\n",
+        );
+        md.push_str(&t);
+        md.push('\n');
+    }
 
     md.push_str("## Where the data went\n\n");
     md.push_str(
@@ -518,10 +533,11 @@ pub fn render_markdown(r: &LoopReport) -> String {
         set.extend(x.sampling_probabilities.iter().flat_map(|m| m.keys()));
         set.extend(x.queries_per_type.iter().flat_map(|m| m.keys()));
         set.extend(x.accepted_per_type.iter().flat_map(|m| m.keys()));
+        let chance = x.chance_levels.as_ref();
         let mut rows: Vec<Vec<String>> = set
             .iter()
             .map(|t| {
-                vec![
+                let mut row = vec![
                     (*t).clone(),
                     opt_pct(
                         x.error_rates
@@ -529,6 +545,11 @@ pub fn render_markdown(r: &LoopReport) -> String {
                             .and_then(|m| m.get(*t))
                             .map(|v| v * 100.0),
                     ),
+                ];
+                if let Some(c) = chance {
+                    row.push(opt_pct(c.get(*t).map(|v| v * 100.0)));
+                }
+                row.extend([
                     opt_pct(
                         x.sampling_probabilities
                             .as_ref()
@@ -541,27 +562,26 @@ pub fn render_markdown(r: &LoopReport) -> String {
                             .as_ref()
                             .and_then(|m| m.get(*t).copied()),
                     ),
-                ]
+                ]);
+                row
             })
             .collect();
-        rows.push(vec![
-            "**total**".into(),
-            DASH.into(),
-            DASH.into(),
+        let mut total = vec!["**total**".to_string(), DASH.into(), DASH.into()];
+        if chance.is_some() {
+            total.push(DASH.into());
+        }
+        total.extend([
             opt_count(x.queries_per_type.as_ref().map(|m| m.values().sum())),
             opt_count(x.accepted_per_type.as_ref().map(|m| m.values().sum())),
         ]);
+        rows.push(total);
+        let mut head = vec!["type", "error rate (%)"];
+        if chance.is_some() {
+            head.push("chance (%)");
+        }
+        head.extend(["sampling p (%)", "queries", "accepted"]);
         md.push_str(&format!("### Round {}\n\n", x.round));
-        md.push_str(&markdown_table(
-            &[
-                "type",
-                "error rate (%)",
-                "sampling p (%)",
-                "queries",
-                "accepted",
-            ],
-            &rows,
-        ));
+        md.push_str(&markdown_table(&head, &rows));
         md.push('\n');
     }
     if !any_data {

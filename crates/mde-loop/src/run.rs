@@ -6,6 +6,7 @@
 //!   base/done.json                which base model (cached tiny build or real checkpoint)
 //!   index/done.json, pool.safetensors    image embeddings of the ABS candidate pool
 //!   round_0/eval_mine, eval_report      the base model's evaluation
+//!   round_k/eval_blind            with `[abs] chance = "blind"`: the mining benchmark with a blank image
 //!   round_k/mine                  bad cases + per-type error rates of round k-1's model
 //!   round_k/sample                ABS queries
 //!   round_k/generate              teacher replies (append-only JSONL, resumable per query)
@@ -119,6 +120,9 @@ struct SampleRecord {
     probabilities: PerType,
     error_rates: PerType,
     images: Vec<u64>,
+    /// `chance_discounted`: the chance accuracy each type was discounted by.
+    #[serde(default)]
+    chance: PerType,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -402,6 +406,7 @@ impl LoopRun {
         model: &mut MiniGpt4Eval,
         spec: &BenchSpec,
         dir: &Path,
+        blind: bool,
     ) -> Result<EvalRecord> {
         let bench: Benchmark = spec
             .benchmark
@@ -420,7 +425,11 @@ impl LoopRun {
         rc.progress = self.progress;
         let items = self.typed_items(spec)?;
         let selected: Vec<BenchItem> = select_items(&items, &rc).into_iter().cloned().collect();
-        let loader = ImageLoader::new(spec.images.clone());
+        let loader = if blind {
+            ImageLoader::blank()
+        } else {
+            ImageLoader::new(spec.images.clone())
+        };
         let outcome = run_predictions(
             model,
             &selected,
@@ -746,9 +755,25 @@ impl LoopRun {
         };
         let (mine0, s_m0) = step(&r0.join("eval_mine"), "eval_mine", |d| {
             let m = model0.insert(get0(self)?);
-            self.evaluate(m, &mine_spec, d)
+            self.evaluate(m, &mine_spec, d, false)
         })?;
         let mut secs0 = BTreeMap::from([("eval_mine".to_string(), s_m0)]);
+        let blind = self.cfg.abs.blind_chance();
+        let mut prev_blind = if blind {
+            let (r, s) = step(&r0.join("eval_blind"), "eval_blind", |d| {
+                if model0.is_none() {
+                    model0 = Some(get0(self)?);
+                }
+                let m = model0
+                    .as_mut()
+                    .ok_or_else(|| LoopError::Config("no model".into()))?;
+                self.evaluate(m, &mine_spec, d, true)
+            })?;
+            secs0.insert("eval_blind".into(), s);
+            Some(r)
+        } else {
+            None
+        };
         let report0 = match &report_spec {
             Some(spec) => {
                 let (r, s) = step(&r0.join("eval_report"), "eval_report", |d| {
@@ -758,7 +783,7 @@ impl LoopRun {
                     let m = model0
                         .as_mut()
                         .ok_or_else(|| LoopError::Config("no model".into()))?;
-                    self.evaluate(m, spec, d)
+                    self.evaluate(m, spec, d, false)
                 })?;
                 secs0.insert("eval_report".into(), s);
                 Some(r)
@@ -770,6 +795,8 @@ impl LoopRun {
             round: 0,
             mine: Some(mine0.summary.clone()),
             report: report0.as_ref().map(|r| r.summary.clone()),
+            blind: prev_blind.as_ref().map(|r| r.summary.clone()),
+            chance_levels: None,
             error_rates: None,
             sampling_probabilities: None,
             queries_per_type: None,
@@ -859,6 +886,18 @@ impl LoopRun {
                     max_objects: self.cfg.abs.max_objects,
                     exclude_images: exclude,
                     id_prefix: format!("r{k}_q"),
+                    // The blind evaluation's per-type accuracy (percent) of the model that
+                    // mined these bad cases.
+                    chance_accuracy: prev_blind
+                        .as_ref()
+                        .map(|b| {
+                            b.summary
+                                .per_type
+                                .iter()
+                                .map(|(t, pct)| (t.clone(), pct / 100.0))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                     ..Default::default()
                 };
                 let m = MiniGpt4::load(&base.paths, dtype, &self.device)?;
@@ -913,6 +952,7 @@ impl LoopRun {
                         .map(|(k, v)| (k.clone(), *v))
                         .collect(),
                     images: queries.iter().map(|q| q.image_id).collect(),
+                    chance: report.allocation.chance.clone(),
                 })
             })?;
             secs.insert("sample".to_string(), s);
@@ -1033,12 +1073,34 @@ impl LoopRun {
             } else {
                 let mut m = get_k(self, &mut trained)?;
                 let r = step(&mine_dir, "eval_mine", |d| {
-                    self.evaluate(&mut m, &mine_spec, d)
+                    self.evaluate(&mut m, &mine_spec, d, false)
                 })?;
                 model_k = Some(m);
                 r
             };
             secs.insert("eval_mine".to_string(), mine_k.1);
+            let blind_k = if blind {
+                let dir = rd.join("eval_blind");
+                let r = if dir.join("done.json").exists() {
+                    step(&dir, "eval_blind", |_| -> Result<EvalRecord> {
+                        unreachable_step()
+                    })?
+                } else {
+                    let mut m = match model_k.take() {
+                        Some(m) => m,
+                        None => get_k(self, &mut trained)?,
+                    };
+                    let r = step(&dir, "eval_blind", |d| {
+                        self.evaluate(&mut m, &mine_spec, d, true)
+                    })?;
+                    model_k = Some(m);
+                    r
+                };
+                secs.insert("eval_blind".to_string(), r.1);
+                Some(r.0)
+            } else {
+                None
+            };
             let report_k = match &report_spec {
                 Some(spec) => {
                     let dir = rd.join("eval_report");
@@ -1051,7 +1113,9 @@ impl LoopRun {
                             Some(m) => m,
                             None => get_k(self, &mut trained)?,
                         };
-                        step(&dir, "eval_report", |d| self.evaluate(&mut m, spec, d))?
+                        step(&dir, "eval_report", |d| {
+                            self.evaluate(&mut m, spec, d, false)
+                        })?
                     };
                     secs.insert("eval_report".to_string(), r.1);
                     Some(r.0)
@@ -1062,6 +1126,8 @@ impl LoopRun {
                 round: k,
                 mine: Some(mine_k.0.summary.clone()),
                 report: report_k.as_ref().map(|r| r.summary.clone()),
+                blind: blind_k.as_ref().map(|r| r.summary.clone()),
+                chance_levels: Some(sampled.chance.clone()).filter(|c| !c.is_empty()),
                 error_rates: Some(sampled.error_rates.clone()),
                 sampling_probabilities: Some(sampled.probabilities.clone()),
                 queries_per_type: Some(sampled.per_type.clone()),
@@ -1072,6 +1138,7 @@ impl LoopRun {
                 seconds: secs,
             });
             prev_mine = mine_k.0;
+            prev_blind = blind_k;
         }
 
         let report = LoopReport {

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use mde_loop::config::LoopConfig;
+use mde_loop::config::{ChanceSource, LoopConfig};
 use mde_loop::run::LoopRun;
 
 /// The CI-sized loop of `configs/loop-tiny.toml` (a few minutes in the dev profile on 2 cores),
@@ -96,8 +96,61 @@ fn shortened_loop_runs_reports_and_resumes() -> anyhow::Result<()> {
     assert_eq!(before.overall, after.overall);
 
     // Another config in the same folder is refused.
-    let mut other = cfg;
+    let mut other = cfg.clone();
     other.abs.queries_per_round += 1;
     assert!(LoopRun::new(other, &out).is_err());
+
+    // The blind chance source (same cached base): every round also answers the mining
+    // benchmark with a blank image, and chance_discounted discounts each type's error by the
+    // higher of that accuracy and 1 / number of choices.
+    let mut blind = cfg;
+    blind.abs.strategy = "chance_discounted:2".into();
+    blind.abs.chance = ChanceSource::Blind;
+    blind.abs.chance_margin = 0.0;
+    let bout = root.join("runs").join("e2e-blind");
+    let rb = LoopRun::new(blind, &bout)?.run()?;
+    for k in 0..2 {
+        let dir = bout.join(format!("round_{k}"));
+        let n_mine =
+            mde_core::io::read_jsonl::<serde_json::Value>(dir.join("eval_mine/predictions.jsonl"))?
+                .len();
+        let n_blind = mde_core::io::read_jsonl::<serde_json::Value>(
+            dir.join("eval_blind/predictions.jsonl"),
+        )?
+        .len();
+        assert_eq!(n_mine, n_blind, "round {k}");
+        let b = rb.rounds[k].blind.as_ref().expect("blind evaluation");
+        assert_eq!(b.items, rb.rounds[k].mine.as_ref().unwrap().items);
+    }
+    // Round 1's sampler used round 0's blind accuracies.
+    let blind0 = &rb.rounds[0].blind.as_ref().unwrap().per_type;
+    let chance = rb.rounds[1].chance_levels.as_ref().expect("chance levels");
+    let report: serde_json::Value =
+        mde_core::io::read_json(bout.join("round_1/sample/sample_report.json"))?;
+    let cases: Vec<serde_json::Value> =
+        mde_core::io::read_jsonl(bout.join("round_1/mine/bad_cases.jsonl"))?;
+    assert!(!chance.is_empty());
+    for (t, c) in chance {
+        // The most common number of choices among the type's bad cases (ties: the larger).
+        let mut by_len = std::collections::BTreeMap::<usize, usize>::new();
+        for b in cases.iter().filter(|b| b["question_type"] == t.as_str()) {
+            *by_len
+                .entry(b["choices"].as_array().map_or(0, |a| a.len()))
+                .or_default() += 1;
+        }
+        let n = by_len
+            .iter()
+            .max_by_key(|(_, c)| **c)
+            .map_or(0, |(len, _)| *len);
+        let expect = (blind0[t] / 100.0).max(1.0 / n as f64);
+        assert!((c - expect).abs() < 1e-12, "{t}: {c} vs {expect}");
+        assert_eq!(report["allocation"]["chance"][t].as_f64(), Some(*c));
+        let err = rb.rounds[1].error_rates.as_ref().unwrap()[t];
+        let sampled = rb.rounds[1].sampling_probabilities.as_ref().unwrap();
+        assert_eq!(sampled.contains_key(t), err < 1.0 - c - 1e-9, "{t}");
+    }
+    assert!(bout.join("round_1/eval_blind/done.json").exists());
+    let md = std::fs::read_to_string(bout.join("report/report.md"))?;
+    assert!(md.contains("Blind baseline") && md.contains("chance (%)"));
     Ok(())
 }

@@ -47,6 +47,8 @@ fn build(name: &str, strategy: &str, report_acc: [[f64; 5]; 3], gen_scale: usize
             round: k,
             mine: Some(eval("mine-bench", &acc.map(|v| v + 1.5), overall + 1.5)),
             report: Some(eval("report-bench", acc, overall)),
+            blind: None,
+            chance_levels: None,
             error_rates: generated.then(|| per_type(&acc.map(|v| 1.0 - v / 100.0))),
             sampling_probabilities: generated.then(|| per_type(&[0.3, 0.25, 0.2, 0.15, 0.1])),
             queries_per_type: generated.then(|| counts(&[30, 25, 20, 15, 10])),
@@ -178,6 +180,44 @@ fn report_markdown_tables_have_computed_deltas() {
     // Round 0 drew no samples: no data section for it.
     assert!(md.contains("### Round 1") && !md.contains("### Round 0"));
     assert!(md.contains("- a note"));
+    // No blind baseline, no chance column.
+    assert!(!md.contains("Blind baseline") && !md.contains("chance (%)"));
+}
+
+#[test]
+fn report_shows_the_blind_baseline_and_chance_levels() -> anyhow::Result<()> {
+    let mut r = build("demo", "chance_discounted:2", ACC, 1);
+    for x in &mut r.rounds {
+        x.blind = Some(eval("mine-bench", &[50.0, 25.0, 33.5, 40.0, 26.0], 34.9));
+        if x.round > 0 {
+            x.chance_levels = Some(per_type(&[0.5, 0.25, 0.335, 0.4, 0.26]));
+        }
+    }
+    let md = render_markdown(&r);
+    assert!(
+        md.contains("## Blind baseline (mining benchmark, blank image)"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| color | 40 | 50.0 | 50.0 | 50.0 | 0.0 |"),
+        "{md}"
+    );
+    assert!(md.contains("| type | error rate (%) | chance (%) | sampling p (%) |"));
+    let row = format!(
+        "| color | {:.1} | 50.0 | 30.0 | 30 | 28 |",
+        (1.0 - ACC[1][0] / 100.0) * 100.0
+    );
+    assert!(md.contains(&row), "missing {row}\n{md}");
+    assert!(md.contains("| **total** | – | – | – | 100 | "), "{md}");
+    // The new fields survive the JSON round trip; reports without them still read.
+    let dir = tempfile::tempdir()?;
+    let files = write_report(dir.path(), &r)?;
+    let back: LoopReport = mde_core::io::read_json(&files.json)?;
+    assert_eq!(back, r);
+    let old = build("demo", "abs", ACC, 1);
+    let text = serde_json::to_string(&old)?;
+    assert!(!text.contains("chance_levels") && !text.contains("\"blind\""));
+    Ok(())
 }
 
 fn polylines(svg: &str) -> Vec<&str> {
