@@ -28,6 +28,10 @@ pub struct Args {
     /// learnability control; use with `--rounds 0`).
     #[arg(long)]
     pub base_vqa: Option<String>,
+    /// Override `[base] steps` of the tiny base model's build (the balanced control of
+    /// docs/RESULTS.md uses 8000). The pretrained visual encoder does not depend on it.
+    #[arg(long)]
+    pub base_steps: Option<usize>,
     /// Run one loop per ABS strategy (comma-separated, e.g.
     /// `uniform,error_rate,chance_discounted:2`) at equal data volume into `OUT/<strategy>/`,
     /// sharing the cached base model, and compare them in `OUT/ablation/`. `STRATEGY@blind`
@@ -54,6 +58,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(v) = args.base_vqa {
         cfg.base.vqa = v;
+    }
+    if let Some(n) = args.base_steps {
+        cfg.base.steps = n;
     }
     cfg.validate()?;
     if args.check {

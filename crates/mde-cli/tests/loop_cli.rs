@@ -53,7 +53,7 @@ fn loop_help_names_the_options() -> Result<()> {
     let out = mde().args(["loop", "--help"]).output()?;
     ensure!(out.status.success(), "mde loop --help failed: {out:?}");
     let text = String::from_utf8(out.stdout)?;
-    for opt in ["--config", "--out", "--check"] {
+    for opt in ["--config", "--out", "--check", "--base-steps", "--ablation"] {
         ensure!(
             text.contains(opt),
             "`mde loop --help` does not mention {opt}:\n{text}"
@@ -96,6 +96,24 @@ fn check_passes_on_the_tiny_config_and_starts_no_work() -> Result<()> {
         "--check started work: {} was created",
         cache.display()
     );
+    Ok(())
+}
+
+#[test]
+fn overrides_are_validated_before_any_work() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cache = tmp.path().join("cache");
+    let cfg = config_copy(tmp.path(), "loop.toml", &cache)?;
+    let out = mde()
+        .arg("loop")
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--base-steps", "0", "--check"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "--base-steps 0 was accepted");
+    ensure!(stderr.contains("[base] steps"), "unclear error: {stderr}");
+    ensure!(!cache.exists(), "a rejected config started work");
     Ok(())
 }
 

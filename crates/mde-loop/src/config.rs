@@ -570,6 +570,11 @@ impl LoopConfig {
         if self.train.steps == 0 || self.train.batch_size == 0 {
             return bad("[train] steps and batch_size must be at least 1".into());
         }
+        if matches!(self.model, ModelSection::Tiny { .. })
+            && (self.base.steps == 0 || self.base.batch_size == 0)
+        {
+            return bad("[base] steps and batch_size must be at least 1 (the tiny base model is trained from scratch)".into());
+        }
         if !["unbalanced", "balanced"].contains(&self.base.vqa.as_str()) {
             return bad(format!(
                 "[base] vqa must be \"unbalanced\" or \"balanced\", got {:?}",
