@@ -292,6 +292,16 @@ impl AbsSection {
         self.chance == ChanceSource::Blind
             && matches!(self.strategy(), Ok(Strategy::ChanceDiscounted { .. }))
     }
+
+    /// The strategy as reports name it: `[abs] strategy`, with `@blind` when the blind chance
+    /// level drives it (so that an ablation tells the two chance sources apart).
+    pub fn strategy_label(&self) -> String {
+        if self.blind_chance() {
+            format!("{}@blind", self.strategy)
+        } else {
+            self.strategy.clone()
+        }
+    }
 }
 
 /// Which teacher answers generation (and classification) requests.

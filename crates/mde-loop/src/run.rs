@@ -1148,7 +1148,7 @@ impl LoopRun {
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "run".into()),
             fingerprint: self.cfg.fingerprint(),
-            strategy: self.cfg.abs.strategy.clone(),
+            strategy: self.cfg.abs.strategy_label(),
             model: base.name.clone(),
             teacher: match self.cfg.teacher.kind {
                 TeacherChoice::World => format!(

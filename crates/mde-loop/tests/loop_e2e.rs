@@ -109,6 +109,8 @@ fn shortened_loop_runs_reports_and_resumes() -> anyhow::Result<()> {
     blind.abs.chance_margin = 0.0;
     let bout = root.join("runs").join("e2e-blind");
     let rb = LoopRun::new(blind, &bout)?.run()?;
+    assert_eq!(rb.strategy, "chance_discounted:2@blind");
+    assert_eq!(report.strategy, "error_rate");
     for k in 0..2 {
         let dir = bout.join(format!("round_{k}"));
         let n_mine =
