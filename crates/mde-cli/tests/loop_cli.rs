@@ -62,17 +62,25 @@ fn loop_help_names_the_options() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn check_passes_on_the_tiny_config_and_starts_no_work() -> Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let cache = tmp.path().join("cache");
-    let cfg = config_copy(tmp.path(), "loop.toml", &cache)?;
+/// `mde loop --config <a copy of the tiny config> ARGS --check`; the copy's cache folder is
+/// returned so that a test can see whether work started.
+fn check_tiny(tmp: &Path, args: &[&str]) -> Result<(std::process::Output, PathBuf)> {
+    let cache = tmp.join("cache");
+    let cfg = config_copy(tmp, "loop.toml", &cache)?;
     let out = mde()
         .arg("loop")
         .arg("--config")
         .arg(&cfg)
+        .args(args)
         .arg("--check")
         .output()?;
+    Ok((out, cache))
+}
+
+#[test]
+fn check_passes_on_the_tiny_config_and_starts_no_work() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (out, cache) = check_tiny(tmp.path(), &[])?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     // The exit status and the printed verdict must agree.
@@ -102,14 +110,7 @@ fn check_passes_on_the_tiny_config_and_starts_no_work() -> Result<()> {
 #[test]
 fn overrides_are_validated_before_any_work() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let cache = tmp.path().join("cache");
-    let cfg = config_copy(tmp.path(), "loop.toml", &cache)?;
-    let out = mde()
-        .arg("loop")
-        .arg("--config")
-        .arg(&cfg)
-        .args(["--base-steps", "0", "--check"])
-        .output()?;
+    let (out, cache) = check_tiny(tmp.path(), &["--base-steps", "0"])?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(!out.status.success(), "--base-steps 0 was accepted");
     ensure!(stderr.contains("[base] steps"), "unclear error: {stderr}");

@@ -494,6 +494,33 @@ impl LoopRun {
         })
     }
 
+    /// One evaluation step in `dir` (named after its folder): read back when it has finished,
+    /// otherwise run with the round's model, which is loaded on first need and kept in `model`
+    /// for the round's next evaluation. `blind` evaluates with a blank image.
+    fn eval_step(
+        &mut self,
+        dir: &Path,
+        spec: &BenchSpec,
+        blind: bool,
+        model: &mut Option<MiniGpt4Eval>,
+        load: &mut dyn FnMut(&mut Self) -> Result<MiniGpt4Eval>,
+    ) -> Result<(EvalRecord, f64)> {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if dir.join("done.json").exists() {
+            return step(dir, &name, |_| -> Result<EvalRecord> { unreachable_step() });
+        }
+        let mut m = match model.take() {
+            Some(m) => m,
+            None => load(self)?,
+        };
+        let r = step(dir, &name, |d| self.evaluate(&mut m, spec, d, blind));
+        *model = Some(m);
+        r
+    }
+
     /// Mines bad cases of the previous round's mining evaluation.
     fn mine(
         &self,
@@ -749,26 +776,27 @@ impl LoopRun {
         // Round 0: the base model.
         let r0 = self.round_dir(0);
         let mut model0: Option<MiniGpt4Eval> = None;
-        let get0 = |me: &Self| -> Result<MiniGpt4Eval> {
+        let mut load0 = |me: &mut Self| -> Result<MiniGpt4Eval> {
             let m = MiniGpt4::load(&base.paths, dtype, &me.device)?;
             Ok(me.wrap_eval(m, tok.clone(), &base.name))
         };
-        let (mine0, s_m0) = step(&r0.join("eval_mine"), "eval_mine", |d| {
-            let m = model0.insert(get0(self)?);
-            self.evaluate(m, &mine_spec, d, false)
-        })?;
+        let (mine0, s_m0) = self.eval_step(
+            &r0.join("eval_mine"),
+            &mine_spec,
+            false,
+            &mut model0,
+            &mut load0,
+        )?;
         let mut secs0 = BTreeMap::from([("eval_mine".to_string(), s_m0)]);
         let blind = self.cfg.abs.blind_chance();
         let mut prev_blind = if blind {
-            let (r, s) = step(&r0.join("eval_blind"), "eval_blind", |d| {
-                if model0.is_none() {
-                    model0 = Some(get0(self)?);
-                }
-                let m = model0
-                    .as_mut()
-                    .ok_or_else(|| LoopError::Config("no model".into()))?;
-                self.evaluate(m, &mine_spec, d, true)
-            })?;
+            let (r, s) = self.eval_step(
+                &r0.join("eval_blind"),
+                &mine_spec,
+                true,
+                &mut model0,
+                &mut load0,
+            )?;
             secs0.insert("eval_blind".into(), s);
             Some(r)
         } else {
@@ -776,15 +804,13 @@ impl LoopRun {
         };
         let report0 = match &report_spec {
             Some(spec) => {
-                let (r, s) = step(&r0.join("eval_report"), "eval_report", |d| {
-                    if model0.is_none() {
-                        model0 = Some(get0(self)?);
-                    }
-                    let m = model0
-                        .as_mut()
-                        .ok_or_else(|| LoopError::Config("no model".into()))?;
-                    self.evaluate(m, spec, d, false)
-                })?;
+                let (r, s) = self.eval_step(
+                    &r0.join("eval_report"),
+                    spec,
+                    false,
+                    &mut model0,
+                    &mut load0,
+                )?;
                 secs0.insert("eval_report".into(), s);
                 Some(r)
             }
@@ -1065,37 +1091,23 @@ impl LoopRun {
                     &format!("{} round {k}", base.name),
                 ))
             };
-            let mine_dir = rd.join("eval_mine");
-            let mine_k = if mine_dir.join("done.json").exists() {
-                step(&mine_dir, "eval_mine", |_| -> Result<EvalRecord> {
-                    unreachable_step()
-                })?
-            } else {
-                let mut m = get_k(self, &mut trained)?;
-                let r = step(&mine_dir, "eval_mine", |d| {
-                    self.evaluate(&mut m, &mine_spec, d, false)
-                })?;
-                model_k = Some(m);
-                r
-            };
+            let mut load_k = |me: &mut Self| get_k(me, &mut trained);
+            let mine_k = self.eval_step(
+                &rd.join("eval_mine"),
+                &mine_spec,
+                false,
+                &mut model_k,
+                &mut load_k,
+            )?;
             secs.insert("eval_mine".to_string(), mine_k.1);
             let blind_k = if blind {
-                let dir = rd.join("eval_blind");
-                let r = if dir.join("done.json").exists() {
-                    step(&dir, "eval_blind", |_| -> Result<EvalRecord> {
-                        unreachable_step()
-                    })?
-                } else {
-                    let mut m = match model_k.take() {
-                        Some(m) => m,
-                        None => get_k(self, &mut trained)?,
-                    };
-                    let r = step(&dir, "eval_blind", |d| {
-                        self.evaluate(&mut m, &mine_spec, d, true)
-                    })?;
-                    model_k = Some(m);
-                    r
-                };
+                let r = self.eval_step(
+                    &rd.join("eval_blind"),
+                    &mine_spec,
+                    true,
+                    &mut model_k,
+                    &mut load_k,
+                )?;
                 secs.insert("eval_blind".to_string(), r.1);
                 Some(r.0)
             } else {
@@ -1103,25 +1115,19 @@ impl LoopRun {
             };
             let report_k = match &report_spec {
                 Some(spec) => {
-                    let dir = rd.join("eval_report");
-                    let r = if dir.join("done.json").exists() {
-                        step(&dir, "eval_report", |_| -> Result<EvalRecord> {
-                            unreachable_step()
-                        })?
-                    } else {
-                        let mut m = match model_k.take() {
-                            Some(m) => m,
-                            None => get_k(self, &mut trained)?,
-                        };
-                        step(&dir, "eval_report", |d| {
-                            self.evaluate(&mut m, spec, d, false)
-                        })?
-                    };
+                    let r = self.eval_step(
+                        &rd.join("eval_report"),
+                        spec,
+                        false,
+                        &mut model_k,
+                        &mut load_k,
+                    )?;
                     secs.insert("eval_report".to_string(), r.1);
                     Some(r.0)
                 }
                 None => None,
             };
+            drop(model_k);
             summaries.push(RoundSummary {
                 round: k,
                 mine: Some(mine_k.0.summary.clone()),
