@@ -407,14 +407,7 @@ where
         let l = (shard_loss(part)? * w)?;
         Ok(Some((l.to_scalar::<f32>()?, l.backward()?)))
     });
-    let mut loss = 0f32;
-    let mut stores = Vec::with_capacity(results.len());
-    for r in results {
-        if let Some((l, g)) = r? {
-            loss += l;
-            stores.push(g);
-        }
-    }
+    let (loss, mut stores) = mde_train::shards::gather(results)?;
     let mut sums = vec![None; params.len()];
     mde_train::shards::add_grads(params.iter().map(|(_, v)| v), &stores, &mut sums)?;
     let mut merged = stores.remove(0);

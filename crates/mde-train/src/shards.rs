@@ -77,6 +77,22 @@ impl ShardPools {
     }
 }
 
+/// Sums the losses of the shards that had rows (`Ok(None)`: no rows) and keeps their gradient
+/// stores in shard order; the first error wins.
+pub fn gather<E>(
+    results: Vec<std::result::Result<Option<(f32, GradStore)>, E>>,
+) -> std::result::Result<(f32, Vec<GradStore>), E> {
+    let mut loss = 0f32;
+    let mut stores = Vec::with_capacity(results.len());
+    for r in results {
+        if let Some((l, g)) = r? {
+            loss += l;
+            stores.push(g);
+        }
+    }
+    Ok((loss, stores))
+}
+
 /// Adds the gradient of each of `vars` found in `stores` into `sums` (same order as `vars`), in
 /// store order: the fixed order that makes sharded steps deterministic.
 pub fn add_grads<'a>(

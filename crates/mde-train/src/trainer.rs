@@ -1092,14 +1092,7 @@ impl Trainer {
             let g = (l * (w * scale))?.backward()?;
             Ok(Some((v * w as f32, g)))
         });
-        let mut loss = 0f32;
-        let mut stores = Vec::with_capacity(results.len());
-        for r in results {
-            if let Some((v, g)) = r? {
-                loss += v;
-                stores.push(g);
-            }
-        }
+        let (loss, stores) = crate::shards::gather(results)?;
         if !loss.is_finite() {
             return Err(TrainError::Invalid(format!(
                 "non-finite loss {loss} at step {}",

@@ -117,6 +117,23 @@ fn full_mode_trains_everything_and_resumes_bit_exact() -> Result<()> {
     Ok(())
 }
 
+/// A fresh model from the golden fixture and the fixture's `pixel_values`: what a frozen part
+/// of a trained model must still reproduce.
+fn fresh_model_and_pixels() -> Result<(minigpt4::MiniGpt4, candle_core::Tensor)> {
+    let (fresh, _, _) = load_model_varmap(&common::golden_paths(), &Device::Cpu)?;
+    let px = candle_core::safetensors::load(
+        common::golden_dir().join("expected/forward.safetensors"),
+        &Device::Cpu,
+    )?
+    .remove("pixel_values")
+    .context("no pixel_values in the fixture")?;
+    Ok((fresh, px))
+}
+
+fn max_diff(x: candle_core::Tensor, y: candle_core::Tensor) -> Result<f32> {
+    Ok((x - y)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
+}
+
 #[test]
 fn llm_fc_freezes_vision_and_resumes_bit_exact() -> Result<()> {
     let (a, run) = resume_is_bit_exact(TrainMode::LlmFc, ImageMode::Eval)?;
@@ -127,18 +144,11 @@ fn llm_fc_freezes_vision_and_resumes_bit_exact() -> Result<()> {
         );
     }
     // Vision and Q-Former weights are untouched: features equal a fresh model's.
-    let (fresh, _, _) = load_model_varmap(&common::golden_paths(), &Device::Cpu)?;
-    let px = candle_core::safetensors::load(
-        common::golden_dir().join("expected/forward.safetensors"),
-        &Device::Cpu,
-    )?
-    .remove("pixel_values")
-    .context("no pixel_values in the fixture")?;
-    let d = (a.model().qformer_features(&px)? - fresh.qformer_features(&px)?)?
-        .abs()?
-        .flatten_all()?
-        .max(0)?
-        .to_scalar::<f32>()?;
+    let (fresh, px) = fresh_model_and_pixels()?;
+    let d = max_diff(
+        a.model().qformer_features(&px)?,
+        fresh.qformer_features(&px)?,
+    )?;
     assert_eq!(d, 0.0, "frozen vision/Q-Former changed");
     // The feature cache was used (eval preprocessing, frozen vision).
     assert!(a.cache_sizes().1 > 0);
@@ -158,16 +168,7 @@ fn frozen_vit_trains_all_but_the_tower_and_resumes_bit_exact() -> Result<()> {
         );
     }
     // The tower is untouched: its output equals a fresh model's; the Q-Former's does not.
-    let (fresh, _, _) = load_model_varmap(&common::golden_paths(), &Device::Cpu)?;
-    let px = candle_core::safetensors::load(
-        common::golden_dir().join("expected/forward.safetensors"),
-        &Device::Cpu,
-    )?
-    .remove("pixel_values")
-    .context("no pixel_values in the fixture")?;
-    let max_diff = |x: candle_core::Tensor, y: candle_core::Tensor| -> Result<f32> {
-        Ok((x - y)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
-    };
+    let (fresh, px) = fresh_model_and_pixels()?;
     let tower = max_diff(a.model().vision.forward(&px)?, fresh.vision.forward(&px)?)?;
     assert_eq!(tower, 0.0, "the frozen tower changed");
     let qf = max_diff(

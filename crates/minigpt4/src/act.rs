@@ -276,16 +276,7 @@ mod tests {
             let g = (y * &w).unwrap().sum_all().unwrap().backward().unwrap();
             g.get(x.as_tensor()).unwrap().clone()
         };
-        let d = (grad(true) - grad(false))
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = crate::linear::tests::max_abs(&grad(true), &grad(false)).unwrap();
         assert!(d < 1e-5, "max gradient difference {d}");
     }
 }

@@ -609,7 +609,7 @@ impl Module for Linear {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_core::Device;
 
@@ -639,7 +639,8 @@ mod tests {
         Ok(())
     }
 
-    fn max_abs(a: &Tensor, b: &Tensor) -> anyhow::Result<f32> {
+    /// Largest absolute elementwise difference (the crate's unit tests share it).
+    pub(crate) fn max_abs(a: &Tensor, b: &Tensor) -> anyhow::Result<f32> {
         Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
     }
 
