@@ -2,9 +2,9 @@
 //! (parse, filter and validate replies into GPTVQA v1/v2 and LLaVA files).
 use anyhow::{bail, Context, Result};
 use mde_core::io::{read_jsonl, write_json};
-use mde_core::records::{GenQuery, TeacherReplyRecord};
-use mde_gen::postprocess::{to_llava, to_v1, to_v2};
-use mde_gen::{build_teacher, postprocess, GenConfig, Runner, ValidationMode};
+use mde_core::records::GenQuery;
+use mde_gen::postprocess::{postprocess_file, to_llava, to_v1, to_v2};
+use mde_gen::{build_teacher, GenConfig, Runner, ValidationMode};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
@@ -76,6 +76,14 @@ pub fn run_generate(args: GenerateArgs) -> Result<()> {
     cfg.validate()
         .map_err(|m| anyhow::anyhow!("{}: {m}", args.teacher.display()))?;
     let queries: Vec<GenQuery> = read_jsonl(&args.queries)?;
+    if queries.is_empty() {
+        bail!(
+            "{}: no queries (expected JSONL of GenQuery records)",
+            args.queries.display()
+        );
+    }
+    // Refuse query images outside the image root before any request leaves the machine.
+    cfg.teacher.check_query_images(&queries, &args.queries)?;
     let prompt = cfg.generate_prompt()?;
     let teacher = build_teacher(&cfg.teacher)?;
     let runner = Runner::new(teacher, cfg.runner.clone());
@@ -86,36 +94,38 @@ pub fn run_generate(args: GenerateArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    let summary = rt.block_on(async {
-        // Ctrl-C: stop starting requests, let in-flight ones land, write the summary.
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("stopping: waiting for requests in flight (Ctrl-C again to kill)");
-                stop.store(true, Ordering::SeqCst);
+    let summary = rt
+        .block_on(async {
+            // Ctrl-C: stop starting requests, let in-flight ones land, write the summary.
+            tokio::spawn(async move {
                 if tokio::signal::ctrl_c().await.is_ok() {
-                    std::process::exit(130);
-                }
-            }
-        });
-        let teacher_cfg = cfg.teacher.clone();
-        runner
-            .run(
-                &queries,
-                |q| {
-                    let mut req = prompt.request(q)?;
-                    teacher_cfg.apply_sampling(&mut req);
-                    if !teacher_cfg.vision {
-                        for m in &mut req.messages {
-                            m.images.clear();
-                        }
+                    eprintln!("stopping: waiting for requests in flight (Ctrl-C again to kill)");
+                    stop.store(true, Ordering::SeqCst);
+                    if tokio::signal::ctrl_c().await.is_ok() {
+                        std::process::exit(130);
                     }
-                    Ok(req)
-                },
-                &replies,
-                Some(&summary_path),
-            )
-            .await
-    })?;
+                }
+            });
+            let teacher_cfg = cfg.teacher.clone();
+            runner
+                .run(
+                    &queries,
+                    |q| {
+                        let mut req = prompt.request(q)?;
+                        teacher_cfg.apply_sampling(&mut req);
+                        if !teacher_cfg.vision {
+                            for m in &mut req.messages {
+                                m.images.clear();
+                            }
+                        }
+                        Ok(req)
+                    },
+                    &replies,
+                    Some(&summary_path),
+                )
+                .await
+        })
+        .with_context(|| format!("generating for the queries of {}", args.queries.display()))?;
     eprintln!(
         "{}: {} done before, {} completed, {} failed, {} not started; {} prompt + {} completion tokens, cost {:.4}; {:.1} replies/s{}",
         replies.display(),
@@ -131,9 +141,22 @@ pub fn run_generate(args: GenerateArgs) -> Result<()> {
     );
     eprintln!("summary: {}", summary_path.display());
     if summary.failed > 0 {
-        eprintln!(
-            "{} queries failed (see summary.json); re-run the same command to retry them",
-            summary.failed
+        // A non-zero exit, so that scripts notice; the replies stored so far are kept and a
+        // re-run retries only the failed queries.
+        for f in summary.failures.iter().take(5) {
+            eprintln!(
+                "  query {}: {} ({} attempt{})",
+                f.query_id,
+                f.error,
+                f.attempts,
+                if f.attempts == 1 { "" } else { "s" }
+            );
+        }
+        bail!(
+            "{} of {} queries failed (all in {}); re-run the same command to retry them",
+            summary.failed,
+            summary.pending,
+            summary_path.display()
         );
     }
     Ok(())
@@ -152,10 +175,14 @@ pub fn run_postprocess(args: PostprocessArgs) -> Result<()> {
             other => bail!("--validation: expected off, flag or drop, got {other:?}"),
         };
     }
-    let replies: Vec<TeacherReplyRecord> = read_jsonl(&args.replies)?;
+    // One reply per query id (the first complete line); duplicates and a torn last line are
+    // reported in postprocess_summary.json (`input`) and as a warning.
     let queries: Vec<GenQuery> = read_jsonl(&args.queries)?;
-    let out =
-        postprocess(&replies, &queries, &cfg).map_err(|e| anyhow::anyhow!("postprocess: {e}"))?;
+    let out = postprocess_file(&args.replies, &queries, &cfg)
+        .map_err(|e| anyhow::anyhow!("postprocess: {e}"))?;
+    if !out.stats.input.is_clean() {
+        tracing::warn!("{}", out.stats.input.summary());
+    }
     std::fs::create_dir_all(&args.out).with_context(|| format!("{}", args.out.display()))?;
     let v1: Vec<_> = out.items.iter().map(to_v1).collect();
     let v2: Vec<_> = out.items.iter().map(to_v2).collect();

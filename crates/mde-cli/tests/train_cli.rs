@@ -23,6 +23,21 @@ fn write_data(dir: &Path) -> Result<()> {
         .collect();
     imgs.sort();
     anyhow::ensure!(!imgs.is_empty(), "no fixture images in {}", root.display());
+    // Records name their images relative to the dataset's folder (the image root): the
+    // loader refuses paths outside it, absolute ones included.
+    std::fs::create_dir_all(dir.join("images"))?;
+    let imgs: Vec<String> = imgs
+        .iter()
+        .map(|p| -> Result<String> {
+            let name = p
+                .file_name()
+                .context("file name")?
+                .to_string_lossy()
+                .into_owned();
+            std::fs::copy(p, dir.join("images").join(&name))?;
+            Ok(format!("images/{name}"))
+        })
+        .collect::<Result<_>>()?;
     let exp: serde_json::Value =
         serde_json::from_slice(&std::fs::read(root.join("expected/expected.json"))?)?;
     let answers = exp["training"]["batch"]["answers"]

@@ -7,7 +7,8 @@ pub mod badcase;
 pub mod matching;
 pub mod mmbench;
 pub mod mme;
-pub mod paths;
+/// Safe resolution of image references (the one path policy of the workspace; see [`mde_core::paths`]).
+pub use mde_core::paths;
 pub mod report;
 pub mod runner;
 pub mod seedbench;

@@ -19,7 +19,6 @@ use mde_core::teacher::{
 };
 use serde_json::{json, Value};
 use std::future::Future;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -304,15 +303,16 @@ impl OpenAiTeacher {
 
     /// http(s) and data URLs pass through; a local path becomes a base64 data URL.
     fn image_url(&self, img: &str) -> std::result::Result<String, TeacherError> {
-        if img.starts_with("http://") || img.starts_with("https://") || img.starts_with("data:") {
+        if crate::config::is_remote_image(img) {
             return Ok(img.to_string());
         }
-        let mut path = PathBuf::from(img);
-        if path.is_relative() {
-            if let Some(root) = &self.cfg.image_root {
-                path = root.join(path);
-            }
-        }
+        // The one path policy: a query file alone can never make us send a local file that lies
+        // outside the configured image root to a remote party.
+        let path = self
+            .cfg
+            .image_policy()
+            .resolve(img)
+            .map_err(|e| TeacherError::fatal(format!("query image refused: {e}")))?;
         let bytes = std::fs::read(&path)
             .map_err(|e| TeacherError::fatal(format!("{}: {e}", path.display())))?;
         let mime = match path

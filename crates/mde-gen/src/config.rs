@@ -49,8 +49,16 @@ pub struct TeacherConfig {
     /// Send the query image (`image_url` part, base64 data URL for local files). The original
     /// sent text only, so this is off by default.
     pub vision: bool,
-    /// Directory that `GenQuery::image_path` is relative to (vision only).
+    /// Directory that `GenQuery::image_path` is relative to (vision only). Query images must
+    /// resolve inside it (`mde_core::paths`): a query naming `/etc/passwd` or `../x.png` is
+    /// refused, so no local file outside this folder is ever sent to the teacher. Without it,
+    /// `vision = true` sends no local file at all.
     pub image_root: Option<PathBuf>,
+    /// Explicit opt-in: send query images given as absolute paths anywhere on this machine
+    /// (for query files your own pipeline wrote). Relative paths still stay inside
+    /// `image_root`. Off by default.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub allow_absolute_image_paths: bool,
     /// Azure deployment id and API version (kind = "azure").
     pub azure_deployment: Option<String>,
     pub azure_api_version: Option<String>,
@@ -72,6 +80,7 @@ impl Default for TeacherConfig {
             connect_timeout_s: 10.0,
             vision: false,
             image_root: None,
+            allow_absolute_image_paths: false,
             azure_deployment: None,
             azure_api_version: None,
             temperature: 0.7,
@@ -83,6 +92,52 @@ impl Default for TeacherConfig {
 }
 
 impl TeacherConfig {
+    /// Checks, before any request is made, that every query image this teacher would send
+    /// resolves under [`Self::image_policy`]. `source` names the query file for the error
+    /// (`queries.jsonl line 3 (query q7): image reference "/etc/passwd" is an absolute path
+    /// outside the image root ...`). Text-only teachers (`vision = false`) send no image, and
+    /// http(s)/data URLs are not local files, so neither is checked.
+    pub fn check_query_images(
+        &self,
+        queries: &[mde_core::records::GenQuery],
+        source: &Path,
+    ) -> Result<()> {
+        if !self.vision {
+            return Ok(());
+        }
+        let policy = self.image_policy();
+        for (i, q) in queries.iter().enumerate() {
+            let Some(img) = q.image_path.as_deref() else {
+                continue;
+            };
+            if is_remote_image(img) {
+                continue;
+            }
+            let at = |msg: String| GenError::Config {
+                path: source.to_path_buf(),
+                msg: format!("line {} (query {}): {msg}", i + 1, q.id),
+            };
+            let file = policy.resolve(img).map_err(|e| at(e.to_string()))?;
+            // A missing image would only fail at request time, one query at a time.
+            if !file.is_file() {
+                return Err(at(format!(
+                    "image {img:?} not found (looked for {})",
+                    file.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The path policy for query images sent to the teacher (see [`mde_core::paths`]).
+    pub fn image_policy(&self) -> mde_core::paths::PathPolicy {
+        mde_core::paths::PathPolicy {
+            root: self.image_root.clone(),
+            allow_absolute: self.allow_absolute_image_paths,
+            root_key: "[teacher] image_root".into(),
+        }
+    }
+
     /// Sets the request's sampling settings from this config.
     pub fn apply_sampling(&self, req: &mut mde_core::teacher::TeacherRequest) {
         req.temperature = self.temperature;
@@ -90,6 +145,11 @@ impl TeacherConfig {
         req.max_tokens = self.max_tokens;
         req.stop = self.stop.clone();
     }
+}
+
+/// Whether an image reference is a URL the teacher fetches itself (not a local file).
+pub fn is_remote_image(img: &str) -> bool {
+    img.starts_with("http://") || img.starts_with("https://") || img.starts_with("data:")
 }
 
 /// Runner limits, retry policy and budgets.
@@ -216,6 +276,29 @@ impl GenConfig {
         }
         if self.teacher.model.is_empty() {
             return Err("teacher.model must not be empty".into());
+        }
+        match reqwest::Url::parse(&self.teacher.base_url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
+            _ => {
+                return Err(format!(
+                    "teacher.base_url = {:?}: expected an http(s) URL such as \
+                     \"https://api.openai.com/v1\"",
+                    self.teacher.base_url
+                ))
+            }
+        }
+        let t = &self.teacher;
+        if !(t.temperature.is_finite() && (0.0..=2.0).contains(&t.temperature)) {
+            return Err(format!(
+                "teacher.temperature = {}: must be in [0, 2] (the OpenAI range)",
+                t.temperature
+            ));
+        }
+        if !(t.top_p > 0.0 && t.top_p <= 1.0) {
+            return Err(format!("teacher.top_p = {}: must be in (0, 1]", t.top_p));
+        }
+        if t.max_tokens == 0 {
+            return Err("teacher.max_tokens must be >= 1".into());
         }
         if self.teacher.kind == TeacherKind::Azure && self.teacher.azure_deployment.is_none() {
             return Err(

@@ -47,15 +47,9 @@ struct LabelIn {
 
 fn image_path(state: &AppState, rel: &str) -> Option<PathBuf> {
     let root = state.image_root.as_ref()?;
-    let p = std::path::Path::new(rel);
-    // Only plain relative paths below the root are served.
-    if p.is_absolute()
-        || p.components()
-            .any(|c| !matches!(c, std::path::Component::Normal(_)))
-    {
-        return None;
-    }
-    Some(root.join(p))
+    // The workspace's one path policy: only files inside the root are served (no absolute
+    // paths, no `..` above it, no symlink out of it).
+    mde_core::paths::resolve_in_root(root, rel).ok()
 }
 
 async fn items(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {

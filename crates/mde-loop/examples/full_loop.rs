@@ -376,6 +376,7 @@ fn main() -> Result<()> {
             format: DatasetFormat::GptvqaV1,
             image_root: Some(pool_dir),
             image_pattern: POOL_PATTERN.into(),
+            allow_absolute_image_paths: false,
             kind: Some(RecordKind::Qma),
             ratio: None,
         },

@@ -1164,11 +1164,17 @@ impl Checker {
                 Some(r) => {
                     self.require_dir("teacher.image_root", r, "teacher image root");
                 }
-                None => self.push(
+                None if e.allow_absolute_image_paths => self.push(
                     "teacher.image_root",
                     None,
                     Status::Note,
-                    "vision = true without image_root: query image paths are used as written",
+                    "vision = true without image_root: only absolute query image paths are sent (allow_absolute_image_paths = true)",
+                ),
+                None => self.push(
+                    "teacher.image_root",
+                    None,
+                    Status::Invalid,
+                    "vision = true needs image_root, the folder the query images are relative to: no local file outside it is ever sent to the teacher",
                 ),
             }
         }

@@ -127,9 +127,15 @@ pub struct DatasetSpec {
     #[serde(default)]
     pub format: DatasetFormat,
     /// Folder that relative image paths (and GPTVQA image files) are resolved against;
-    /// default: the dataset file's folder.
+    /// default: the dataset file's folder. Every record's image must resolve inside it
+    /// (`mde_core::paths`): `/etc/passwd`, `../x.png` or a symlink out of the root are refused
+    /// when the dataset is loaded, so no local file outside the root reaches a training set.
     #[serde(default)]
     pub image_root: Option<PathBuf>,
+    /// Explicit opt-in: accept records whose image is an absolute path anywhere (datasets your
+    /// own pipeline wrote). Relative paths still stay inside `image_root`. Off by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_absolute_image_paths: bool,
     /// GPTVQA image file name; `{image_id}` or zero-padded `{image_id:012}` is replaced.
     #[serde(default = "default_pattern")]
     pub image_pattern: String,
@@ -195,28 +201,48 @@ pub fn load_dataset(spec: &DatasetSpec, base: &Path) -> Result<Vec<TrainRecord>>
         Some(r) => base.join(r),
         None => path.parent().map(Path::to_path_buf).unwrap_or_default(),
     };
+    let policy = mde_core::paths::PathPolicy {
+        allow_absolute: spec.allow_absolute_image_paths,
+        ..mde_core::paths::PathPolicy::in_root(root)
+    };
+    let resolve = |i: usize, name: &Path| -> Result<PathBuf> {
+        let name = name.to_str().ok_or_else(|| {
+            TrainError::file(&path, format!("record {}: image path is not UTF-8", i + 1))
+        })?;
+        policy.resolve(name).map_err(|e| {
+            TrainError::file(
+                &path,
+                format!("record {} (dataset {:?}): {e}", i + 1, spec.name),
+            )
+        })
+    };
     let records: Vec<TrainRecord> = match spec.format {
         DatasetFormat::Records => read_items::<TrainRecord>(&path)?
             .into_iter()
-            .map(|mut r| {
-                r.image = root.join(&r.image);
-                r
+            .enumerate()
+            .map(|(i, mut r)| {
+                r.image = resolve(i, &r.image)?;
+                Ok(r)
             })
-            .collect(),
+            .collect::<Result<_>>()?,
         DatasetFormat::GptvqaV1 => {
             let kind = spec.kind.unwrap_or(RecordKind::Qmae);
             read_items::<mde_core::records::GptVqaV1>(&path)?
                 .into_iter()
-                .map(|g| TrainRecord {
-                    image: root.join(image_file_name(&spec.image_pattern, g.image_id)),
-                    kind,
-                    answer: g.choices.get(g.correct_choice_idx).cloned(),
-                    answer_idx: Some(g.correct_choice_idx),
-                    rationale: minigpt4::prompt::longest(&g.rationales).map(str::to_string),
-                    question: g.question,
-                    choices: g.choices,
+                .enumerate()
+                .map(|(i, g)| {
+                    let name = image_file_name(&spec.image_pattern, g.image_id);
+                    Ok(TrainRecord {
+                        image: resolve(i, Path::new(&name))?,
+                        kind,
+                        answer: g.choices.get(g.correct_choice_idx).cloned(),
+                        answer_idx: Some(g.correct_choice_idx),
+                        rationale: minigpt4::prompt::longest(&g.rationales).map(str::to_string),
+                        question: g.question,
+                        choices: g.choices,
+                    })
                 })
-                .collect()
+                .collect::<Result<_>>()?
         }
     };
     // Validate every record up front: a bad record should fail at start, not at step 10k.
@@ -263,6 +289,7 @@ mod tests {
             format: DatasetFormat::GptvqaV1,
             image_root: Some("imgs".into()),
             image_pattern: "{image_id:06}.jpg".into(),
+            allow_absolute_image_paths: false,
             kind: None,
             ratio: None,
         };
@@ -274,6 +301,73 @@ mod tests {
         std::fs::write(dir.path().join("r.json"), "[{\"image_id\": 1}]").unwrap();
         let e = load_dataset(&spec, dir.path()).unwrap_err().to_string();
         assert!(e.contains("r.json"), "{e}");
+    }
+
+    #[test]
+    fn record_images_must_stay_inside_the_image_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("data");
+        std::fs::create_dir_all(root.join("imgs")).unwrap();
+        std::fs::write(dir.path().join("secret.png"), b"x").unwrap();
+        let record = |image: &str| {
+            format!(
+                "{{\"image\": {image:?}, \"kind\": \"qma\", \"question\": \"Q?\", \"choices\": [\"a\", \"b\"], \"answer_idx\": 0}}\n"
+            )
+        };
+        let spec = DatasetSpec {
+            name: "mine".into(),
+            path: "data/r.jsonl".into(),
+            format: DatasetFormat::Records,
+            image_root: None,
+            image_pattern: default_pattern(),
+            allow_absolute_image_paths: false,
+            kind: None,
+            ratio: None,
+        };
+        let secret = dir.path().join("secret.png").display().to_string();
+        for bad in [
+            "/etc/passwd",
+            "../secret.png",
+            "imgs/../../secret.png",
+            &secret,
+        ] {
+            let text = record("imgs/ok.png") + &record(bad);
+            std::fs::write(root.join("r.jsonl"), text).unwrap();
+            let e = load_dataset(&spec, dir.path()).unwrap_err().to_string();
+            assert!(
+                e.contains("r.jsonl") && e.contains("record 2") && e.contains(bad),
+                "{bad}: {e}"
+            );
+        }
+        // GPTVQA records build their file name from the pattern: it must stay inside too.
+        let g = mde_core::records::GptVqaV1 {
+            image_id: 9,
+            raw_instructions: String::new(),
+            question_type: "color".into(),
+            question: "What color?".into(),
+            choices: vec!["red".into(), "blue".into()],
+            correct_choice_idx: 1,
+            rationales: vec![],
+        };
+        std::fs::write(root.join("g.json"), serde_json::to_string(&[g]).unwrap()).unwrap();
+        let gspec = DatasetSpec {
+            path: "data/g.json".into(),
+            format: DatasetFormat::GptvqaV1,
+            image_pattern: "../../{image_id}.png".into(),
+            ..spec.clone()
+        };
+        let e = load_dataset(&gspec, dir.path()).unwrap_err().to_string();
+        assert!(e.contains("g.json") && e.contains("escapes"), "{e}");
+        // The explicit opt-in takes absolute paths as written, and only those.
+        std::fs::write(root.join("r.jsonl"), record(&secret)).unwrap();
+        let opted = DatasetSpec {
+            allow_absolute_image_paths: true,
+            ..spec.clone()
+        };
+        let recs = load_dataset(&opted, dir.path()).unwrap();
+        assert_eq!(recs[0].image, PathBuf::from(&secret));
+        std::fs::write(root.join("r.jsonl"), record("../secret.png")).unwrap();
+        assert!(load_dataset(&opted, dir.path()).is_err());
     }
 
     #[test]

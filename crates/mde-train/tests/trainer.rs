@@ -65,6 +65,9 @@ fn write_datasets(dir: &Path) -> Result<Vec<DatasetSpec>> {
         format: DatasetFormat::Records,
         image_root: None,
         image_pattern: String::new(),
+        // The records name the fixture images by absolute path, outside this folder: the
+        // explicit opt-in of a dataset the user wrote.
+        allow_absolute_image_paths: true,
         kind: None,
         ratio: None,
     };
@@ -160,6 +163,25 @@ fn killed_run_resumes_bit_exact() -> Result<()> {
         .map(|r| (r.step, r.loss.to_bits()))
         .collect();
     assert_eq!(la, lb, "losses after resume differ");
+    // What a summary reports spans the kill (saved in the checkpoints): the first and the last
+    // loss of the straight run, bit for bit (through the JSON of `state.json`).
+    let bits = |l: mde_train::checkpoint::LossLog| {
+        (
+            l.first_loss.map(f32::to_bits),
+            l.last_loss.map(f32::to_bits),
+        )
+    };
+    let straight = (
+        rep_a.first().map(|r| r.loss.to_bits()),
+        rep_a.last().map(|r| r.loss.to_bits()),
+    );
+    assert_eq!(bits(a.losses()), straight);
+    assert_eq!(bits(b.losses()), straight, "resumed summary losses differ");
+    // Killed after the final checkpoint: the re-opened run does no step and still knows them.
+    let c = trainer(data.path(), run_b.path(), cfg.clone())?;
+    assert_eq!(c.step(), cfg.total_steps());
+    assert_eq!(bits(c.losses()), straight);
+    drop(c);
     let fin_b = common::snapshot(&b)?;
     assert_eq!(fin_a.len(), fin_b.len());
     for ((na, va), (nb, vb)) in fin_a.iter().zip(&fin_b) {
@@ -349,8 +371,12 @@ fn fixture_config_trains() -> Result<()> {
         validation: Option<DatasetSpec>,
     }
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/train-fixture.toml");
-    let cfg: Toml = toml::from_str(&std::fs::read_to_string(&p)?)
+    let mut cfg: Toml = toml::from_str(&std::fs::read_to_string(&p)?)
         .with_context(|| format!("parsing {}", p.display()))?;
+    // The written records name the fixture images by absolute path (see write_datasets).
+    for s in cfg.datasets.iter_mut().chain(cfg.validation.as_mut()) {
+        s.allow_absolute_image_paths = true;
+    }
     let data = tempfile::tempdir()?;
     let written = write_datasets(data.path())?;
     let names: Vec<_> = written.iter().map(|s| s.path.clone()).collect();

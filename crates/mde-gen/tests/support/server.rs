@@ -43,6 +43,10 @@ pub struct ServerState {
     pub arrivals: Mutex<HashMap<String, Vec<std::time::Instant>>>,
     /// Last request body seen.
     pub last_body: Mutex<Option<Value>>,
+    /// Every request body seen, in arrival order (what left the client, for leak checks).
+    pub bodies: Mutex<Vec<Value>>,
+    /// Every `Authorization` header seen (to prove a configured key was sent).
+    pub auth_headers: Mutex<Vec<String>>,
 }
 
 pub struct TestServer {
@@ -72,6 +76,8 @@ pub async fn start(plan: Plan, latency: Duration) -> TestServer {
         successes: Mutex::new(HashMap::new()),
         arrivals: Mutex::new(HashMap::new()),
         last_body: Mutex::new(None),
+        bodies: Mutex::new(Vec::new()),
+        auth_headers: Mutex::new(Vec::new()),
     });
     let app = Router::new()
         .route("/v1/chat/completions", post(chat))
@@ -103,13 +109,16 @@ fn key_of(body: &Value) -> String {
 }
 
 async fn chat(State(st): State<Arc<ServerState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let _ = headers;
+    if let Some(a) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
+        st.auth_headers.lock().unwrap().push(a.to_string());
+    }
     let body: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(_) => return (StatusCode::BAD_REQUEST, "bad json").into_response(),
     };
     let key = key_of(&body);
     *st.last_body.lock().unwrap() = Some(body.clone());
+    st.bodies.lock().unwrap().push(body.clone());
     let attempt = {
         let mut a = st.attempts.lock().unwrap();
         let n = a.entry(key.clone()).or_default();

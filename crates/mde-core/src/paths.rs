@@ -1,18 +1,27 @@
-//! Safe resolution of image references found in benchmark files.
+//! The one path policy of the workspace: how a file name found in *data* becomes a local file.
 //!
-//! Benchmark files name their images relative to an image root (MME `image_path`, SEED-Bench
-//! `data_id`, COCO `val2017/000000123456.jpg`). A hostile or broken file could point outside the
-//! root (`../../etc/passwd`, `/home/user/.ssh/id_rsa`, or a symlink inside the root that leads
-//! out). [`resolve_in_root`] refuses all of these with a clear error.
+//! Benchmark files, generation queries, teacher replies and training records name their images
+//! relative to an image root (MME `image_path`, SEED-Bench `data_id`, COCO
+//! `val2017/000000123456.jpg`, `GenQuery::image_path`, `TrainRecord::image`). A hostile or broken
+//! file could point outside the root (`../../etc/passwd`, `/home/user/.ssh/id_rsa`, or a symlink
+//! inside the root that leads out), and some of these files end up sent to a remote teacher
+//! (base64 images) or baked into a training set. [`resolve_in_root`] refuses all of these with a
+//! clear error; [`PathPolicy`] adds the two choices a caller has: which root, and whether the
+//! user explicitly allowed absolute references in a config they wrote themselves.
+//!
+//! Every loader that turns a name from a data file into a path goes through this module:
+//! the benchmark loaders and the evaluation image loader (`mde-eval`), the teacher client's
+//! image attachment (`mde-gen`), the training-set loader (`mde-train`) and the IPO page
+//! (`mde-ipo`).
 //!
 //! ```
-//! use mde_eval::paths::resolve_in_root;
+//! use mde_core::paths::resolve_in_root;
 //! let root = tempfile::tempdir().unwrap();
 //! std::fs::write(root.path().join("a.jpg"), b"x").unwrap();
 //! assert!(resolve_in_root(root.path(), "a.jpg").is_ok());
 //! assert!(resolve_in_root(root.path(), "../a.jpg").is_err());
 //! ```
-use mde_core::records::ImageRef;
+use crate::records::ImageRef;
 use std::path::{Component, Path, PathBuf};
 
 /// Why an image reference was refused.
@@ -34,6 +43,8 @@ pub enum PathError {
         target: PathBuf,
         root: PathBuf,
     },
+    #[error("image reference {reference:?} has no image root to resolve against ({hint})")]
+    NoRoot { reference: String, hint: String },
     #[error("cannot resolve {path}: {source}")]
     Io {
         path: PathBuf,
@@ -75,6 +86,10 @@ fn normalize_lexically(p: &Path) -> Option<PathBuf> {
 /// The returned path is `root` joined with the normalised reference (not canonicalised, so error
 /// messages and reports keep the user's spelling).
 pub fn resolve_in_root(root: &Path, reference: &str) -> Result<PathBuf, PathError> {
+    // `Path::new("a.json").parent()` is the empty path: it means the current folder (and the
+    // result keeps the reference's own spelling, without a `./`).
+    let empty_root = root.as_os_str().is_empty();
+    let root = if empty_root { Path::new(".") } else { root };
     if reference.is_empty() {
         return Err(PathError::Empty {
             root: root.to_path_buf(),
@@ -124,7 +139,11 @@ pub fn resolve_in_root(root: &Path, reference: &str) -> Result<PathBuf, PathErro
                 root: root.to_path_buf(),
             });
         }
-        root.join(norm)
+        if empty_root {
+            norm
+        } else {
+            root.join(norm)
+        }
     };
     if joined.exists() {
         let target = std::fs::canonicalize(&joined).map_err(|e| PathError::Io {
@@ -144,6 +163,60 @@ pub fn resolve_in_root(root: &Path, reference: &str) -> Result<PathBuf, PathErro
         }
     }
     Ok(joined)
+}
+
+/// Where references found in data may lead.
+///
+/// - `root = Some(r)`: a reference must resolve inside `r` ([`resolve_in_root`]: relative, no
+///   `..` above the root, no symlink out of it; an absolute reference is accepted only when it
+///   lies inside the root).
+/// - `root = None`: no local file is reachable at all (the error says which config key sets the
+///   root), so a data file alone can never make mde read a local file.
+/// - `allow_absolute = true` is the explicit opt-in for configs the user wrote themselves (e.g.
+///   query files with absolute image paths made by their own pipeline): absolute references are
+///   then taken as written. Relative references still resolve inside the root.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PathPolicy {
+    /// The folder references resolve against.
+    pub root: Option<PathBuf>,
+    /// Accept absolute references anywhere (opt-in; off by default).
+    pub allow_absolute: bool,
+    /// Names the config key that sets the root, for the error when there is none.
+    pub root_key: String,
+}
+
+impl PathPolicy {
+    /// References resolve inside `root`; absolute references outside it are refused.
+    pub fn in_root(root: impl Into<PathBuf>) -> Self {
+        Self {
+            root: Some(root.into()),
+            allow_absolute: false,
+            root_key: String::new(),
+        }
+    }
+
+    /// Resolves one reference under this policy.
+    pub fn resolve(&self, reference: &str) -> Result<PathBuf, PathError> {
+        if self.allow_absolute && Path::new(reference).is_absolute() {
+            if reference.contains('\0') {
+                return Err(PathError::Nul {
+                    reference: reference.to_string(),
+                });
+            }
+            return Ok(PathBuf::from(reference));
+        }
+        match &self.root {
+            Some(root) => resolve_in_root(root, reference),
+            None => Err(PathError::NoRoot {
+                reference: reference.to_string(),
+                hint: if self.root_key.is_empty() {
+                    "no image root was configured".to_string()
+                } else {
+                    format!("set `{}`", self.root_key)
+                },
+            }),
+        }
+    }
 }
 
 /// Like [`resolve_in_root`], then returns the first candidate that exists among `reference`
@@ -249,6 +322,53 @@ mod tests {
         std::fs::write(root.join("real.jpg"), b"x").unwrap();
         std::os::unix::fs::symlink(root.join("real.jpg"), root.join("alias.jpg")).unwrap();
         assert!(resolve_in_root(&root, "alias.jpg").is_ok());
+    }
+
+    #[test]
+    fn policy_needs_a_root_and_an_explicit_opt_in_for_absolute_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("a.png"), b"x").unwrap();
+        std::fs::write(dir.path().join("secret.txt"), b"x").unwrap();
+        let secret = dir.path().join("secret.txt");
+        let secret = secret.to_str().unwrap();
+
+        let p = PathPolicy::in_root(&root);
+        assert_eq!(p.resolve("a.png").unwrap(), root.join("a.png"));
+        assert!(matches!(
+            p.resolve(secret),
+            Err(PathError::AbsoluteOutside { .. })
+        ));
+        assert!(matches!(
+            p.resolve("../secret.txt"),
+            Err(PathError::Escapes { .. })
+        ));
+
+        let none = PathPolicy {
+            root_key: "[teacher] image_root".into(),
+            ..Default::default()
+        };
+        let e = none.resolve("a.png").unwrap_err().to_string();
+        assert!(
+            e.contains("a.png") && e.contains("[teacher] image_root"),
+            "{e}"
+        );
+        assert!(matches!(
+            none.resolve(secret),
+            Err(PathError::NoRoot { .. })
+        ));
+
+        let opted = PathPolicy {
+            allow_absolute: true,
+            ..PathPolicy::in_root(&root)
+        };
+        assert_eq!(opted.resolve(secret).unwrap(), PathBuf::from(secret));
+        // The opt-in is for absolute paths only: relative ones still stay inside the root.
+        assert!(matches!(
+            opted.resolve("../secret.txt"),
+            Err(PathError::Escapes { .. })
+        ));
     }
 
     #[test]
