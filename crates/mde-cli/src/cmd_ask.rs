@@ -3,7 +3,9 @@
 //! Model location comes from flags or from `--config FILE.toml` with the same keys
 //! (`blip2`, `eva_vit`, `blip2_config`, `vicuna`, `projector`); flags override the file.
 //! Greedy decoding by default; `--sample` samples with `--temperature` / `--top-p`;
-//! `--num-beams N` runs beam search. Decoding stops at `</s>` or at "###" (every tokenization of
+//! `--num-beams N` runs beam search. The decoding flags are checked before any file is read
+//! (`--num-beams` >= 1, `--temperature` >= 0, `--top-p` in (0, 1], `--max-new-tokens` >= 1).
+//! Decoding stops at `</s>` or at "###" (every tokenization of
 //! it the tokenizer has). Tokens are streamed to stdout unless beam search is used.
 
 use std::io::Write;
@@ -52,14 +54,14 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     pub num_beams: usize,
     /// Beam search length penalty (HF: score / len^penalty).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
     pub length_penalty: f64,
     /// Sample instead of greedy decoding.
     #[arg(long)]
     pub sample: bool,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
     pub temperature: f64,
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.9)]
     pub top_p: f64,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -112,7 +114,33 @@ fn model_paths(a: &Args) -> Result<ModelPaths> {
     Ok(p)
 }
 
+/// The decoding settings of the flags, checked before anything is loaded; an error names the
+/// flag (`--top-p 7: must be in (0, 1]`).
+fn generation_config(a: &Args) -> Result<GenerationConfig> {
+    let cfg = GenerationConfig {
+        max_new_tokens: a.max_new_tokens,
+        num_beams: a.num_beams,
+        do_sample: a.sample,
+        temperature: a.temperature,
+        top_p: a.top_p,
+        seed: a.seed,
+        length_penalty: a.length_penalty,
+        ..Default::default()
+    };
+    match cfg.validate() {
+        Ok(()) => Ok(cfg),
+        Err(minigpt4::Error::BadValue {
+            key,
+            value,
+            expected,
+            ..
+        }) => bail!("--{} {value}: {expected}", key.replace('_', "-")),
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub fn run(args: Args) -> Result<()> {
+    let gen = generation_config(&args)?;
     let paths = model_paths(&args)?;
     let dtype = parse_dtype(&args.dtype)?;
     let device = if args.cpu {
@@ -142,17 +170,10 @@ pub fn run(args: Args) -> Result<()> {
 
     // The tokenizer's ids win over config.json (Vicuna v0 configs disagree).
     let cfg = GenerationConfig {
-        max_new_tokens: args.max_new_tokens,
-        num_beams: args.num_beams,
-        do_sample: args.sample,
-        temperature: args.temperature,
-        top_p: args.top_p,
-        seed: args.seed,
-        length_penalty: args.length_penalty,
         eos_token_ids: vec![tok.eos_id()],
         stop_sequences: tok.stop_sequences(),
         stop_token_ids: tok.ids_containing_stop_text(),
-        ..Default::default()
+        ..gen
     };
     let mut so_far: Vec<u32> = Vec::new();
     let mut printed = String::new();

@@ -15,8 +15,8 @@ use mde_core::model::EvalModel;
 use mde_core::records::{BenchItem, Prediction};
 use mde_eval::badcase::{mine_bad_cases, write_mined};
 use mde_eval::runner::{
-    load_items, run_predictions, score_predictions, select_items, write_official_predictions,
-    Benchmark, ImageLoader, Method, RunConfig,
+    load_items_for, run_predictions, score_predictions, select_items, write_official_predictions,
+    Benchmark, ImageLoader, LoadPurpose, Method, RunConfig,
 };
 use minigpt4::eval_adapter::{EvalModelConfig, MiniGpt4Eval};
 use std::collections::HashSet;
@@ -69,14 +69,22 @@ struct RunInfo {
     data: String,
 }
 
-fn load_model(path: &Path) -> Result<MiniGpt4Eval> {
+/// Reads, checks and resolves the model config TOML (no weights are read). A bad value
+/// (`max_batch = 0`, a `[mmbench]`/`[chat]` setting out of range ...) is an error naming the
+/// file and the key.
+fn read_model_config(path: &Path) -> Result<EvalModelConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading model config {}", path.display()))?;
     let mut cfg: EvalModelConfig = toml::from_str(&text)
         .with_context(|| format!("{}: invalid model config", path.display()))?;
+    cfg.validate().map_err(|e| e.in_file(path))?;
     cfg.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+    Ok(cfg)
+}
+
+fn load_model(path: &Path, cfg: &EvalModelConfig) -> Result<MiniGpt4Eval> {
     let t = Instant::now();
-    let model = MiniGpt4Eval::load(&cfg)
+    let model = MiniGpt4Eval::load(cfg)
         .with_context(|| format!("loading the model of {}", path.display()))?;
     tracing::info!(
         "loaded {} in {:.1}s",
@@ -95,6 +103,8 @@ fn model_label(path: &Path) -> String {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    // Checked first, before any benchmark file is read or any output written.
+    let model_cfg = read_model_config(&args.model)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let image_root = args
@@ -103,7 +113,14 @@ pub fn run(args: Args) -> Result<()> {
         .or_else(|| args.data.parent().map(Path::to_path_buf))
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or_else(|| PathBuf::from("."));
-    let items = load_items(args.benchmark, &args.data, Some(&image_root))?;
+    // `mde eval` always scores: the ground-truth columns/fields are checked here, before the
+    // model is loaded (an MMBench TSV without `answer` fails now, naming the file and column).
+    let items = load_items_for(
+        args.benchmark,
+        &args.data,
+        Some(&image_root),
+        LoadPurpose::Evaluation,
+    )?;
     if items.is_empty() {
         bail!("{}: no {} items found", args.data.display(), args.benchmark);
     }
@@ -154,7 +171,7 @@ pub fn run(args: Args) -> Result<()> {
     let images = ImageLoader::new(Some(image_root));
     let t = Instant::now();
     let outcome = if pending > 0 {
-        let mut model = load_model(&args.model)?;
+        let mut model = load_model(&args.model, &model_cfg)?;
         tracing::info!(
             "{}: {pending} of {} items to answer with {}",
             args.benchmark,

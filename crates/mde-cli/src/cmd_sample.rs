@@ -111,6 +111,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let weights = TypeWeights::from_json(read_json(&args.weights)?)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.weights.display()))?;
+    // Checked here, where the file is known (the sampler would only name the type).
+    if let Some((t, w)) = weights
+        .weights
+        .iter()
+        .find(|(_, w)| !(w.is_finite() && **w >= 0.0))
+    {
+        anyhow::bail!(
+            "{}: weight of type {t:?} = {w}: must be a finite number >= 0",
+            args.weights.display()
+        );
+    }
     let exclude_images = match &args.exclude_images {
         Some(p) => read_json::<Vec<u64>>(p)?.into_iter().collect(),
         None => Default::default(),

@@ -571,6 +571,27 @@ impl LoopConfig {
             return bad("[abs] queries_per_round must be at least 1".into());
         }
         self.abs.strategy()?;
+        if !(0.0..=1.0).contains(&self.abs.similar_ratio) {
+            return bad(format!(
+                "[abs] similar_ratio must be in [0, 1], got {}",
+                self.abs.similar_ratio
+            ));
+        }
+        if !(self.abs.floor.is_finite() && self.abs.floor >= 0.0) {
+            return bad(format!(
+                "[abs] floor must be a finite number >= 0, got {}",
+                self.abs.floor
+            ));
+        }
+        if self.abs.top_k == 0 {
+            return bad("[abs] top_k must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.teacher.error_rate) {
+            return bad(format!(
+                "[teacher] error_rate must be in [0, 1], got {}",
+                self.teacher.error_rate
+            ));
+        }
         if !(0.0..=1.0).contains(&self.train.replay_ratio) {
             return bad(format!(
                 "[train] replay_ratio must be in [0, 1], got {}",
@@ -579,6 +600,13 @@ impl LoopConfig {
         }
         if self.train.steps == 0 || self.train.batch_size == 0 {
             return bad("[train] steps and batch_size must be at least 1".into());
+        }
+        if self.eval.batch_size == 0 {
+            return bad("[eval] batch_size = 0: must be at least 1".into());
+        }
+        if let ModelSection::Checkpoint { cfg, .. } = &self.model {
+            cfg.validate()
+                .map_err(|e| LoopError::Config(format!("[model] {e}")))?;
         }
         if matches!(self.model, ModelSection::Tiny { .. })
             && (self.base.steps == 0 || self.base.batch_size == 0)

@@ -147,6 +147,7 @@ impl TinyModelConfig {
             ("llm_heads", self.llm_heads),
             ("llm_mlp", self.llm_mlp),
             ("max_position_embeddings", self.max_position_embeddings),
+            ("vocab_size", self.vocab_size),
         ];
         for (k, v) in pos {
             if v == 0 {

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::batch::{build_batch, LayoutConfig, TrainSample};
 use crate::checkpoint::{
-    latest_checkpoint, load_checkpoint, save_checkpoint, RngState, TrainState,
+    latest_checkpoint, load_checkpoint, save_checkpoint, LossLog, RngState, TrainState,
 };
 use crate::data::TrainRecord;
 use crate::error::{Result, TrainError};
@@ -287,6 +287,35 @@ impl TrainConfig {
                 return bad("grad_clip must be a positive number");
             }
         }
+        if self.max_txt_len == 0 {
+            return bad("max_txt_len must be >= 1 (0 leaves no answer token to learn)");
+        }
+        let o = &self.optim;
+        for (key, v) in [
+            ("optim.init_lr", o.init_lr),
+            ("optim.min_lr", o.min_lr),
+            ("optim.warmup_lr", o.warmup_lr),
+            ("optim.weight_decay", o.weight_decay),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(TrainError::Invalid(format!(
+                    "{key} = {v}: must be a finite number >= 0"
+                )));
+            }
+        }
+        for (key, v) in [("optim.beta1", o.beta1), ("optim.beta2", o.beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(TrainError::Invalid(format!(
+                    "{key} = {v}: must be in [0, 1)"
+                )));
+            }
+        }
+        if !(o.eps.is_finite() && o.eps > 0.0) {
+            return Err(TrainError::Invalid(format!(
+                "optim.eps = {}: must be a finite number > 0",
+                o.eps
+            )));
+        }
         Ok(())
     }
 }
@@ -381,8 +410,9 @@ struct Extra {
     mixer: MixerState,
     #[serde(default)]
     metrics: Option<MetricHistory>,
-    #[serde(default)]
-    last_loss: Option<f32>,
+    /// `first_loss` and `last_loss` (the keys of mde-loop's vision pretraining too).
+    #[serde(flatten)]
+    losses: LossLog,
 }
 
 /// The training driver.
@@ -401,7 +431,8 @@ pub struct Trainer {
     run_dir: PathBuf,
     step: u64,
     metrics: Option<MetricHistory>,
-    last_loss: Option<f32>,
+    /// First and latest loss of the run, across resumes (saved in every checkpoint).
+    losses: LossLog,
     resumed_from: Option<PathBuf>,
     /// Use the two in-memory caches below (on by default; results do not depend on it).
     caching: bool,
@@ -800,7 +831,7 @@ impl Trainer {
             run_dir: run_dir.to_path_buf(),
             step: 0,
             metrics: None,
-            last_loss: None,
+            losses: LossLog::default(),
             resumed_from: None,
             caching: true,
             images: HashMap::new(),
@@ -843,7 +874,7 @@ impl Trainer {
         self.rng = st.rng.restore()?;
         self.step = st.step;
         self.metrics = extra.metrics;
-        self.last_loss = extra.last_loss;
+        self.losses = extra.losses;
         self.resumed_from = Some(dir.to_path_buf());
         Ok(())
     }
@@ -872,6 +903,14 @@ impl Trainer {
     /// Optimizer steps done.
     pub fn step(&self) -> u64 {
         self.step
+    }
+
+    /// Loss of the run's first optimizer step and of its latest one, across resumes (they are
+    /// saved in every checkpoint): what a summary of the run reports, the same after a kill and
+    /// resume as without. `first_loss` is `None` after a resume from a checkpoint written
+    /// before it was recorded.
+    pub fn losses(&self) -> LossLog {
+        self.losses
     }
 
     /// The run configuration.
@@ -1055,6 +1094,16 @@ impl Trainer {
         let mode = self.cfg.mode;
         let n_rows = mb.row_targets.len();
         let n_shards = self.shards.as_ref().map_or(1, ShardPools::len);
+        // Checked here for every path, so that the error names the setting to change.
+        let total: usize = mb.row_targets.iter().sum();
+        if total == 0 {
+            return Err(TrainError::Invalid(format!(
+                "no target token in the micro-batch of step {} (all labels are -100): the \
+                 prompts fill max_txt_len = {} or the answers are empty",
+                self.step + 1,
+                self.cfg.max_txt_len
+            )));
+        }
         if n_shards < 2 || n_rows < 2 {
             let mut l = shard_loss(&self.model, None, &mb.visual, mode, &mb.batch)?;
             let v = l.to_dtype(DType::F32)?.to_scalar::<f32>()?;
@@ -1068,13 +1117,6 @@ impl Trainer {
                 l = (l * scale)?;
             }
             return Ok((v, vec![l.backward()?]));
-        }
-        let total: usize = mb.row_targets.iter().sum();
-        if total == 0 {
-            return Err(TrainError::Invalid(format!(
-                "no target token in the micro-batch of step {} (all labels are -100)",
-                self.step
-            )));
         }
         let ranges = shard_ranges(n_rows, n_shards);
         let shards = self.shards.as_ref().expect("n_shards >= 2");
@@ -1170,7 +1212,7 @@ impl Trainer {
         }
         self.opt.step(&store)?;
         self.step += 1;
-        self.last_loss = Some(loss);
+        self.losses.record(loss);
         Ok(StepReport {
             step: self.step,
             loss,
@@ -1185,7 +1227,7 @@ impl Trainer {
         let extra = Extra {
             mixer: self.mixer.state(),
             metrics: self.metrics.clone(),
-            last_loss: self.last_loss,
+            losses: self.losses,
         };
         let state = TrainState {
             step: self.step,

@@ -164,6 +164,29 @@ impl EvalModelConfig {
         }
     }
 
+    /// Checks the values that are sizes or settings (not the files): `max_batch` at least 1,
+    /// `lora_alpha` finite, both generation tables ([`GenerationConfig::validate`], keys
+    /// `mmbench.*` / `chat.*`), dtype and rank score names. Callers that read the config from a
+    /// file add it with [`Error::in_file`].
+    pub fn validate(&self) -> Result<()> {
+        crate::config::check::at_least("max_batch", self.max_batch, 1)?;
+        if let Some(a) = self.lora_alpha {
+            crate::config::check::finite("lora_alpha", a)?;
+        }
+        self.mmbench
+            .validate()
+            .map_err(|e| e.in_section("mmbench."))?;
+        self.chat.validate().map_err(|e| e.in_section("chat."))?;
+        if self.parse_dtype().is_err() {
+            return Err(Error::bad_value(
+                "dtype",
+                format!("{:?}", self.dtype),
+                "must be \"f32\", \"f16\" or \"bf16\"",
+            ));
+        }
+        Ok(())
+    }
+
     fn parse_dtype(&self) -> Result<DType> {
         parse_dtype(&self.dtype)
     }
@@ -396,14 +419,16 @@ impl MiniGpt4Eval {
         (self.images.hits, self.images.misses)
     }
 
-    /// Sets the largest batch per call.
+    /// Sets the largest batch per call. Config files with `max_batch = 0` are rejected at load
+    /// ([`EvalModelConfig::validate`]); a 0 passed here in code means 1.
     pub fn with_max_batch(mut self, n: usize) -> Self {
         self.max_batch = n.max(1);
         self
     }
 
-    /// Loads every piece named by `cfg`.
+    /// Loads every piece named by `cfg` (after [`EvalModelConfig::validate`]).
     pub fn load(cfg: &EvalModelConfig) -> Result<Self> {
+        cfg.validate()?;
         let dtype = cfg.parse_dtype()?;
         let device = cfg.parse_device()?;
         let paths = ModelPaths {
@@ -864,21 +889,11 @@ fn read_lora(path: &Path, alpha: Option<f64>) -> Result<(HashMap<String, Tensor>
                 .filter(|p| p.is_file()),
         )
     };
-    let tensors = crate::weights::read_tensors(&file)?;
     let from_cfg = match cfg_file {
-        Some(c) => {
-            let bytes = std::fs::read(&c).map_err(|e| Error::Io {
-                path: c.clone(),
-                source: e,
-            })?;
-            let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| Error::Json {
-                path: c.clone(),
-                source: e,
-            })?;
-            v.get("lora_alpha").and_then(|a| a.as_f64())
-        }
+        Some(c) => crate::weights::read_adapter_config(&c)?.lora_alpha,
         None => None,
     };
+    let tensors = crate::weights::read_tensors(&file)?;
     // The adapter's own config wins; the TOML value is for bare weight files; 16 is the released value.
     Ok((tensors, from_cfg.or(alpha).unwrap_or(16.0)))
 }

@@ -54,6 +54,21 @@ impl Default for GenerationConfig {
     }
 }
 
+impl GenerationConfig {
+    /// Checks the decoding settings: `max_new_tokens` and `num_beams` at least 1, `temperature`
+    /// finite and >= 0, `top_p` in (0, 1], `length_penalty` finite. Checked whether or not
+    /// sampling is on, so a bad value never waits for the setting that would use it. Every
+    /// generation entry point calls it; CLIs call it before loading a model.
+    pub fn validate(&self) -> Result<()> {
+        use crate::config::check;
+        check::at_least("max_new_tokens", self.max_new_tokens, 1)?;
+        check::at_least("num_beams", self.num_beams, 1)?;
+        check::non_negative("temperature", self.temperature)?;
+        check::unit_open_closed("top_p", self.top_p)?;
+        check::finite("length_penalty", self.length_penalty)
+    }
+}
+
 /// Why a row stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
@@ -188,6 +203,7 @@ pub fn generate(
     cfg: &GenerationConfig,
     mut on_token: Option<&mut dyn FnMut(usize, u32)>,
 ) -> Result<Vec<GenerationOutput>> {
+    cfg.validate()?;
     if cfg.num_beams > 1 {
         return prompts
             .iter()
@@ -288,7 +304,8 @@ pub fn beam_search(
     prompt: &Tensor,
     cfg: &GenerationConfig,
 ) -> Result<GenerationOutput> {
-    let nb = cfg.num_beams.max(1);
+    cfg.validate()?;
+    let nb = cfg.num_beams;
     let dev = prompt.device().clone();
     let t0 = prompt.dim(0)?;
     let x = prompt.to_dtype(llama.dtype())?.unsqueeze(0)?;

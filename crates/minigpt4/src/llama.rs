@@ -339,6 +339,41 @@ pub struct LoraConfig {
     pub seed: u64,
 }
 
+impl LoraConfig {
+    /// `r` at least 1, `alpha` finite, `dropout` in [0, 1), at least one known target module.
+    pub fn validate(&self) -> Result<()> {
+        use crate::config::check;
+        check::at_least("r", self.r, 1)?;
+        check::finite("alpha", self.alpha)?;
+        if !(self.dropout >= 0.0 && self.dropout < 1.0) {
+            return Err(Error::bad_value(
+                "dropout",
+                self.dropout,
+                "must be in [0, 1)",
+            ));
+        }
+        if self.target_modules.is_empty() {
+            return Err(Error::bad_value(
+                "target_modules",
+                "[]",
+                format!("must name at least one of {LORA_TARGETS:?}"),
+            ));
+        }
+        if let Some(t) = self
+            .target_modules
+            .iter()
+            .find(|t| !LORA_TARGETS.contains(&t.as_str()))
+        {
+            return Err(Error::bad_value(
+                "target_modules",
+                format!("{t:?}"),
+                format!("must be one of {LORA_TARGETS:?}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The decoder.
 #[derive(Debug)]
 pub struct Llama {
@@ -384,6 +419,7 @@ impl Llama {
 
     /// `vb` is the root of an HF `LlamaForCausalLM` checkpoint (`model.*`, `lm_head.*`).
     pub fn new(cfg: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
         let m = vb.pp("model");
         let embed_tokens = m.get((cfg.vocab_size, cfg.hidden_size), "embed_tokens.weight")?;
         let layers = (0..cfg.num_hidden_layers)
@@ -633,6 +669,7 @@ impl Llama {
     /// Attaches freshly initialised (PEFT-like) LoRA adapters to `cfg.target_modules` of every
     /// layer. A ~ U(-1/sqrt(in), 1/sqrt(in)) from a seeded ChaCha8 stream per module, B = 0.
     pub fn enable_lora(&mut self, cfg: &LoraConfig) -> Result<()> {
+        cfg.validate()?;
         self.set_inference_layout(false)?;
         let dev = self.device().clone();
         for (li, layer) in self.layers.iter_mut().enumerate() {

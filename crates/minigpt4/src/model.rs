@@ -47,6 +47,7 @@ impl MiniGpt4 {
     /// Builds from one root VarBuilder in HF/MiniGPT-4 naming: `vision_model.*`, `qformer.*`,
     /// `query_tokens`, `llama_proj.*`, `llama_model.{model.*, lm_head.*}`.
     pub fn new(cfg: &MiniGpt4Config, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
         let vision = VisionModel::new(&cfg.vision, vb.pp("vision_model"))?;
         let qformer = QFormer::new(&cfg.qformer, vb.clone())?;
         let llama_proj = Linear::new(

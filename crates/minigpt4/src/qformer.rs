@@ -132,6 +132,7 @@ pub struct QFormer {
 impl QFormer {
     /// `vb` is the BLIP-2 root: reads `query_tokens` and `qformer.*`.
     pub fn new(cfg: &QFormerConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
         let h = cfg.hidden_size;
         let q = vb.pp("qformer");
         let layers = (0..cfg.num_hidden_layers)

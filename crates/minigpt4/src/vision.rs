@@ -166,6 +166,7 @@ pub struct VisionModel {
 impl VisionModel {
     /// `vb` points at `vision_model` (HF naming).
     pub fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
         let d = cfg.hidden_size;
         let emb = vb.pp("embeddings");
         let blocks = (0..cfg.num_hidden_layers)

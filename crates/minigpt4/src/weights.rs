@@ -110,10 +110,36 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
         path: path.into(),
         source: e,
     })?;
-    serde_json::from_str(&s).map_err(|e| Error::Json {
+    parse_json(&s, path)
+}
+
+/// Parses a JSON text read from `path`; a type error or missing field names the key serde was
+/// at (`vision_config.hidden_size`), syntax errors the line and column.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(text: &str, path: &Path) -> Result<T> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let v: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        // `?` stands for a position serde could not name (e.g. a key cut off by EOF).
+        let at = e.path().to_string();
+        let key = at.trim_end_matches('?').trim_end_matches('.').to_string();
+        let source = e.into_inner();
+        if key.is_empty() {
+            Error::Json {
+                path: path.into(),
+                source,
+            }
+        } else {
+            Error::JsonKey {
+                path: path.into(),
+                key,
+                source,
+            }
+        }
+    })?;
+    de.end().map_err(|e| Error::Json {
         path: path.into(),
         source: e,
-    })
+    })?;
+    Ok(v)
 }
 
 /// Reads every tensor of a `.safetensors`, `.pth`/`.pt`/`.bin` file. For pickles the state dict
@@ -200,6 +226,7 @@ fn safetensors_files(loc: &Location, single: &str, index: &str) -> Result<Option
 pub fn load_blip2_hf(loc: &Location, dtype: DType, dev: &Device) -> Result<Blip2Weights> {
     let cfg_path = loc.require("config.json")?;
     let cfg: Blip2Config = read_json(&cfg_path)?;
+    cfg.validate().map_err(|e| e.in_file(&cfg_path))?;
     let (vision, qformer) = cfg.into_parts();
     let files = safetensors_files(loc, "model.safetensors", "model.safetensors.index.json")?
         .ok_or_else(|| {
@@ -294,6 +321,17 @@ fn dims_of(t: &HashMap<String, Tensor>, key: &str, file: &str) -> Result<Vec<usi
         })
 }
 
+/// [`dims_of`] for a tensor that must have `rank` dims, none of them 0.
+fn dims_n(t: &HashMap<String, Tensor>, key: &str, file: &str, rank: usize) -> Result<Vec<usize>> {
+    let d = dims_of(t, key, file)?;
+    if d.len() != rank || d.contains(&0) {
+        return Err(Error::Mismatch(format!(
+            "{file}: `{key}` has shape {d:?}, expected {rank} non-zero dims"
+        )));
+    }
+    Ok(d)
+}
+
 fn count_layers(keys: impl Iterator<Item = String>, prefix: &str) -> usize {
     keys.filter_map(|k| {
         k.strip_prefix(prefix)
@@ -355,9 +393,9 @@ pub fn load_blip2_lavis(
     // --- vision config from shapes
     let cls = dims_of(&vit, "cls_token", &vit_file)?;
     let width = *cls.last().unwrap_or(&0);
-    let pw = dims_of(&vit, "patch_embed.proj.weight", &vit_file)?;
+    let pw = dims_n(&vit, "patch_embed.proj.weight", &vit_file, 4)?;
     let patch = pw[2];
-    let pos = dims_of(&vit, "pos_embed", &vit_file)?;
+    let pos = dims_n(&vit, "pos_embed", &vit_file, 3)?;
     let n_patches = pos[1] - 1;
     let grid = (n_patches as f64).sqrt().round() as usize;
     if grid * grid != n_patches {
@@ -372,7 +410,7 @@ pub fn load_blip2_lavis(
         None if width == 1408 && n_blocks == 40 => 39,
         None => n_blocks,
     };
-    let mlp = dims_of(&vit, "blocks.0.mlp.fc1.weight", &vit_file)?[0];
+    let mlp = dims_n(&vit, "blocks.0.mlp.fc1.weight", &vit_file, 2)?[0];
     let heads = match hv {
         Some(h) => h.num_attention_heads,
         None if width == 1408 => 16,
@@ -429,7 +467,7 @@ pub fn load_blip2_lavis(
         }
     }
     // --- Q-Former config from shapes
-    let qt = dims_of(&out, "query_tokens", &bname)?;
+    let qt = dims_n(&out, "query_tokens", &bname, 3)?;
     let (nq, qh) = (qt[1], qt[2]);
     let nl = count_layers(out.keys().cloned(), "qformer.encoder.layer.");
     let cross: Vec<usize> = (0..nl)
@@ -445,10 +483,11 @@ pub fn load_blip2_lavis(
         _ => 2,
     };
     let enc = match cross.first() {
-        Some(i) => dims_of(
+        Some(i) => dims_n(
             &out,
             &format!("qformer.encoder.layer.{i}.crossattention.attention.key.weight"),
             &bname,
+            2,
         )?[1],
         None => width,
     };
@@ -457,10 +496,11 @@ pub fn load_blip2_lavis(
             "Q-Former cross-attention expects image width {enc} ({bname}) but the ViT width is {width} ({vit_file})"
         )));
     }
-    let inter = dims_of(
+    let inter = dims_n(
         &out,
         "qformer.encoder.layer.0.intermediate_query.dense.weight",
         &bname,
+        2,
     )?[0];
     let qformer = QFormerConfig {
         hidden_size: qh,
@@ -474,6 +514,13 @@ pub fn load_blip2_lavis(
         layer_norm_eps: hq.map(|h| h.layer_norm_eps).unwrap_or(1e-12),
         num_query_tokens: nq,
     };
+    // Sizes read from shapes (or the hint) must make a buildable model too.
+    vision
+        .validate()
+        .map_err(|e| e.in_section("vision.").in_file(&vit_file))?;
+    qformer
+        .validate()
+        .map_err(|e| e.in_section("qformer.").in_file(&bname))?;
     let llama_proj = match (llama_proj_w, llama_proj_b) {
         (Some(w), Some(b)) => Some((
             w.to_dtype(dtype)?.to_device(dev)?,
@@ -505,7 +552,11 @@ pub fn load_blip2(
 ) -> Result<Blip2Weights> {
     let loc = Location::parse(spec)?;
     let hint: Option<Blip2Config> = match config {
-        Some(c) => Some(read_json(Path::new(c))?),
+        Some(c) => {
+            let h: Blip2Config = read_json(Path::new(c))?;
+            h.validate().map_err(|e| e.in_file(c))?;
+            Some(h)
+        }
         None => None,
     };
     match &loc {
@@ -551,6 +602,7 @@ pub fn load_llama(
     };
     let cfg_path = loc.require("config.json")?;
     let cfg: LlamaConfig = read_json(&cfg_path)?;
+    cfg.validate().map_err(|e| e.in_file(&cfg_path))?;
     let desc = loc.describe();
     let vb = if let Some(files) =
         safetensors_files(&loc, "model.safetensors", "model.safetensors.index.json")?
@@ -615,6 +667,35 @@ pub struct LoraFile {
     pub llama_proj: Option<(Tensor, Tensor)>,
 }
 
+/// The keys of a PEFT `adapter_config.json` this crate reads (the others are ignored).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct AdapterConfig {
+    #[serde(default)]
+    pub r: Option<usize>,
+    #[serde(default)]
+    pub lora_alpha: Option<f64>,
+}
+
+impl AdapterConfig {
+    /// `r` at least 1 and `lora_alpha` finite when given.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(r) = self.r {
+            crate::config::check::at_least("r", r, 1)?;
+        }
+        if let Some(a) = self.lora_alpha {
+            crate::config::check::finite("lora_alpha", a)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and validates an `adapter_config.json`; errors name the file and the key.
+pub fn read_adapter_config(path: &Path) -> Result<AdapterConfig> {
+    let c: AdapterConfig = read_json(path)?;
+    c.validate().map_err(|e| e.in_file(path))?;
+    Ok(c)
+}
+
 /// Reads a PEFT adapter folder (`adapter_config.json` + `adapter_model.safetensors` or
 /// `adapter_model.bin`), or one file (`.safetensors`, or a MiniGPT-4 `.pth` with
 /// `llama_model.base_model...lora_{A,B}.default.weight` keys and maybe `llama_proj.*`).
@@ -636,17 +717,15 @@ pub fn load_lora_file(path: &Path) -> Result<LoraFile> {
         let sib = path.with_file_name("adapter_config.json");
         (path.to_path_buf(), sib.is_file().then_some(sib))
     };
-    let all = read_tensors(&file)?;
+    // The config is checked before the (possibly large) weights are read.
     let (alpha, r) = match cfg {
         Some(c) => {
-            let v: serde_json::Value = read_json(&c)?;
-            (
-                v["lora_alpha"].as_f64(),
-                v["r"].as_u64().map(|x| x as usize),
-            )
+            let a = read_adapter_config(&c)?;
+            (a.lora_alpha, a.r)
         }
         None => (None, None),
     };
+    let all = read_tensors(&file)?;
     let llama_proj = match (all.get("llama_proj.weight"), all.get("llama_proj.bias")) {
         (Some(w), Some(b)) => Some((w.clone(), b.clone())),
         _ => None,
