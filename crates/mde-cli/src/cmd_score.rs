@@ -143,8 +143,22 @@ fn score_mme(args: &Args) -> Result<Scored> {
             // mde predictions: write both official layouts next to the scores, then score both.
             let data = need_data(args)?;
             let items = mme::load_mme(data, None)?;
-            let preds: Vec<mde_core::records::Prediction> = mde_core::io::read_jsonl(p)?;
-            let responses: HashMap<String, String> = preds.into_iter().map(|p| (p.id, p.text)).collect();
+            let read = mde_core::input_report::read_jsonl_report::<mde_core::records::Prediction>(p)?;
+            let mut issues = read.issues;
+            let known: std::collections::HashSet<&str> = items.iter().map(|i| i.id.as_str()).collect();
+            // A later line of the same id wins (as in a dict); ids MME does not have are ignored.
+            let mut responses: HashMap<String, String> = HashMap::new();
+            let mut line_of: HashMap<String, usize> = HashMap::new();
+            for (pr, line) in read.records.into_iter().zip(read.lines) {
+                if !known.contains(pr.id.as_str()) {
+                    issues.unknown(pr.id.clone());
+                    continue;
+                }
+                if let Some(prev) = line_of.insert(pr.id.clone(), line) {
+                    issues.duplicate(pr.id.clone(), mde_core::input_report::Kept::Last, Some(line), Some(prev));
+                }
+                responses.insert(pr.id, pr.text);
+            }
             let missing = items.iter().filter(|i| !responses.contains_key(&i.id)).count();
             let results_dir = args.out.join("mme_results");
             mme::write_official_results(&results_dir, &items, &responses)?;
@@ -188,6 +202,8 @@ fn score_mme(args: &Args) -> Result<Scored> {
                     "official": official_json,
                     "vlmevalkit": vlm_json,
                     "missing_predictions": missing,
+                    "unknown_prediction_ids": issues.unknown_ids.count,
+                    "input_issues": issues,
                     "results_dir": results_dir,
                     "vlmevalkit_predictions": tsv,
                 }),
@@ -210,7 +226,8 @@ fn score_aokvqa(args: &Args) -> Result<Scored> {
         .prediction_name
         .clone()
         .unwrap_or_else(|| args.predictions.display().to_string());
-    let r = aokvqa::score(&ds, &preds, &name)?;
+    let mut r = aokvqa::score(&ds, &preds, &name)?;
+    r.input_issues.file = args.predictions.display().to_string();
     Ok(Scored {
         variant: "official".into(),
         report: to_json(&r)?,
@@ -239,7 +256,8 @@ fn score_seedbench(args: &Args) -> Result<Scored> {
     })?;
     let ann = seedbench::load_seed_json(data)?;
     let preds = seedbench::read_predictions(&args.predictions)?;
-    let r = seedbench::score_official(&ann, &preds, &task)?;
+    let mut r = seedbench::score_official(&ann, &preds, &task)?;
+    r.input_issues.file = args.predictions.display().to_string();
     let mut stdout = r.stdout.clone();
     if let Some(e) = &r.official_error {
         stdout.push_str(&format!(
@@ -255,6 +273,30 @@ fn score_seedbench(args: &Args) -> Result<Scored> {
     })
 }
 
+/// Logs a warning for every `input_issues` object of a report that recorded something
+/// (unknown prediction ids, duplicates, a torn last line); the same object is in scores.json.
+fn warn_input_issues(report: &serde_json::Value) {
+    match report {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                if k == "input_issues" {
+                    if let Ok(i) =
+                        serde_json::from_value::<mde_core::input_report::InputIssues>(v.clone())
+                    {
+                        if !i.is_clean() {
+                            tracing::warn!("{}", i.summary());
+                        }
+                    }
+                } else {
+                    warn_input_issues(v);
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(warn_input_issues),
+        _ => {}
+    }
+}
+
 /// Runs `mde score`.
 pub fn run(args: Args) -> Result<()> {
     let scored = match args.benchmark {
@@ -264,13 +306,21 @@ pub fn run(args: Args) -> Result<()> {
         Benchmark::Seedbench => score_seedbench(&args),
     }
     .with_context(|| {
+        // Both files: a fault of the benchmark file (an answer index out of range) shows up
+        // while scoring the predictions.
+        let data = args
+            .data
+            .as_ref()
+            .map(|d| format!(" against {}", d.display()))
+            .unwrap_or_default();
         format!(
-            "scoring {} predictions {}",
+            "scoring {} predictions {}{data}",
             args.benchmark.name(),
             args.predictions.display()
         )
     })?;
 
+    warn_input_issues(&scored.report);
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let doc = json!({

@@ -22,8 +22,10 @@
 //! ```
 
 pub mod error;
+pub mod input_report;
 pub mod io;
 pub mod model;
+pub mod paths;
 pub mod records;
 pub mod taxonomy;
 pub mod teacher;

@@ -19,6 +19,7 @@
 //! print!("{}", r.stdout); // "predictions_val.json MC 48.148148148148145\n..."
 //! ```
 use crate::report::{markdown_table, py_float_repr};
+use mde_core::input_report::InputIssues;
 use mde_core::records::{BenchItem, ImageRef};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
@@ -103,16 +104,54 @@ impl AokvqaQuestion {
     }
 }
 
-/// Reads `aokvqa_<version>_<split>.json` (a JSON list of questions).
+/// Reads `aokvqa_<version>_<split>.json` (a JSON list of questions). An empty list is an error
+/// naming the file ("contains no questions"): scoring it would fail later with a division by zero
+/// that looks like a problem of the prediction file.
 pub fn load_aokvqa(path: &Path) -> Result<Vec<AokvqaQuestion>, AokvqaError> {
     let bytes = std::fs::read(path).map_err(|e| AokvqaError::Io {
         path: path.into(),
         source: e,
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| AokvqaError::Json {
-        path: path.into(),
-        source: e,
-    })
+    let qs: Vec<AokvqaQuestion> =
+        serde_json::from_slice(&bytes).map_err(|e| AokvqaError::Json {
+            path: path.into(),
+            source: e,
+        })?;
+    if qs.is_empty() {
+        return Err(AokvqaError::Invalid(format!(
+            "{}: contains no questions",
+            path.display()
+        )));
+    }
+    Ok(qs)
+}
+
+/// Checks, before any inference, that every question carries what scoring needs (`mde eval`
+/// scores MC and DA): a valid `correct_choice_idx`, `difficult_direct_answer`, and
+/// `direct_answers` for the DA questions. The test split (no answers) fails here, naming the file,
+/// the question and the field.
+pub fn check_scorable(path: &Path, questions: &[AokvqaQuestion]) -> Result<(), AokvqaError> {
+    let err = |q: &AokvqaQuestion, msg: String| {
+        AokvqaError::Invalid(format!(
+            "{}: question {}: {msg} (needed for scoring)",
+            path.display(),
+            q.question_id
+        ))
+    };
+    for q in questions {
+        q.correct_choice().map_err(|e| match e {
+            AokvqaError::Question { msg, .. } => err(q, msg),
+            other => other,
+        })?;
+        match &q.difficult_direct_answer {
+            None => return Err(err(q, "missing field `difficult_direct_answer`".into())),
+            Some(v) if *v == Value::Bool(false) && q.direct_answers.is_none() => {
+                return Err(err(q, "missing field `direct_answers`".into()))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// `load_aokvqa(aokvqa_dir, split, version)`: the file `aokvqa_{version}_{split}.json`.
@@ -300,6 +339,13 @@ pub struct AokvqaReport {
     pub questions: usize,
     pub da_questions: usize,
     pub items: Vec<AokvqaItem>,
+    /// Prediction keys that are not question ids of the dataset (the official script ignores
+    /// them; the scores do not depend on them). Details in `input_issues.unknown_ids`.
+    #[serde(default)]
+    pub unknown_prediction_ids: usize,
+    /// What was tolerated in the prediction file (`file` is the name given to [`score`]).
+    #[serde(default)]
+    pub input_issues: InputIssues,
 }
 
 impl AokvqaReport {
@@ -482,6 +528,14 @@ pub fn score(
             da_item_acc_x100: da_x,
         });
     }
+    let known: std::collections::HashSet<&str> =
+        ds.iter().map(|q| q.question_id.as_str()).collect();
+    let mut input_issues = InputIssues::new(prediction_file);
+    for k in predictions.keys() {
+        if !known.contains(k.as_str()) {
+            input_issues.unknown(k.clone());
+        }
+    }
     Ok(AokvqaReport {
         mc,
         da,
@@ -489,6 +543,8 @@ pub fn score(
         questions: ds.len(),
         da_questions,
         items,
+        unknown_prediction_ids: input_issues.unknown_ids.count,
+        input_issues,
     })
 }
 

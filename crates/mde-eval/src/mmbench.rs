@@ -118,6 +118,11 @@ fn gt_of(t: &Table, row: usize, col: usize) -> GtValue {
     }
 }
 
+/// Columns a benchmark TSV needs to be asked at all (see [`McqDataset::check_columns`]).
+pub const INFERENCE_COLUMNS: &[&str] = &["index", "question", "A"];
+/// Columns a benchmark TSV needs in addition when its predictions are scored.
+pub const SCORING_COLUMNS: &[&str] = &["answer"];
+
 /// A benchmark TSV loaded like `ImageBaseDataset.__init__` (rows without image dropped, image
 /// references resolved, indices converted to int when all of them are ints).
 #[derive(Debug, Clone)]
@@ -214,6 +219,31 @@ impl McqDataset {
             image_row,
             answer_map,
         })
+    }
+
+    /// Checks, at load and before any inference, that the file has the columns its use needs:
+    /// [`INFERENCE_COLUMNS`] always, [`SCORING_COLUMNS`] too when the predictions will be scored
+    /// (`mde eval` always scores; an MMBench test split without `answer` can only be used with
+    /// `scoring = false`), and at least one question. The error names the file and the column.
+    pub fn check_columns(&self, scoring: bool) -> Result<(), McqError> {
+        let path = &self.table.source;
+        let needed = INFERENCE_COLUMNS
+            .iter()
+            .chain(if scoring { SCORING_COLUMNS } else { &[] });
+        for c in needed {
+            if self.table.col(c).is_none() {
+                let why = if SCORING_COLUMNS.contains(c) {
+                    "needed to score the predictions; a split without answers cannot be evaluated"
+                } else {
+                    "needed to ask the questions"
+                };
+                return Err(file_err(path, format!("missing column `{c}` ({why})")));
+            }
+        }
+        if self.rows.is_empty() {
+            return Err(file_err(path, "contains no questions"));
+        }
+        Ok(())
     }
 
     /// The resolved image text (base64) of kept row `i`.
@@ -437,15 +467,41 @@ fn prepare(
             "missing column `question` (needed for the subset check)",
         ));
     }
+    if ds.table.col("answer").is_none() {
+        // Without it every index would look unknown: name the real cause.
+        return Err(file_err(
+            &ds.table.source,
+            "missing column `answer` (needed to score the predictions)",
+        ));
+    }
+    // The official code aborts on the first index that is not in the dataset; the error counts
+    // them all and names the first few so the file can be fixed in one go.
+    let unknown: Vec<usize> = order
+        .iter()
+        .copied()
+        .filter(|&r| !ds.answer_map.contains_key(&idx[r]))
+        .collect();
+    if let Some(&first) = unknown.first() {
+        let mut file_order = unknown.clone();
+        file_order.sort_unstable();
+        let mut issues = mde_core::input_report::InputIssues::new(t.source.display().to_string());
+        for &r in &file_order {
+            issues.unknown(idx[r].to_string());
+        }
+        return Err(row_err(
+            t,
+            first,
+            format!(
+                "index {} is not in the dataset {} (eval_file should be the same as or a subset of the dataset); {}",
+                idx[first],
+                ds.table.source.display(),
+                issues.summary()
+            ),
+        ));
+    }
     let mut rows = Vec::with_capacity(order.len());
     for r in order {
-        let Some(gt) = ds.answer_map.get(&idx[r]) else {
-            return Err(row_err(
-                t,
-                r,
-                format!("index {} is not in the dataset (eval_file should be the same as or a subset of the dataset)", idx[r]),
-            ));
-        };
+        let gt = &ds.answer_map[&idx[r]];
         let prediction = t.py_str(r, pred_col);
         let choices = build_choices(t, r, &letters);
         let inference = infer_detailed(&prediction, &choices, opts);

@@ -967,20 +967,27 @@ pub fn load_mme_tsv(path: &Path) -> Result<Vec<BenchItem>, MmeError> {
 
 /// Loads MME from a `.tsv` file (VLMEvalKit), a template folder (`<task>.txt` files) or the
 /// release folder (`<task>/` subfolders), detected from what `path` holds.
+/// A source without any question is an error naming it ("contains no questions").
 pub fn load_mme(path: &Path, image_root: Option<&Path>) -> Result<Vec<BenchItem>, MmeError> {
-    if path.is_file() {
-        return load_mme_tsv(path);
-    }
-    if !path.is_dir() {
+    let items = if path.is_file() {
+        load_mme_tsv(path)?
+    } else if !path.is_dir() {
         return Err(MmeError::Invalid {
             path: path.into(),
             msg: "no such file or folder".into(),
         });
+    } else if all_tasks().any(|t| path.join(format!("{t}.txt")).is_file()) {
+        load_template_dir(path, image_root)?
+    } else {
+        load_release_dir(path)?
+    };
+    if items.is_empty() {
+        return Err(MmeError::Invalid {
+            path: path.into(),
+            msg: "contains no questions".into(),
+        });
     }
-    if all_tasks().any(|t| path.join(format!("{t}.txt")).is_file()) {
-        return load_template_dir(path, image_root);
-    }
-    load_release_dir(path)
+    Ok(items)
 }
 
 /// Makes a response fit the official one-line format: TAB, CR and LF become spaces

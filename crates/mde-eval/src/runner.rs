@@ -671,7 +671,18 @@ fn is_tsv(path: &Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("tsv"))
 }
 
-/// Loads a benchmark's items with the loaders of this crate:
+/// What a benchmark file is loaded for: the fields it must carry differ, and they are checked at
+/// load, before any inference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadPurpose {
+    /// Only ask the questions (e.g. an MMBench test split without `answer`).
+    Inference,
+    /// Ask and then score (what `mde eval` and the loop do): the ground truth must be present.
+    Evaluation,
+}
+
+/// Loads a benchmark's items for evaluation ([`LoadPurpose::Evaluation`]: scoring fields are
+/// required) with the loaders of this crate:
 /// MMBench `MMBench_DEV_EN.tsv` (VLMEvalKit layout, circular copies included); MME `MME.tsv`, the
 /// official template folder or the release folder; A-OKVQA `aokvqa_v1p0_<split>.json`;
 /// SEED-Bench `SEED-Bench.json` (image dimensions 1-9) or `SEEDBench_IMG.tsv`.
@@ -680,19 +691,35 @@ pub fn load_items(
     data: &Path,
     image_root: Option<&Path>,
 ) -> Result<Vec<BenchItem>, RunError> {
+    load_items_for(benchmark, data, image_root, LoadPurpose::Evaluation)
+}
+
+/// [`load_items`] for an explicit purpose. Errors name the data file and the missing column or
+/// field; a file without questions is an error ("contains no questions").
+pub fn load_items_for(
+    benchmark: Benchmark,
+    data: &Path,
+    image_root: Option<&Path>,
+    purpose: LoadPurpose,
+) -> Result<Vec<BenchItem>, RunError> {
     let e = load_err(data);
+    let scoring = purpose == LoadPurpose::Evaluation;
+    let mcq = |name: &str| -> Result<Vec<BenchItem>, RunError> {
+        let ds = crate::mmbench::McqDataset::load(data).map_err(|x| e(x.to_string()))?;
+        ds.check_columns(scoring).map_err(|x| e(x.to_string()))?;
+        Ok(ds.to_bench_items(name))
+    };
     match benchmark {
-        Benchmark::MMBench => Ok(crate::mmbench::McqDataset::load(data)
-            .map_err(|x| e(x.to_string()))?
-            .to_bench_items("mmbench")),
+        Benchmark::MMBench => mcq("mmbench"),
         Benchmark::Mme => crate::mme::load_mme(data, image_root).map_err(|x| e(x.to_string())),
         Benchmark::Aokvqa => {
             let qs = crate::aokvqa::load_aokvqa(data).map_err(|x| e(x.to_string()))?;
+            if scoring {
+                crate::aokvqa::check_scorable(data, &qs).map_err(|x| e(x.to_string()))?;
+            }
             Ok(crate::aokvqa::to_bench_items(&qs))
         }
-        Benchmark::SeedBench if is_tsv(data) => {
-            crate::seedbench::load_seed_tsv(data).map_err(|x| e(x.to_string()))
-        }
+        Benchmark::SeedBench if is_tsv(data) => mcq("seedbench"),
         Benchmark::SeedBench => {
             let ann = crate::seedbench::load_seed_json(data).map_err(|x| e(x.to_string()))?;
             Ok(crate::seedbench::to_bench_items(
@@ -919,6 +946,9 @@ pub fn score_predictions(
                 .unwrap_or_default();
             let r = crate::aokvqa::score(&ds, &preds, &name)
                 .map_err(|e| serr(&pred_file)(e.to_string()))?;
+            if !r.input_issues.is_clean() {
+                tracing::warn!("{}", r.input_issues.summary());
+            }
             let verdicts = r
                 .items
                 .iter()
@@ -957,9 +987,13 @@ pub fn score_predictions(
                 .retain(|q| selected.contains(q.question_id.as_str()));
             let preds = crate::seedbench::read_predictions(&pred_file)
                 .map_err(|e| serr(&pred_file)(e.to_string()))?;
-            let r =
+            let mut r =
                 crate::seedbench::score_official(&ann, &preds, &crate::seedbench::SeedTask::Image)
                     .map_err(|e| serr(&pred_file)(e.to_string()))?;
+            r.input_issues.file = pred_file.display().to_string();
+            if !r.input_issues.is_clean() {
+                tracing::warn!("{}", r.input_issues.summary());
+            }
             let verdicts = r
                 .items
                 .iter()

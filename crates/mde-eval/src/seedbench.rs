@@ -20,6 +20,7 @@
 use crate::mmbench::{score_vanilla_mcq, McqError, McqOptions, VanillaMcqReport};
 use crate::report::{markdown_table, py_fixed};
 use crate::tsv::read_tsv;
+use mde_core::input_report::{InputIssues, Kept};
 use mde_core::records::{BenchItem, ImageRef};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -109,10 +110,18 @@ pub fn load_seed_json(path: &Path) -> Result<SeedAnnotations, SeedError> {
     } else {
         serde_json::from_value(v)
     };
-    parsed.map_err(|e| SeedError::Json {
+    let ann: SeedAnnotations = parsed.map_err(|e| SeedError::Json {
         path: path.into(),
         source: e,
-    })
+    })?;
+    if ann.questions.is_empty() {
+        // Scoring would only report a ZeroDivisionError much later.
+        return Err(SeedError::Invalid {
+            path: path.into(),
+            msg: "contains no questions".into(),
+        });
+    }
+    Ok(ann)
 }
 
 /// `filter_questions`' `task` argument.
@@ -317,6 +326,14 @@ pub struct SeedOfficialReport {
     /// Question ids predicted more than once (the last line wins).
     pub duplicate_predictions: Vec<String>,
     pub items: Vec<SeedItem>,
+    /// Predictions whose `question_id` is not a question of the annotation file (ignored, as
+    /// the official script does). Details in `input_issues.unknown_ids`.
+    #[serde(default)]
+    pub unknown_prediction_ids: usize,
+    /// What was tolerated in the prediction file: unknown ids, duplicates (last kept); `file` is
+    /// empty here, callers that know the path set it.
+    #[serde(default)]
+    pub input_issues: InputIssues,
 }
 
 impl SeedOfficialReport {
@@ -378,11 +395,20 @@ pub fn score_official(
 ) -> Result<SeedOfficialReport, SeedError> {
     let mut pred_map: HashMap<&str, &str> = HashMap::new();
     let mut duplicates = Vec::new();
+    let mut input_issues = InputIssues::default();
+    let known: std::collections::HashSet<&str> = ann
+        .questions
+        .iter()
+        .map(|q| q.question_id.as_str())
+        .collect();
     for p in preds {
-        if pred_map.insert(&p.question_id, &p.prediction).is_some()
-            && !duplicates.contains(&p.question_id)
-        {
-            duplicates.push(p.question_id.clone());
+        if pred_map.insert(&p.question_id, &p.prediction).is_some() {
+            input_issues.duplicate(&p.question_id, Kept::Last, None, None);
+            if !duplicates.contains(&p.question_id) {
+                duplicates.push(p.question_id.clone());
+            }
+        } else if !known.contains(p.question_id.as_str()) {
+            input_issues.unknown(&p.question_id);
         }
     }
     let mut items = Vec::new();
@@ -464,6 +490,8 @@ pub fn score_official(
         missing_predictions: missing,
         duplicate_predictions: duplicates,
         items,
+        unknown_prediction_ids: input_issues.unknown_ids.count,
+        input_issues,
     })
 }
 

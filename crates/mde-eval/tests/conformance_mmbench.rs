@@ -187,6 +187,12 @@ fn score(dir: &Path, exp: &Value, opts: &McqOptions) -> Result<MmbenchReport> {
 
 fn conformance(dir: &Path) -> Result<()> {
     let exp = load_expected(dir)?;
+    conformance_with(dir, &exp)
+}
+
+/// Checks every number of `exp` against the scorer (`exp` may be a perturbed copy).
+fn conformance_with(dir: &Path, exp: &Value) -> Result<()> {
+    let exp = exp.clone();
     let report = score(dir, &exp, &McqOptions::default())?;
     let actual = serde_json::to_value(&report)?;
     let mut errors = Vec::new();
@@ -224,7 +230,13 @@ fn conformance(dir: &Path) -> Result<()> {
         let alts = van["alternatives"]
             .as_array()
             .context("vanilla.alternatives")?;
+        // Each listed alternative must be reachable with the duplicate-policy option (explicit
+        // shared verdicts); the default policy must give ONE of the outcomes seen in official
+        // runs (thread order may have produced several of them).
+        let d = &actual["vanilla"];
         let mut observed = 0;
+        let mut default_matches = 0;
+        let mut default_errors: Vec<String> = Vec::new();
         for (i, alt) in alts.iter().enumerate() {
             let verdicts: BTreeMap<i64, u8> = alt["shared_verdict_for_conflicting_indices"]
                 .as_object()
@@ -247,20 +259,30 @@ fn conformance(dir: &Path) -> Result<()> {
             }
             if alt["observed_in_official_runs"].as_bool() == Some(true) {
                 observed += 1;
-                // The default policy (later duplicate wins) must give the observed outcome.
-                let d = &actual["vanilla"];
+                let mut errs = Vec::new();
                 for part in ["circ0", "all"] {
                     check_subset(
                         &alt[part],
                         &d[part],
-                        &format!("vanilla(default).{part}"),
-                        &mut errors,
+                        &format!("vanilla(default) vs alternatives[{i}].{part}"),
+                        &mut errs,
                     );
+                }
+                if errs.is_empty() {
+                    default_matches += 1;
+                } else {
+                    default_errors.extend(errs);
                 }
             }
         }
         if observed == 0 && !alts.is_empty() {
             errors.push("vanilla: no alternative marked observed_in_official_runs".into());
+        }
+        if observed > 0 && default_matches == 0 {
+            errors.push(format!(
+                "vanilla: the default duplicate policy gives none of the {observed} observed outcome(s)"
+            ));
+            errors.extend(default_errors);
         }
     }
 
@@ -307,6 +329,53 @@ fn conformance(dir: &Path) -> Result<()> {
 #[test]
 fn mmbench_matches_official() -> Result<()> {
     conformance(&fixtures_root().join("mmbench"))
+}
+
+/// The vanilla check is not vacuous: a perturbed number of any alternative fails, and marking as
+/// observed only outcomes that the default duplicate policy does not give fails.
+#[test]
+fn vanilla_check_detects_perturbations() -> Result<()> {
+    let dir = fixtures_root().join("mmbench");
+    let exp = load_expected(&dir)?;
+    let Some(alts) = exp["vanilla"]["alternatives"].as_array() else {
+        eprintln!("skipping: no vanilla alternatives in {}", dir.display());
+        return Ok(());
+    };
+    let n = alts.len();
+    for i in 0..n {
+        let mut bad = exp.clone();
+        let overall = &mut bad["vanilla"]["alternatives"][i]["all"]["acc"]["rows"][0]["Overall"];
+        let v = overall.as_f64().context("vanilla all Overall")?;
+        *overall = serde_json::json!(v + 0.015625);
+        assert!(
+            conformance_with(&dir, &bad).is_err(),
+            "perturbing alternatives[{i}].all Overall went unnoticed"
+        );
+    }
+    // Only one alternative marked observed at a time: the default must match at least one; if
+    // the alternatives differ, marking only the other one(s) must fail.
+    let mut passes = Vec::new();
+    for k in 0..n {
+        let mut one = exp.clone();
+        for j in 0..n {
+            one["vanilla"]["alternatives"][j]["observed_in_official_runs"] = Value::Bool(j == k);
+        }
+        passes.push(conformance_with(&dir, &one).is_ok());
+    }
+    assert!(
+        passes.iter().any(|&p| p),
+        "the default matches no alternative"
+    );
+    let distinct = alts
+        .iter()
+        .any(|a| a["all"] != alts[0]["all"] || a["circ0"] != alts[0]["circ0"]);
+    if distinct {
+        assert!(
+            passes.iter().any(|&p| !p),
+            "marking only an outcome the default does not give went unnoticed"
+        );
+    }
+    Ok(())
 }
 
 #[test]

@@ -4,6 +4,7 @@ use crate::parse::{
     apply_filters, drop_word, parse_sections, rationale_body, CleanParsed, DropReason,
 };
 use crate::validate::{Flag, FlagHit, ValidationConfig, ValidationStats, Validator};
+use mde_core::input_report::{InputIssues, Kept};
 use mde_core::records::{GenQuery, GptVqaV1, GptVqaV2, TeacherReplyRecord, CHOICE_LETTERS};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -76,6 +77,7 @@ pub struct DroppedReply {
 /// Counts of a post-processing pass.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PostprocessStats {
+    /// Distinct replies processed (one per query id; duplicates are in `input`).
     pub replies: usize,
     pub kept: usize,
     pub dropped: usize,
@@ -85,6 +87,10 @@ pub struct PostprocessStats {
     pub kept_flagged: usize,
     /// Validation over all replies (also those dropped by the released rules).
     pub validation: ValidationStats,
+    /// What was tolerated in the replies input: duplicate query ids (the first reply was kept),
+    /// a torn last line (filled by the reader, see `mde_core::input_report`).
+    #[serde(default)]
+    pub input: InputIssues,
 }
 
 /// Output of [`postprocess`].
@@ -97,6 +103,10 @@ pub struct PostprocessOutput {
 
 /// Runs validation and the released rules on every reply. Replies of unknown queries are dropped
 /// with reason `unknown_query`. The lexicon is extended with every category of `queries`.
+///
+/// Exactly one reply per query id is used: the first in `replies` order (for a file, the first
+/// complete line, as the resumable store keeps it); every later reply with the same id is left
+/// out and reported in `stats.input.duplicate_keys` (positions are 1-based reply numbers).
 pub fn postprocess(
     replies: &[TeacherReplyRecord],
     queries: &[GenQuery],
@@ -111,9 +121,18 @@ pub fn postprocess(
     cats.dedup();
     let validator = Validator::new(&cfg.validator, &cats)?;
     let mut out = PostprocessOutput::default();
-    for r in replies {
+    let mut first_of: HashMap<&str, usize> = HashMap::new();
+    for (pos, r) in replies.iter().enumerate() {
+        if let Some(&kept) = first_of.get(r.query_id.as_str()) {
+            out.stats
+                .input
+                .duplicate(&r.query_id, Kept::First, Some(kept + 1), Some(pos + 1));
+            continue;
+        }
+        first_of.insert(&r.query_id, pos);
         out.stats.replies += 1;
         let Some(q) = by_id.get(r.query_id.as_str()) else {
+            out.stats.input.unknown(&r.query_id);
             drop_item(&mut out, &r.query_id, DropReason::UnknownQuery, vec![]);
             continue;
         };
@@ -160,6 +179,27 @@ pub fn postprocess(
             flags,
         });
     }
+    Ok(out)
+}
+
+/// [`postprocess`] on a replies file (JSONL of [`TeacherReplyRecord`], e.g. `mde generate`'s
+/// `replies.jsonl`). One reply per query id is used, the first complete line of the file; later
+/// duplicates and a torn last line (no trailing newline and not valid JSON: a writer killed mid-
+/// append) are left out and reported in `stats.input` with their line numbers. Any other invalid
+/// line is an error naming the file and line.
+pub fn postprocess_file(
+    replies: &std::path::Path,
+    queries: &[GenQuery],
+    cfg: &PostprocessConfig,
+) -> Result<PostprocessOutput, String> {
+    let mut read = mde_core::input_report::read_jsonl_report::<TeacherReplyRecord>(replies)
+        .map_err(|e| e.to_string())?;
+    read.dedup_first(|r| r.query_id.clone());
+    let mut out = postprocess(&read.records, queries, cfg)?;
+    let mut issues = read.issues;
+    // After the reader's de-duplication, postprocess only adds unknown query ids.
+    issues.merge(std::mem::take(&mut out.stats.input));
+    out.stats.input = issues;
     Ok(out)
 }
 

@@ -223,14 +223,22 @@ fn fuzz_never_panics() {
         let _ = strip_boxes(&text);
         let _ = parse_classification(&text, 2, &types);
         let _ = Template::parse(&text, &["captions"]);
+        // One query per reply: postprocess keeps one reply per query id.
         replies.push(TeacherReplyRecord {
-            query_id: "q".into(),
+            query_id: format!("{}-{i}", q.id),
             text,
             ..Default::default()
         });
     }
     // Mutations of a good reply often survive: the fuzzer reaches the accepting paths too.
     assert!(ok > 100, "only {ok} accepted");
+    let queries: Vec<_> = replies
+        .iter()
+        .map(|r| mde_core::records::GenQuery {
+            id: r.query_id.clone(),
+            ..q.clone()
+        })
+        .collect();
     for mode in [
         ValidationMode::Flag,
         ValidationMode::Drop,
@@ -240,8 +248,9 @@ fn fuzz_never_panics() {
             validation: mode,
             ..Default::default()
         };
-        let out = postprocess(&replies, std::slice::from_ref(&q), &cfg).unwrap();
+        let out = postprocess(&replies, &queries, &cfg).unwrap();
         assert_eq!(out.stats.kept + out.stats.dropped, replies.len());
+        assert!(out.stats.input.is_clean());
         assert_eq!(
             out.stats.drop_reasons.values().sum::<usize>(),
             out.stats.dropped
