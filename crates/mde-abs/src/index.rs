@@ -214,7 +214,9 @@ impl ImageIndex {
             .file_name()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        // Best effort: the leftovers of a killed writer must not fail the save.
+        let _ = mde_core::io::clean_stale_temps(dir, &name);
+        let tmp = dir.join(mde_core::io::temp_name(&name, std::process::id()));
         candle_core::safetensors::save(&map, &tmp)
             .map_err(|e| AbsError::invalid(&tmp, e.to_string()))?;
         std::fs::rename(&tmp, path).map_err(|e| mde_core::CoreError::io(path, e))?;

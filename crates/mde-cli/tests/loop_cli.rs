@@ -1,8 +1,11 @@
 //! `mde loop` as a user runs it, on the CI-sized loop of `configs/loop-tiny.toml`: `--help`,
 //! `--check`, and a run killed with SIGKILL at several points (mid pretraining of the cached
-//! base model, mid round 0, mid generation, mid round training) and re-run each time, which must
-//! end exactly where an uninterrupted run of the same config ends: the loop is deterministic
-//! (seeded sampling and generation, bit-exact training resume), so any difference is a resume bug.
+//! visual encoder and base model, mid round 0, mid generation, mid round training) and re-run
+//! each time, which must end exactly where an uninterrupted run of the same config ends: the
+//! loop is deterministic (seeded sampling and generation, bit-exact training resume), so any
+//! difference is a resume bug. Every file of the run and of its cache is compared with the
+//! uninterrupted run's, reports and summaries included, byte for byte but for the wall-clock
+//! fields listed in [`WALL_CLOCK_KEYS`].
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -171,12 +174,13 @@ fn run_loop(
     }
 }
 
-/// Any `base-*/train/latest.json` in `cache`: the base pretraining wrote a checkpoint.
-fn base_checkpoint_in(cache: &Path) -> bool {
+/// Any `{prefix}*/train/latest.json` in `cache`: the base pretraining (`base-`) or the
+/// visual-encoder pretraining (`vision-`) wrote a checkpoint.
+fn checkpoint_in(cache: &Path, prefix: &str) -> bool {
     std::fs::read_dir(cache)
         .map(|rd| {
             rd.filter_map(|e| e.ok()).any(|e| {
-                e.file_name().to_string_lossy().starts_with("base-")
+                e.file_name().to_string_lossy().starts_with(prefix)
                     && e.path().join("train").join("latest.json").exists()
             })
         })
@@ -290,25 +294,36 @@ fn killed_runs_resume_to_the_uninterrupted_result() -> Result<()> {
         Some(d) => PathBuf::from(d),
         None => tmp.path().to_path_buf(),
     };
-    std::fs::create_dir_all(t)?;
-    let cache = t.join("cache");
-    let cfg = config_copy(t, "loop.toml", &cache)?;
+    // The killed run and the uninterrupted one live in folders of the same layout
+    // (`ROOT/{loop.toml,cache,run}`), so that their files can be compared with the root
+    // replaced.
+    let (killed, reference) = (t.join("killed"), t.join("ref"));
+    std::fs::create_dir_all(&killed)?;
+    std::fs::create_dir_all(&reference)?;
+    let cache = killed.join("cache");
+    let cfg = config_copy(&killed, "loop.toml", &cache)?;
     let rounds = rounds_of(&cfg)?;
     ensure!(
         rounds >= 1,
         "the tiny config must run at least one generated round"
     );
-    let run = t.join("run");
+    let run = killed.join("run");
     let log = t.join("killed.log");
     let last = format!("round_{rounds}");
 
     // Kill points, in the order the loop reaches them; each re-run resumes and is killed at
-    // the next one. The cache starts cold, so the first lands inside the base pretraining.
+    // the next one. The cache starts cold, so the first lands inside the visual-encoder
+    // pretraining, the second inside the base pretraining.
     let (c, r) = (cache.clone(), run.clone());
+    let c2 = cache.clone();
     let kill_points: Vec<(&str, KillWhen)> = vec![
         (
+            "a checkpoint of the visual-encoder pretraining",
+            Box::new(move || checkpoint_in(&c2, "vision-")),
+        ),
+        (
             "a checkpoint of the base pretraining",
-            Box::new(move || base_checkpoint_in(&c)),
+            Box::new(move || checkpoint_in(&c, "base-")),
         ),
         ("base/done.json", {
             let r = r.clone();
@@ -331,6 +346,10 @@ fn killed_runs_resume_to_the_uninterrupted_result() -> Result<()> {
             std::fs::read_to_string(&log).unwrap_or_default()
         );
     }
+    // What a writer killed between its temp and its rename leaves (a kill above may or may not
+    // have left some): the resumed run must remove these when it writes the same targets, and
+    // the comparison of the file trees below finds any temp left anywhere.
+    let planted = plant_stale_temps(&run, &last)?;
     let ended = run_loop(&cfg, &run, &log, None)?;
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
     match ended {
@@ -342,10 +361,14 @@ fn killed_runs_resume_to_the_uninterrupted_result() -> Result<()> {
         "no final summary:\n{log_text}"
     );
 
+    for p in &planted {
+        ensure!(!p.exists(), "the resumed run left {}", p.display());
+    }
+
     // The uninterrupted run, in its own folder and with its own (cold) cache, so that the
-    // base pretraining is compared too.
-    let ref_cfg = config_copy(t, "ref.toml", &t.join("cache_ref"))?;
-    let ref_run = t.join("ref");
+    // pretraining is compared too.
+    let ref_cfg = config_copy(&reference, "loop.toml", &reference.join("cache"))?;
+    let ref_run = reference.join("run");
     let ref_log = t.join("ref.log");
     match run_loop(&ref_cfg, &ref_run, &ref_log, None)? {
         Ended::Exited(s) if s.success() => {}
@@ -407,6 +430,189 @@ fn killed_runs_resume_to_the_uninterrupted_result() -> Result<()> {
             "report.json differs after resume:\nresumed {x:#}\nuninterrupted {y:#}"
         );
     }
+    // Every other file, reports and summaries first among them: the same.
+    same_trees(&killed, &reference)
+}
+
+/// A pid that runs no process (Linux pids stop at 2^22).
+const DEAD_PID: u32 = 4_000_000_000;
+
+/// Plants the leftovers of killed temp-then-rename writers (a half-written checkpoint folder
+/// of the last round's training, a temp of report.json) where the resumed run writes again;
+/// returns them. None without `/proc`, where a dead writer cannot be told from a live one.
+fn plant_stale_temps(run: &Path, last: &str) -> Result<Vec<PathBuf>> {
+    if !Path::new("/proc/self").exists() {
+        return Ok(Vec::new());
+    }
+    let ck = run
+        .join(last)
+        .join("train")
+        .join(mde_core::io::temp_name("checkpoint-000006", DEAD_PID));
+    std::fs::create_dir_all(&ck)?;
+    std::fs::write(ck.join("trainable.safetensors"), b"half written")?;
+    let report = run.join("report");
+    std::fs::create_dir_all(&report)?;
+    let rj = report.join(mde_core::io::temp_name("report.json", DEAD_PID));
+    std::fs::write(&rj, b"{\"half")?;
+    Ok(vec![ck, rj])
+}
+
+/// The JSON fields that hold wall-clock time and nothing else, in every JSON file of a run
+/// and its cache (checked: no other field of these files holds a timing):
+/// - `seconds`: every step's `done.json` (the step's wall time); a training summary's wall time
+///   (`TrainSummary` in `round_k/train/done.json` and `report.json`, `PretrainInfo` in
+///   `base/done.json` and the cache's `base-*/pretrain.json`, `VisionPretrainInfo` in the
+///   cache's `vision-*/done.json` and nested in those); a round's step timings (`report.json`).
+/// - `total_seconds`: the run's wall time (`report.json`).
+///
+/// `report.md` shows the same timings; it is compared as the rendering of `report.json` with
+/// these fields zeroed (and must be exactly the rendering of its `report.json`).
+const WALL_CLOCK_KEYS: &[&str] = &["seconds", "total_seconds"];
+
+/// `generate/summary.json` is the teacher runner's account of its last invocation (what that
+/// process sent and received, at what rate): after a kill it counts the replies stored before
+/// as `already_done`. Only its fields about the store are compared.
+const RUNNER_SUMMARY_KEYS: &[&str] = &[
+    "teacher",
+    "replies_path",
+    "total_queries",
+    "store_total_tokens",
+    "store_cost",
+    "finished",
+];
+
+fn all_files(root: &Path, dir: &Path, out: &mut BTreeMap<String, PathBuf>) -> Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.is_dir() {
+            all_files(root, &p, out)?;
+        } else {
+            out.insert(p.strip_prefix(root)?.to_string_lossy().into_owned(), p);
+        }
+    }
+    Ok(())
+}
+
+/// A file's text with `root` replaced by `ROOT` (None for binary files).
+fn text_of(path: &Path, root: &Path) -> Result<Option<String>> {
+    let bytes = std::fs::read(path)?;
+    Ok(String::from_utf8(bytes)
+        .ok()
+        .map(|t| t.replace(&root.display().to_string(), "ROOT")))
+}
+
+fn null_wall_clock(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            for (k, x) in o.iter_mut() {
+                if WALL_CLOCK_KEYS.contains(&k.as_str()) {
+                    *x = Value::Null;
+                } else {
+                    null_wall_clock(x);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(null_wall_clock),
+        _ => {}
+    }
+}
+
+/// `report.md` checked against its `report.json`, then rendered with the timings zeroed.
+fn report_md_without_timings(md: &str, json: &str, rel: &str) -> Result<String> {
+    let mut r: mde_loop::report::LoopReport =
+        serde_json::from_str(json).with_context(|| format!("{rel}: report.json"))?;
+    ensure!(
+        mde_loop::report::render_markdown(&r) == md,
+        "{rel} is not the rendering of its report.json"
+    );
+    r.total_seconds = 0.0;
+    for x in &mut r.rounds {
+        x.seconds.values_mut().for_each(|s| *s = 0.0);
+        if let Some(t) = &mut x.train {
+            t.seconds = 0.0;
+        }
+    }
+    Ok(mde_loop::report::render_markdown(&r))
+}
+
+/// Every file under `a` has its twin under `b` and no file is missing: JSONL stores are
+/// compared by key above (their order is the teacher's completion order); JSON files, once
+/// `a` / `b` is replaced in them and [`WALL_CLOCK_KEYS`] are removed; `report.md` as its
+/// rendering without timings; everything else (weights and optimizer states of checkpoints,
+/// SVG charts, tokenizers, the world) byte for byte.
+fn same_trees(a: &Path, b: &Path) -> Result<()> {
+    let (mut fa, mut fb) = (BTreeMap::new(), BTreeMap::new());
+    all_files(a, a, &mut fa)?;
+    all_files(b, b, &mut fb)?;
+    let only_a: Vec<&String> = fa.keys().filter(|k| !fb.contains_key(*k)).collect();
+    let only_b: Vec<&String> = fb.keys().filter(|k| !fa.contains_key(*k)).collect();
+    ensure!(
+        only_a.is_empty() && only_b.is_empty(),
+        "file trees differ: only in the resumed run {only_a:?}, only in the uninterrupted one \
+         {only_b:?}"
+    );
+    let mut compared = 0;
+    for (rel, pa) in &fa {
+        let pb = &fb[rel];
+        if rel.ends_with(".jsonl") {
+            continue;
+        }
+        let (ta, tb) = (text_of(pa, a)?, text_of(pb, b)?);
+        let (Some(ta), Some(tb)) = (ta, tb) else {
+            ensure!(
+                std::fs::read(pa)? == std::fs::read(pb)?,
+                "{rel} differs after kill and resume"
+            );
+            compared += 1;
+            continue;
+        };
+        if rel.ends_with(".json") {
+            let (mut va, mut vb): (Value, Value) = (
+                serde_json::from_str(&ta).with_context(|| format!("{rel}: not JSON"))?,
+                serde_json::from_str(&tb).with_context(|| format!("{rel}: not JSON"))?,
+            );
+            if rel.ends_with("generate/summary.json") {
+                let pick = |v: &Value| -> Value {
+                    RUNNER_SUMMARY_KEYS
+                        .iter()
+                        .map(|k| (k.to_string(), v[*k].clone()))
+                        .collect::<serde_json::Map<_, _>>()
+                        .into()
+                };
+                (va, vb) = (pick(&va), pick(&vb));
+            }
+            null_wall_clock(&mut va);
+            null_wall_clock(&mut vb);
+            ensure!(
+                va == vb,
+                "{rel} differs after kill and resume (wall-clock fields {WALL_CLOCK_KEYS:?} \
+                 aside):\nresumed {va:#}\nuninterrupted {vb:#}"
+            );
+        } else if rel.ends_with("report/report.md") {
+            let json = |root: &Path| text_of(&root.join(rel.replace(".md", ".json")), root);
+            let ma = report_md_without_timings(&ta, &json(a)?.unwrap_or_default(), rel)?;
+            let mb = report_md_without_timings(&tb, &json(b)?.unwrap_or_default(), rel)?;
+            ensure!(
+                ma == mb,
+                "{rel} differs after kill and resume (timings aside):\nresumed\n{ma}\n\
+                 uninterrupted\n{mb}"
+            );
+        } else {
+            ensure!(
+                ta == tb,
+                "{rel} differs after kill and resume:\nresumed\n{ta}\nuninterrupted\n{tb}"
+            );
+        }
+        compared += 1;
+    }
+    for must in [
+        "run/report/report.json",
+        "run/report/report.md",
+        "run/base/done.json",
+    ] {
+        ensure!(fa.contains_key(must), "no {must}");
+    }
+    ensure!(compared > 20, "only {compared} files compared");
     Ok(())
 }
 

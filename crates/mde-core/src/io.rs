@@ -7,7 +7,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Writes `bytes` to `path` atomically: a temp file in the same directory, fsync, then rename.
-/// A reader sees the old file or the new one, never a partial one.
+/// A reader sees the old file or the new one, never a partial one. Stale temps of the same
+/// target left by killed writers are removed first ([`clean_stale_temps`]).
 pub fn atomic_write(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
     let path = path.as_ref();
     let dir = path
@@ -19,7 +20,9 @@ pub fn atomic_write(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    // Best effort: a stale temp that cannot be removed must not fail the write.
+    let _ = clean_stale_temps(dir, &file_name);
+    let tmp = dir.join(temp_name(&file_name, std::process::id()));
     {
         let mut f = File::create(&tmp).map_err(|e| CoreError::io(&tmp, e))?;
         f.write_all(bytes).map_err(|e| CoreError::io(&tmp, e))?;
@@ -27,6 +30,88 @@ pub fn atomic_write(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
     }
     fs::rename(&tmp, path).map_err(|e| CoreError::io(path, e))?;
     Ok(())
+}
+
+/// The name of the temp file or folder that a temp-then-rename writer of `target` (a file or
+/// folder name) in process `pid` uses, in the target's directory: `.{target}.{pid}.tmp`.
+/// Every writer of mde uses it, so that [`clean_stale_temps`] recognises its leftovers.
+pub fn temp_name(target: &str, pid: u32) -> String {
+    format!(".{target}.{pid}.tmp")
+}
+
+/// The target and writer pid of a temp name: `.{target}.{pid}.tmp` ([`temp_name`]), or
+/// `.{target}.tmp-{pid}` (the checkpoint folders of mde-train before [`temp_name`]).
+pub fn parse_temp_name(name: &str) -> Option<(&str, u32)> {
+    let rest = name.strip_prefix('.')?;
+    let (target, pid) = match rest.strip_suffix(".tmp") {
+        Some(r) => r.rsplit_once('.')?,
+        None => rest.rsplit_once(".tmp-")?,
+    };
+    if target.is_empty() || pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((target, pid.parse().ok()?))
+}
+
+/// Whether process `pid` may still be running: on Linux, whether `/proc/{pid}` exists. Where
+/// `/proc` is not mounted nothing can be told, and every pid counts as running.
+pub fn process_alive(pid: u32) -> bool {
+    let proc = Path::new("/proc");
+    if !proc.join("self").exists() {
+        return true;
+    }
+    proc.join(pid.to_string()).exists()
+}
+
+/// Removes the stale temps of `target` in `dir`: entries named as [`parse_temp_name`] reads
+/// them, of this exact target, whose writer is neither this process nor a running one
+/// ([`process_alive`]): the leftovers of a writer killed between creating its temp and renaming
+/// it (for a checkpoint folder, possibly gigabytes). Nothing else is touched: not the target,
+/// not a temp of another target, not a temp of a live process. A temp folder is removed with
+/// its contents, a symlink as a link. Returns the removed paths; a missing `dir` is no error.
+pub fn clean_stale_temps(dir: &Path, target: &str) -> Result<Vec<PathBuf>> {
+    clean_stale_temps_where(dir, |t| t == target)
+}
+
+/// [`clean_stale_temps`] for every target that `is_target` accepts (e.g. every
+/// `checkpoint-NNNNNN` folder of a training run).
+pub fn clean_stale_temps_where(
+    dir: &Path,
+    is_target: impl Fn(&str) -> bool,
+) -> Result<Vec<PathBuf>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(CoreError::io(dir, e)),
+    };
+    let me = std::process::id();
+    let mut removed = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| CoreError::io(dir, e))?;
+        let name = entry.file_name();
+        let Some((target, pid)) = name.to_str().and_then(parse_temp_name) else {
+            continue;
+        };
+        if !is_target(target) || pid == me || process_alive(pid) {
+            continue;
+        }
+        let path = entry.path();
+        let is_dir = fs::symlink_metadata(&path)
+            .map(|m| m.is_dir())
+            .unwrap_or(false);
+        let res = if is_dir {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        match res {
+            Ok(()) => removed.push(path),
+            // Another cleaner got there first.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(CoreError::io(&path, e)),
+        }
+    }
+    Ok(removed)
 }
 
 /// Serialises `value` as pretty JSON and writes it atomically.
@@ -298,6 +383,98 @@ mod tests {
         assert_eq!(round_to(2.675, 2), 2.67);
         assert_eq!(round_to(0.375, 2), 0.38);
         assert_eq!(round_to(2.0 / 3.0, 3), 0.667);
+    }
+
+    /// A pid that runs no process: the largest pid Linux allows is 2^22.
+    const DEAD_PID: u32 = 4_000_000_000;
+
+    #[test]
+    fn temp_names_parse() {
+        assert_eq!(
+            parse_temp_name(&temp_name("a.json", 42)),
+            Some(("a.json", 42))
+        );
+        assert_eq!(
+            parse_temp_name(".checkpoint-000120.tmp-7"),
+            Some(("checkpoint-000120", 7))
+        );
+        for not_temp in [
+            "a.json",
+            ".a.json",
+            ".a.json.tmp",
+            ".a.json.12x.tmp",
+            "..12.tmp",
+            "a.json.12.tmp",
+            ".a.tmp-",
+        ] {
+            assert_eq!(parse_temp_name(not_temp), None, "{not_temp}");
+        }
+    }
+
+    #[test]
+    fn stale_temps_of_the_target_are_removed_and_nothing_else() {
+        if !Path::new("/proc/self").exists() {
+            eprintln!("no /proc: every pid counts as alive, nothing to test");
+            return;
+        }
+        assert!(!process_alive(DEAD_PID));
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let target = "report.json";
+        // A live process that is not this one (pid 1 always runs).
+        let live = 1;
+        assert!(process_alive(live));
+        let stale_file = d.join(temp_name(target, DEAD_PID));
+        let stale_dir = d.join(temp_name(target, DEAD_PID - 1));
+        let legacy_dir = d.join(format!(".{target}.tmp-{}", DEAD_PID - 2));
+        let live_temp = d.join(temp_name(target, live));
+        let own_temp = d.join(temp_name(target, std::process::id()));
+        let other_target = d.join(temp_name("report.md", DEAD_PID));
+        let prefix_target = d.join(temp_name("report.json.bak", DEAD_PID));
+        let not_temp = d.join(format!(".{target}.{DEAD_PID}.tmp.keep"));
+        fs::write(&stale_file, b"half").unwrap();
+        fs::create_dir_all(stale_dir.join("sub")).unwrap();
+        fs::write(stale_dir.join("sub/weights"), b"gigabytes").unwrap();
+        fs::create_dir_all(&legacy_dir).unwrap();
+        for p in [
+            &live_temp,
+            &own_temp,
+            &other_target,
+            &prefix_target,
+            &not_temp,
+        ] {
+            fs::write(p, b"keep").unwrap();
+        }
+        fs::write(d.join(target), b"old").unwrap();
+        let mut removed = clean_stale_temps(d, target).unwrap();
+        removed.sort();
+        let mut want = vec![stale_file.clone(), stale_dir.clone(), legacy_dir.clone()];
+        want.sort();
+        assert_eq!(removed, want);
+        for p in [&stale_file, &stale_dir, &legacy_dir] {
+            assert!(!p.exists(), "{} was kept", p.display());
+        }
+        for p in [
+            &live_temp,
+            &own_temp,
+            &other_target,
+            &prefix_target,
+            &not_temp,
+        ] {
+            assert!(p.exists(), "{} was removed", p.display());
+        }
+        assert_eq!(fs::read(d.join(target)).unwrap(), b"old");
+        // A write of the target cleans the same way (its own temp is renamed into place).
+        let stale = d.join(temp_name(target, DEAD_PID));
+        fs::write(&stale, b"half").unwrap();
+        atomic_write(d.join(target), b"new").unwrap();
+        assert!(!stale.exists());
+        assert!(live_temp.exists() && other_target.exists());
+        assert_eq!(fs::read(d.join(target)).unwrap(), b"new");
+        // A missing folder has nothing to clean.
+        assert!(clean_stale_temps(&d.join("missing"), target)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

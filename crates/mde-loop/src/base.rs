@@ -236,7 +236,7 @@ pub fn pretrained_base(
         steps = base.steps,
         "pretraining the tiny base model from scratch"
     );
-    let reports = trainer.run(
+    trainer.run(
         None,
         RunOptions {
             progress,
@@ -244,15 +244,17 @@ pub fn pretrained_base(
         },
     )?;
     let steps = trainer.step();
+    // From the trainer, not from this invocation's step reports: after a kill and resume
+    // those miss the steps done before (and are empty when only the final export was left).
+    let losses = trainer.losses();
     drop(trainer);
     let tensors = mde_train::trainer::detached_tensors(&vars)?;
     write_model_like(&init, &tensors, &out_dir)?;
     let info = PretrainInfo {
         key,
         steps,
-        // After a resume the first report is not step 1: say nothing then.
-        first_loss: reports.first().filter(|r| r.step == 1).map(|r| r.loss),
-        final_loss: reports.last().map(|r| r.loss),
+        first_loss: losses.first_loss,
+        final_loss: losses.last_loss,
         seconds: t0.elapsed().as_secs_f64(),
         examples,
         vision,

@@ -646,6 +646,7 @@ impl LoopRun {
                 format: DatasetFormat::GptvqaV1,
                 image_root: Some(pool_images.to_path_buf()),
                 image_pattern: pattern.to_string(),
+                allow_absolute_image_paths: false,
                 kind: Some(self.gen_kind()),
                 ratio: None,
             };
@@ -983,7 +984,13 @@ impl LoopRun {
             })?;
             secs.insert("sample".to_string(), s);
             used_images.extend(sampled.images.iter().copied());
-            let queries: Vec<GenQuery> = read_jsonl(rd.join("sample").join("queries.jsonl"))?;
+            let queries_path = rd.join("sample").join("queries.jsonl");
+            let queries: Vec<GenQuery> = read_jsonl(&queries_path)?;
+            // Refuse query images outside the image root before any request leaves the machine.
+            self.cfg
+                .teacher
+                .endpoint
+                .check_query_images(&queries, &queries_path)?;
             // 3. Generation.
             let teacher = self.teacher()?;
             let (_, s) = step(&rd.join("generate"), "generate", |d| {
@@ -1058,19 +1065,22 @@ impl LoopRun {
             let (train_sum, s) = step(&rd.join("train"), "train", |_| {
                 let (mut t, examples) = self.round_trainer(&base, k, &pool_images, &pattern)?;
                 let t0 = Instant::now();
-                let reps = t.run(
+                t.run(
                     None,
                     RunOptions {
                         progress: self.progress,
                         ..Default::default()
                     },
                 )?;
+                // The trainer's losses span every invocation (they are saved in its
+                // checkpoints), so a killed and resumed round reports what an uninterrupted
+                // one does.
+                let losses = t.losses();
                 let s = TrainSummary {
                     mode: format!("{:?}", self.cfg.train.mode),
                     steps: t.step(),
-                    // After a resume the first report is not step 1: say nothing then.
-                    first_loss: reps.first().filter(|r| r.step == 1).map(|r| r.loss),
-                    final_loss: reps.last().map(|r| r.loss),
+                    first_loss: losses.first_loss,
+                    final_loss: losses.last_loss,
                     seconds: t0.elapsed().as_secs_f64(),
                     examples,
                 };

@@ -25,7 +25,9 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::VarMap;
 use mde_train::checkpoint::TrainState;
-use mde_train::checkpoint::{latest_checkpoint, load_checkpoint, save_checkpoint, RngState};
+use mde_train::checkpoint::{
+    latest_checkpoint, load_checkpoint, save_checkpoint, LossLog, RngState,
+};
 use mde_train::optim::{AdamW, AdamWConfig};
 use mde_train::schedule::LinearWarmupCosine;
 use mde_train::shards::ShardPools;
@@ -591,16 +593,14 @@ pub fn pretrain_vision(
     let run_dir = dir.join("train");
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5649_5349_4f4e); // "VISION"
     let mut step = 0u64;
-    let mut first_loss = None;
+    // First and latest loss across resumes, saved in every checkpoint (mde-train's LossLog,
+    // as the round trainer does), so that `done.json` does not depend on a kill.
+    let mut losses = LossLog::default();
     if let Some(ck) = latest_checkpoint(&run_dir)? {
         let st = load_checkpoint(&ck, &params, &mut opt, &device)?;
         step = st.step;
         rng = st.rng.restore()?;
-        first_loss = st
-            .extra
-            .get("first_loss")
-            .and_then(|v| v.as_f64())
-            .map(|v| v as f32);
+        losses = LossLog::from_extra(&st.extra)?;
         tracing::info!(step, "resuming the vision pretraining");
     }
     let n_shards = cfg.shards.clamp(1, cfg.batch_size.max(1));
@@ -611,7 +611,6 @@ pub fn pretrain_vision(
     };
     let bar = crate::run::progress_bar(progress, cfg.steps as u64, "vision encoder");
     bar.set_position(step);
-    let mut last = None;
     while step < cfg.steps as u64 {
         let ids: Vec<u64> = (0..cfg.batch_size)
             .map(|_| train_ids[rng.random_range(0..train_ids.len())])
@@ -638,8 +637,7 @@ pub fn pretrain_vision(
         }
         opt.step(&grads)?;
         step += 1;
-        first_loss.get_or_insert(v);
-        last = Some(v);
+        losses.record(v);
         bar.set_position(step);
         bar.set_message(format!("vision encoder (loss {v:.3})"));
         if cfg.checkpoint_every > 0
@@ -650,7 +648,8 @@ pub fn pretrain_vision(
                 step,
                 epoch: 0,
                 rng: RngState::capture(&rng),
-                extra: serde_json::json!({ "first_loss": first_loss }),
+                extra: serde_json::to_value(losses)
+                    .map_err(|e| LoopError::Config(format!("vision checkpoint state: {e}")))?,
             };
             save_checkpoint(&run_dir, &params, &opt, &st)?;
         }
@@ -684,8 +683,8 @@ pub fn pretrain_vision(
     let info = VisionPretrainInfo {
         steps: step,
         images: train_ids.len(),
-        first_loss,
-        final_loss: last,
+        first_loss: losses.first_loss,
+        final_loss: losses.last_loss,
         seconds: t0.elapsed().as_secs_f64(),
         patches: summarise(&pacc, &pt),
         slots: slot_head.as_ref().map(|_| summarise(&sacc, &st)),

@@ -10,8 +10,15 @@
 //! run/latest.json                               {"dir": "checkpoint-000120", "step": 120}
 //! ```
 //!
-//! A checkpoint is written into a temporary folder that is renamed into place, then
-//! `latest.json` is replaced atomically, so a crash leaves the previous checkpoint usable.
+//! A checkpoint is written into a temporary folder (`.checkpoint-000120.{pid}.tmp`,
+//! [`mde_core::io::temp_name`]) that is renamed into place, then `latest.json` is replaced
+//! atomically, so a crash leaves the previous checkpoint usable. The half-written folder of a
+//! killed writer is removed when the run folder is next opened ([`latest_checkpoint`]) or
+//! written to ([`save_checkpoint`]), see [`clean_stale_checkpoints`].
+//!
+//! `state.json` also carries what a run's summary needs that only the process that did the
+//! steps knows ([`LossLog`]: the first and the latest loss), so that a resumed run reports
+//! what an uninterrupted one does.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -67,10 +74,64 @@ pub struct TrainState {
     pub extra: serde_json::Value,
 }
 
+/// What a training summary reports that only the process that ran the step knows: the loss of
+/// the first optimizer step and of the latest one. Every trainer of mde (mde-train's
+/// [`crate::trainer::Trainer`], mde-loop's vision pretraining) keeps one and saves it in the
+/// `extra` of each checkpoint's `state.json` (keys `first_loss` and `last_loss`), so that a run
+/// killed and resumed reports the same losses as an uninterrupted one. Checkpoints written
+/// before a field existed load it as `None` (unknown).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct LossLog {
+    /// Loss of optimizer step 1.
+    #[serde(default)]
+    pub first_loss: Option<f32>,
+    /// Loss of the latest optimizer step.
+    #[serde(default)]
+    pub last_loss: Option<f32>,
+}
+
+impl LossLog {
+    /// Records the loss of the step just done.
+    pub fn record(&mut self, loss: f32) {
+        self.first_loss.get_or_insert(loss);
+        self.last_loss = Some(loss);
+    }
+
+    /// Reads the log from a checkpoint's `extra` (other keys are ignored, missing ones are
+    /// `None`).
+    pub fn from_extra(extra: &serde_json::Value) -> Result<Self> {
+        if extra.is_null() {
+            return Ok(Self::default());
+        }
+        Self::deserialize(extra)
+            .map_err(|e| TrainError::Invalid(format!("checkpoint losses in `extra`: {e}")))
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Latest {
     dir: String,
     step: u64,
+}
+
+/// Whether `name` is the name of a checkpoint folder (`checkpoint-` and digits).
+fn is_checkpoint_name(name: &str) -> bool {
+    name.strip_prefix("checkpoint-")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Removes the temp folders of checkpoints (and temps of `latest.json`) in `run_dir` left by a
+/// writer that was killed and no longer runs ([`mde_core::io::clean_stale_temps_where`]); a
+/// writer that still runs, and anything that is not such a temp, are left alone. Returns the
+/// removed paths.
+pub fn clean_stale_checkpoints(run_dir: &Path) -> Result<Vec<PathBuf>> {
+    let removed = mde_core::io::clean_stale_temps_where(run_dir, |t| {
+        is_checkpoint_name(t) || t == "latest.json"
+    })?;
+    for p in &removed {
+        tracing::info!(path = %p.display(), "removed the temp of a killed checkpoint writer");
+    }
+    Ok(removed)
 }
 
 /// Saves a checkpoint of `params` (name, var), the optimizer and `state` under `run_dir`;
@@ -88,7 +149,8 @@ pub fn save_checkpoint(
     std::fs::create_dir_all(run_dir).map_err(|e| io_err(run_dir, e))?;
     let name = format!("checkpoint-{:06}", state.step);
     let final_dir = run_dir.join(&name);
-    let tmp_dir = run_dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    clean_stale_checkpoints(run_dir)?;
+    let tmp_dir = run_dir.join(mde_core::io::temp_name(&name, std::process::id()));
     if tmp_dir.exists() {
         std::fs::remove_dir_all(&tmp_dir).map_err(|e| io_err(&tmp_dir, e))?;
     }
@@ -114,8 +176,10 @@ pub fn save_checkpoint(
     Ok(final_dir)
 }
 
-/// The newest complete checkpoint folder of a run, if any.
+/// The newest complete checkpoint folder of a run, if any. Opening the run removes the stale
+/// temps of killed checkpoint writers first ([`clean_stale_checkpoints`]).
 pub fn latest_checkpoint(run_dir: &Path) -> Result<Option<PathBuf>> {
+    clean_stale_checkpoints(run_dir)?;
     let p = run_dir.join("latest.json");
     if !p.is_file() {
         return Ok(None);

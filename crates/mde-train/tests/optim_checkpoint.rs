@@ -3,7 +3,7 @@
 use anyhow::Result;
 use candle_core::{Device, Tensor, Var};
 use mde_train::checkpoint::{
-    latest_checkpoint, load_checkpoint, save_checkpoint, RngState, TrainState,
+    latest_checkpoint, load_checkpoint, save_checkpoint, LossLog, RngState, TrainState,
 };
 use mde_train::mix::{DatasetMixer, MixEntry};
 use mde_train::optim::{runner_applies_weight_decay, AdamW, AdamWConfig};
@@ -156,6 +156,133 @@ fn checkpoint_resume_equals_continuous_run() -> Result<()> {
             .to_scalar::<f32>()?;
         assert_eq!(d, 0.0);
     }
+    Ok(())
+}
+
+/// A pid that runs no process (Linux pids stop at 2^22).
+const DEAD_PID: u32 = 4_000_000_000;
+
+#[test]
+fn killed_checkpoint_writers_leave_nothing_behind() -> Result<()> {
+    if !std::path::Path::new("/proc/self").exists() {
+        eprintln!("no /proc: writers cannot be told dead, nothing is removed");
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let run = dir.path();
+    let vars = make_vars(2)?;
+    let opt = AdamW::new_runner_groups(vars.clone(), AdamWConfig::default())?;
+    let state = |step| TrainState {
+        step,
+        epoch: 0,
+        rng: RngState::capture(&ChaCha8Rng::seed_from_u64(1)),
+        extra: serde_json::Value::Null,
+    };
+    save_checkpoint(run, &vars, &opt, &state(2))?;
+    // The half-written folders of killed writers (current and older naming), a temp of a
+    // running writer (pid 1 always runs) and things that are no checkpoint temps.
+    let stale = run.join(mde_core::io::temp_name("checkpoint-000004", DEAD_PID));
+    let legacy = run.join(format!(".checkpoint-000006.tmp-{}", DEAD_PID - 1));
+    let stale_latest = run.join(mde_core::io::temp_name("latest.json", DEAD_PID));
+    let live = run.join(mde_core::io::temp_name("checkpoint-000004", 1));
+    let other = run.join(mde_core::io::temp_name("metrics.json", DEAD_PID));
+    let not_temp = run.join(".checkpoint-000004.keep");
+    for d in [&stale, &legacy, &live] {
+        std::fs::create_dir_all(d)?;
+        std::fs::write(d.join("trainable.safetensors"), b"half")?;
+    }
+    for f in [&stale_latest, &other, &not_temp] {
+        std::fs::write(f, b"x")?;
+    }
+    // Opening the run folder cleans up.
+    let ck = latest_checkpoint(run)?.expect("a checkpoint");
+    assert!(ck.ends_with("checkpoint-000002"));
+    for p in [&stale, &legacy, &stale_latest] {
+        assert!(!p.exists(), "{} was kept", p.display());
+    }
+    for p in [&live, &other, &not_temp] {
+        assert!(p.exists(), "{} was removed", p.display());
+    }
+    // So does writing one; the writer's own temp never stays behind.
+    std::fs::create_dir_all(&stale)?;
+    save_checkpoint(run, &vars, &opt, &state(4))?;
+    assert!(!stale.exists() && live.exists() && other.exists());
+    let mut names: Vec<String> = std::fs::read_dir(run)?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_>>()?;
+    names.sort();
+    let live_name = mde_core::io::temp_name("checkpoint-000004", 1);
+    let other_name = mde_core::io::temp_name("metrics.json", DEAD_PID);
+    let mut want = vec![
+        ".checkpoint-000004.keep",
+        live_name.as_str(),
+        other_name.as_str(),
+        "checkpoint-000002",
+        "checkpoint-000004",
+        "latest.json",
+    ];
+    want.sort();
+    assert_eq!(names, want);
+    Ok(())
+}
+
+#[test]
+fn loss_log_survives_checkpoints_and_old_ones_load() -> Result<()> {
+    let mut log = LossLog::default();
+    for l in [6.25f32, 6.1, 6.08] {
+        log.record(l);
+    }
+    assert_eq!(log.first_loss, Some(6.25));
+    assert_eq!(log.last_loss, Some(6.08));
+    // Through state.json and back, bit for bit.
+    let dir = tempfile::tempdir()?;
+    let vars = make_vars(3)?;
+    let opt = AdamW::new_runner_groups(vars.clone(), AdamWConfig::default())?;
+    let st = TrainState {
+        step: 3,
+        epoch: 0,
+        rng: RngState::capture(&ChaCha8Rng::seed_from_u64(1)),
+        extra: serde_json::to_value(log)?,
+    };
+    save_checkpoint(dir.path(), &vars, &opt, &st)?;
+    let ck = latest_checkpoint(dir.path())?.expect("a checkpoint");
+    let mut o2 = AdamW::new_runner_groups(vars.clone(), AdamWConfig::default())?;
+    let back = load_checkpoint(&ck, &vars, &mut o2, &Device::Cpu)?;
+    let got = LossLog::from_extra(&back.extra)?;
+    assert_eq!(
+        got.first_loss.map(f32::to_bits),
+        log.first_loss.map(f32::to_bits)
+    );
+    assert_eq!(
+        got.last_loss.map(f32::to_bits),
+        log.last_loss.map(f32::to_bits)
+    );
+    // Checkpoints of older versions: the trainer's had only `last_loss`, the vision
+    // pretraining's only `first_loss`, tests' none; other keys are ignored.
+    let old = LossLog::from_extra(&serde_json::json!({"mixer": {"a": 1}, "last_loss": 2.5}))?;
+    assert_eq!(
+        old,
+        LossLog {
+            first_loss: None,
+            last_loss: Some(2.5)
+        }
+    );
+    let old = LossLog::from_extra(&serde_json::json!({"first_loss": 7.0}))?;
+    assert_eq!(
+        old,
+        LossLog {
+            first_loss: Some(7.0),
+            last_loss: None
+        }
+    );
+    assert_eq!(
+        LossLog::from_extra(&serde_json::Value::Null)?,
+        LossLog::default()
+    );
+    assert_eq!(
+        LossLog::from_extra(&serde_json::json!({"mode": "test"}))?,
+        LossLog::default()
+    );
     Ok(())
 }
 
