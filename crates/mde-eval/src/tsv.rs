@@ -721,6 +721,32 @@ fn write_checked(
 }
 
 impl Table {
+    /// The table without column `name`, as TSV text with minimal quoting (what a file that
+    /// lacks the column looks like); `None` when there is no such column.
+    pub fn to_tsv_without(&self, name: &str) -> Option<String> {
+        let drop = self.col(name)?;
+        let keep = |i: &usize| *i != drop;
+        let cols: Vec<&String> = self
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| keep(i))
+            .map(|(_, c)| c)
+            .collect();
+        let rows: Vec<Vec<Option<String>>> = self
+            .raw_rows()
+            .into_iter()
+            .map(|r| {
+                r.into_iter()
+                    .enumerate()
+                    .filter(|(i, _)| keep(i))
+                    .map(|(_, v)| v)
+                    .collect()
+            })
+            .collect();
+        Some(to_tsv_minimal(&cols, &rows))
+    }
+
     /// All rows as raw cells (`None` = NaN), e.g. to write the table back.
     pub fn raw_rows(&self) -> Vec<Vec<Option<String>>> {
         (0..self.nrows)

@@ -96,26 +96,7 @@ fn tsv_without(src: &Path, column: &str, out: &Path) -> Result<()> {
     // Through the crate's own pandas-compatible reader and writer: fields may hold quoted tabs
     // and newlines, so a split on tabs would corrupt rows.
     let t = mde_eval::tsv::read_tsv(src)?;
-    let drop = t.col(column).context("column present")?;
-    let cols: Vec<&String> = t
-        .columns
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != drop)
-        .map(|(_, c)| c)
-        .collect();
-    let rows: Vec<Vec<Option<String>>> = t
-        .raw_rows()
-        .into_iter()
-        .map(|r| {
-            r.into_iter()
-                .enumerate()
-                .filter(|(i, _)| *i != drop)
-                .map(|(_, v)| v)
-                .collect()
-        })
-        .collect();
-    std::fs::write(out, mde_eval::tsv::to_tsv_minimal(&cols, &rows))?;
+    std::fs::write(out, t.to_tsv_without(column).context("column present")?)?;
     Ok(())
 }
 
