@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Candle vs PyTorch on the "small" MiniGPT-4 CPU workloads (shared/bench/small-config.json).
 #
-# Usage: benches/compare_small.sh [CONFIG.json] [REPS]
+# Usage: scripts/bench/compare_small.sh [CONFIG.json] [REPS]
 #   THREADS=2 (default) is passed to both sides (RAYON_NUM_THREADS / torch.set_num_threads).
 #   SKIP_TRAIN=1 skips the train-step workloads on both sides.
 # Needs python3 with torch, transformers, peft (PyPI's torch is the CUDA build; it runs on CPU but
@@ -9,7 +9,7 @@
 # transformers peft`; see docs/perf/pytorch.md).
 # Prints both sides' raw output, then a table of candle / pytorch time ratios (>1: candle slower).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
 CONFIG=${1:-$ROOT/../shared/bench/small-config.json}
 REPS=${2:-5}
@@ -35,10 +35,10 @@ else
   : >"$OUT/candle_train.txt"
 fi
 
-echo "== pytorch: benches/pytorch_small.py"
+echo "== pytorch: scripts/bench/pytorch_small.py"
 PYARGS=(--config "$CONFIG" --reps "$REPS" --threads "$THREADS")
 [ -n "${SKIP_TRAIN:-}" ] && PYARGS+=(--skip-train)
-python3 benches/pytorch_small.py "${PYARGS[@]}" | tee "$OUT/torch.json"
+python3 scripts/bench/pytorch_small.py "${PYARGS[@]}" | tee "$OUT/torch.json"
 echo "== load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 python3 - "$OUT/candle.txt" "$OUT/candle_train.txt" "$OUT/torch.json" <<'EOF'

@@ -17,7 +17,7 @@ q/v bias only, exact GELU, post_layernorm = MiniGPT-4's ln_vision) and `Blip2QFo
 the LLM is transformers' `LlamaForCausalLM`, measured with attention implementation "sdpa"
 (the default) and "eager".
 
-Usage: python3 benches/pytorch_small.py [--config PATH] [--reps N] [--threads T]
+Usage: python3 scripts/bench/pytorch_small.py [--config PATH] [--reps N] [--threads T]
        [--attn sdpa,eager] [--skip-train]
 Prints one JSON object on stdout (progress goes to stderr).
 """
@@ -134,7 +134,7 @@ def main():
     here = os.path.dirname(os.path.abspath(__file__))
     ap.add_argument(
         "--config",
-        default=os.path.join(here, "..", "..", "shared", "bench", "small-config.json"),
+        default=os.path.join(here, "..", "..", "..", "shared", "bench", "small-config.json"),
     )
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--train-reps", type=int, default=3)

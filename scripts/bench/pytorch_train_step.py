@@ -9,7 +9,7 @@ Prints median / mean / min ms per step on CPU, float32. Counterpart of
 `cargo run --release -p mde-train --example bench_train_step`.
 
     pip install torch transformers peft   # CPU wheels
-    python benches/pytorch_train_step.py [CONFIG.json] [STEPS] [THREADS]
+    python scripts/bench/pytorch_train_step.py [CONFIG.json] [STEPS] [THREADS]
 """
 import json
 import os
@@ -24,7 +24,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
-    path = sys.argv[1] if len(sys.argv) > 1 else os.path.join(here, "../../shared/bench/small-config.json")
+    path = sys.argv[1] if len(sys.argv) > 1 else os.path.join(here, "../../../shared/bench/small-config.json")
     steps = int(sys.argv[2]) if len(sys.argv) > 2 else 10
     if len(sys.argv) > 3:
         torch.set_num_threads(int(sys.argv[3]))

@@ -49,13 +49,57 @@ pub use prompt::{ClassifyPrompt, GeneratePrompt};
 pub use runner::{RunSummary, Runner};
 pub use validate::{FailureCategory, Flag, Validator};
 
-impl GenConfig {
-    /// The generation prompt this config selects.
+impl PromptConfig {
+    /// The generation prompt this section selects: the template file (else the embedded v1),
+    /// sent as a system message when `as_system` is set. The one place that reads the section,
+    /// for `mde generate` and the loop alike.
     pub fn generate_prompt(&self) -> Result<GeneratePrompt> {
-        let p = match &self.prompt.generate_template {
+        let p = match &self.generate_template {
             Some(path) => GeneratePrompt::from_file(path)?,
             None => GeneratePrompt::v1(),
         };
-        Ok(p.with_system_role(self.prompt.as_system))
+        Ok(p.with_system_role(self.as_system))
+    }
+}
+
+impl GenConfig {
+    /// The generation prompt this config selects ([`PromptConfig::generate_prompt`]).
+    pub fn generate_prompt(&self) -> Result<GeneratePrompt> {
+        self.prompt.generate_prompt()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `as_system` holds with and without a template file (the loop and `mde generate` both
+    /// read `[gen.prompt]` through [`PromptConfig::generate_prompt`]).
+    #[test]
+    fn as_system_applies_with_and_without_a_template() {
+        let q = mde_core::records::GenQuery {
+            id: "q0".into(),
+            question_type: "image_scene".into(),
+            type_definition: "the scene".into(),
+            captions: vec!["a cat".into()],
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path().join("t.txt");
+        std::fs::write(&t, crate::prompt::GENERATE_V1).unwrap();
+        for template in [None, Some(t)] {
+            for as_system in [false, true] {
+                let cfg = PromptConfig {
+                    generate_template: template.clone(),
+                    as_system,
+                };
+                let req = cfg.generate_prompt().unwrap().request(&q).unwrap();
+                let want = if as_system { "system" } else { "user" };
+                assert_eq!(
+                    req.messages[0].role, want,
+                    "{template:?} as_system={as_system}"
+                );
+            }
+        }
     }
 }

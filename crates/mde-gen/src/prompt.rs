@@ -12,10 +12,10 @@ use mde_core::teacher::{ChatMessage, TeacherRequest, TeacherTask};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// The project's generation prompt, version 1 (`configs/prompts/generate_v1.txt`).
-pub const GENERATE_V1: &str = include_str!("../../../configs/prompts/generate_v1.txt");
-/// The project's classification prompt, version 1 (`configs/prompts/classify_v1.txt`).
-pub const CLASSIFY_V1: &str = include_str!("../../../configs/prompts/classify_v1.txt");
+/// The project's generation prompt, version 1 (`crates/mde-gen/prompts/generate_v1.txt`, also at `configs/prompts/`).
+pub const GENERATE_V1: &str = include_str!("../prompts/generate_v1.txt");
+/// The project's classification prompt, version 1 (`crates/mde-gen/prompts/classify_v1.txt`).
+pub const CLASSIFY_V1: &str = include_str!("../prompts/classify_v1.txt");
 
 const GENERATE_SLOTS: &[&str] = &[
     "captions",

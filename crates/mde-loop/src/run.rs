@@ -41,7 +41,7 @@ use mde_eval::runner::{
     Benchmark, ImageLoader, Method, RunConfig,
 };
 use mde_gen::postprocess::to_v1;
-use mde_gen::{postprocess, GeneratePrompt, Runner};
+use mde_gen::{postprocess, Runner};
 use mde_train::data::{load_dataset, DatasetFormat, DatasetSpec, RecordKind};
 use mde_train::trainer::{
     ImageMode, OptimSettings, RunOptions, TrainConfig, TrainDataset, Trainer,
@@ -994,17 +994,8 @@ impl LoopRun {
             // 3. Generation.
             let teacher = self.teacher()?;
             let (_, s) = step(&rd.join("generate"), "generate", |d| {
-                let prompt = match &self.cfg.gen.prompt.generate_template {
-                    Some(p) => {
-                        let text = std::fs::read_to_string(p).map_err(|e| LoopError::Io {
-                            path: p.clone(),
-                            source: e,
-                        })?;
-                        GeneratePrompt::from_text(&text)?
-                            .with_system_role(self.cfg.gen.prompt.as_system)
-                    }
-                    None => GeneratePrompt::v1(),
-                };
+                // The same reading of `[gen.prompt]` as `mde generate` (as_system included).
+                let prompt = self.cfg.gen.prompt.generate_prompt()?;
                 let mut rcfg = self.cfg.gen.runner.clone();
                 rcfg.progress = rcfg.progress && self.progress;
                 let runner = Runner::new(teacher.clone(), rcfg);
