@@ -15,9 +15,9 @@ use mde_core::model::EvalModel;
 use mde_core::records::{BenchItem, Prediction};
 use mde_eval::badcase::{mine_bad_cases, write_mined};
 use mde_eval::runner::{
-    load_items_for, run_predictions, score_predictions, select_items, write_official_predictions,
-    Benchmark, ImageLoader, LoadPurpose, Method, RunConfig,
+    load_items_for, select_items, Benchmark, ImageLoader, LoadPurpose, Method, RunConfig,
 };
+use mde_eval::step::{evaluate, EvalDir};
 use minigpt4::eval_adapter::{EvalModelConfig, MiniGpt4Eval};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -158,7 +158,7 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     let selected: Vec<BenchItem> = select_items(&items, &cfg).into_iter().cloned().collect();
-    let store = args.out.join("predictions.jsonl");
+    let store = EvalDir::new(&args.out).predictions();
     let done: HashSet<String> = if store.is_file() {
         read_jsonl::<Prediction>(&store)?
             .into_iter()
@@ -169,20 +169,32 @@ pub fn run(args: Args) -> Result<()> {
     };
     let pending = selected.iter().filter(|it| !done.contains(&it.id)).count();
     let images = ImageLoader::new(Some(image_root));
+    let run = EvalDir::new(&args.out);
     let t = Instant::now();
-    let outcome = if pending > 0 {
-        let mut model = load_model(&args.model, &model_cfg)?;
+    // Everything predicted already: no need to load the weights again.
+    let mut loaded;
+    let model: &mut dyn EvalModel = if pending > 0 {
+        loaded = load_model(&args.model, &model_cfg)?;
         tracing::info!(
             "{}: {pending} of {} items to answer with {}",
             args.benchmark,
             selected.len(),
-            model.name()
+            loaded.name()
         );
-        run_predictions(&mut model, &selected, &store, &cfg, &images)?
+        &mut loaded
     } else {
-        // Everything is predicted: no need to load the weights again.
-        run_predictions(&mut NoModel, &selected, &store, &cfg, &images)?
+        &mut NoModel
     };
+    let ev = evaluate(
+        model,
+        args.benchmark,
+        &args.data,
+        &items,
+        &cfg,
+        &images,
+        &run,
+    )?;
+    let (outcome, files, selected) = (&ev.outcome, &ev.official_files, &ev.selected);
     let secs = t.elapsed().as_secs_f64();
     if outcome.new > 0 {
         tracing::info!(
@@ -192,14 +204,6 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
 
-    let official_dir = args.out.join("official");
-    let files = write_official_predictions(
-        args.benchmark,
-        &args.data,
-        &official_dir,
-        &selected,
-        &outcome.predictions,
-    )?;
     let mut report = format!(
         "# {} evaluation\n\n- data: `{}`\n- model config: `{}`\n- method: {:?}{}\n- items: {} evaluated ({} new this run)\n- official prediction files: {}\n\n",
         args.benchmark,
@@ -211,13 +215,7 @@ pub fn run(args: Args) -> Result<()> {
         outcome.new,
         files.iter().map(|f| format!("`{}`", f.display())).collect::<Vec<_>>().join(", ")
     );
-    let scored = match score_predictions(
-        args.benchmark,
-        &args.data,
-        &official_dir,
-        &selected,
-        &outcome.predictions,
-    ) {
+    let scored = match ev.scored {
         Ok(s) => s,
         Err(e) => {
             report.push_str(&format!("**Scoring failed:** {e}\n"));
@@ -238,7 +236,7 @@ pub fn run(args: Args) -> Result<()> {
     )?;
     report.push_str(&scored.markdown);
 
-    let mined = mine_bad_cases(&selected, &outcome.predictions, &scored.verdicts);
+    let mined = mine_bad_cases(selected, &outcome.predictions, &scored.verdicts);
     write_mined(&args.out, &mined)?;
     report.push_str(&format!(
         "\n## Bad cases\n\n{} wrong of {} scored items -> `bad_cases.jsonl`; per-type error rates -> `weights.json`.\n",

@@ -26,10 +26,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use mde_core::records::BenchItem;
-use mde_eval::runner::{
-    load_items, run_predictions, score_predictions, select_items, write_official_predictions,
-    Benchmark, ImageLoader, RunConfig,
-};
+use mde_eval::runner::{load_items, Benchmark, ImageLoader, RunConfig};
+use mde_eval::step::{evaluate, EvalDir};
 use mde_train::data::{load_dataset, DatasetSpec};
 use mde_train::trainer::{load_model, LossValidator};
 use mde_train::{RunOptions, TrainConfig, TrainDataset, Trainer, Validator};
@@ -134,22 +132,17 @@ impl Validator for AokvqaValidator {
         let dir = self.out.join(format!("val/step-{step:06}"));
         let mut rc = RunConfig::new(Benchmark::Aokvqa);
         rc.limit = self.limit;
-        let out = run_predictions(
+        let ev = evaluate(
             &mut self.eval,
+            Benchmark::Aokvqa,
+            &self.data,
             &self.items,
-            &dir.join("predictions.jsonl"),
             &rc,
             &self.images,
+            &EvalDir::new(&dir),
         )
         .map_err(|e| err(e.to_string()))?;
-        let sel: Vec<BenchItem> = select_items(&self.items, &rc)
-            .into_iter()
-            .cloned()
-            .collect();
-        write_official_predictions(Benchmark::Aokvqa, &self.data, &dir, &sel, &out.predictions)
-            .map_err(|e| err(e.to_string()))?;
-        let scored = score_predictions(Benchmark::Aokvqa, &self.data, &dir, &sel, &out.predictions)
-            .map_err(|e| err(e.to_string()))?;
+        let scored = ev.scored.map_err(|e| err(e.to_string()))?;
         mde_core::io::write_json(dir.join("scores.json"), &scored.json)?;
         scored.json["DA"]
             .as_f64()

@@ -12,4 +12,5 @@ pub use mde_core::paths;
 pub mod report;
 pub mod runner;
 pub mod seedbench;
+pub mod step;
 pub mod tsv;

@@ -28,10 +28,8 @@ use mde_core::records::{BenchItem, ImageRef, Prediction};
 use mde_core::taxonomy::Taxonomy;
 use mde_core::teacher::Teacher;
 use mde_eval::badcase::{mine_bad_cases, question_type_of};
-use mde_eval::runner::{
-    load_items, run_predictions, score_predictions, write_official_predictions, Benchmark,
-    ImageLoader, Method, RunConfig,
-};
+use mde_eval::runner::{load_items, Benchmark, ImageLoader, Method, RunConfig};
+use mde_eval::step::{self, accuracy_by_type, EvalDir, TypeCount};
 use mde_gen::postprocess::to_v1;
 use mde_gen::{postprocess, GeneratePrompt, PostprocessConfig, Runner, RunnerConfig};
 use mde_loop::base::{pretrained_base, world_vqa_records};
@@ -64,7 +62,7 @@ struct Bench {
 struct Evaluated {
     predictions: Vec<Prediction>,
     verdicts: HashMap<String, bool>,
-    per_type: BTreeMap<String, (usize, usize)>,
+    per_type: BTreeMap<String, TypeCount>,
 }
 
 fn evaluate(model: &mut MiniGpt4Eval, b: &Bench, dir: &Path) -> Result<Evaluated> {
@@ -73,42 +71,26 @@ fn evaluate(model: &mut MiniGpt4Eval, b: &Bench, dir: &Path) -> Result<Evaluated
     rc.method = Method::Rank;
     rc.released_quirks = false;
     rc.batch_size = Some(16);
-    // predictions.jsonl is append-only and keyed by item id, so an interrupted evaluation
-    // resumes where it stopped when this example is re-run.
-    let outcome = run_predictions(
+    // The library's evaluate step: predictions.jsonl is append-only and keyed by item id (an
+    // interrupted evaluation resumes when this example is re-run), and scoring goes through
+    // the official file formats, exactly as the benchmark's own tools.
+    let images = ImageLoader::new(b.images.clone());
+    let ev = step::evaluate(
         model,
+        b.kind,
+        &b.path,
         &b.items,
-        &dir.join("predictions.jsonl"),
         &rc,
-        &ImageLoader::new(b.images.clone()),
+        &images,
+        &EvalDir::new(dir),
     )?;
-    // Scoring goes through the official file formats, exactly as the benchmark's own tools.
-    let official = dir.join("official");
-    write_official_predictions(b.kind, &b.path, &official, &b.items, &outcome.predictions)?;
-    let scored = score_predictions(b.kind, &b.path, &official, &b.items, &outcome.predictions)?;
+    let scored = ev.scored?;
     write_json(dir.join("scores.json"), &scored.json)?;
-    let mut per_type: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    for it in &b.items {
-        if let Some(&ok) = scored.verdicts.get(&it.id) {
-            let t = question_type_of(it).unwrap_or_else(|| "untyped".into());
-            let e = per_type.entry(t).or_default();
-            e.0 += usize::from(ok);
-            e.1 += 1;
-        }
-    }
     Ok(Evaluated {
-        predictions: outcome.predictions,
+        per_type: accuracy_by_type(&ev.selected, &scored.verdicts),
+        predictions: ev.outcome.predictions,
         verdicts: scored.verdicts,
-        per_type,
     })
-}
-
-fn pct((hit, n): (usize, usize)) -> f64 {
-    if n == 0 {
-        0.0
-    } else {
-        100.0 * hit as f64 / n as f64
-    }
 }
 
 fn print_comparison(name: &str, before: &Evaluated, after: &Evaluated) {
@@ -116,19 +98,27 @@ fn print_comparison(name: &str, before: &Evaluated, after: &Evaluated) {
     let total = |e: &Evaluated| {
         e.per_type
             .values()
-            .fold((0, 0), |(a, b), (h, n)| (a + h, b + n))
+            .fold(TypeCount::default(), |s, c| TypeCount {
+                correct: s.correct + c.correct,
+                total: s.total + c.total,
+            })
     };
     for (t, b) in &before.per_type {
         let a = after.per_type.get(t).copied().unwrap_or_default();
-        println!("  {t:24} {:5.1}% -> {:5.1}%  ({})", pct(*b), pct(a), b.1);
+        println!(
+            "  {t:24} {:5.1}% -> {:5.1}%  ({})",
+            b.percent(),
+            a.percent(),
+            b.total
+        );
     }
     let (b, a) = (total(before), total(after));
     println!(
         "  {:24} {:5.1}% -> {:5.1}%  ({})",
         "overall",
-        pct(b),
-        pct(a),
-        b.1
+        b.percent(),
+        a.percent(),
+        b.total
     );
 }
 

@@ -36,10 +36,8 @@ use mde_core::records::{BadCase, BenchItem, GenQuery, ImageRef, Prediction, Type
 use mde_core::taxonomy::Taxonomy;
 use mde_core::teacher::Teacher;
 use mde_eval::badcase::{mine_bad_cases, question_type_of, write_mined};
-use mde_eval::runner::{
-    load_items, run_predictions, score_predictions, select_items, write_official_predictions,
-    Benchmark, ImageLoader, Method, RunConfig,
-};
+use mde_eval::runner::{load_items, Benchmark, ImageLoader, Method, RunConfig};
+use mde_eval::step::{accuracy_by_type, evaluate, EvalDir, TypeCount};
 use mde_gen::postprocess::to_v1;
 use mde_gen::{postprocess, Runner};
 use mde_train::data::{load_dataset, DatasetFormat, DatasetSpec, RecordKind};
@@ -424,69 +422,41 @@ impl LoopRun {
         rc.answer_only = self.cfg.eval.answer_only;
         rc.progress = self.progress;
         let items = self.typed_items(spec)?;
-        let selected: Vec<BenchItem> = select_items(&items, &rc).into_iter().cloned().collect();
         let loader = if blind {
             ImageLoader::blank()
         } else {
             ImageLoader::new(spec.images.clone())
         };
-        let outcome = run_predictions(
+        let ev = evaluate(
             model,
-            &selected,
-            &dir.join("predictions.jsonl"),
+            bench,
+            &spec.path,
+            &items,
             &rc,
             &loader,
+            &EvalDir::new(dir),
         )
         .map_err(eval_err)?;
-        let official = dir.join("official");
-        write_official_predictions(
-            bench,
-            &spec.path,
-            &official,
-            &selected,
-            &outcome.predictions,
-        )
-        .map_err(eval_err)?;
-        let scored = score_predictions(
-            bench,
-            &spec.path,
-            &official,
-            &selected,
-            &outcome.predictions,
-        )
-        .map_err(eval_err)?;
+        let scored = ev.scored.map_err(eval_err)?;
         write_json(dir.join("scores.json"), &scored.json)?;
         mde_core::io::atomic_write(dir.join("scores.md"), scored.markdown.as_bytes())?;
-        let mut hits: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-        let (mut n, mut c) = (0usize, 0usize);
-        for it in &selected {
-            let Some(&ok) = scored.verdicts.get(&it.id) else {
-                continue;
-            };
-            let t = question_type_of(it).unwrap_or_else(|| "untyped".into());
-            let e = hits.entry(t).or_default();
-            e.0 += usize::from(ok);
-            e.1 += 1;
-            c += usize::from(ok);
-            n += 1;
-        }
-        let pct = |a: usize, b: usize| {
-            if b == 0 {
-                0.0
-            } else {
-                100.0 * a as f64 / b as f64
-            }
-        };
+        let by_type = accuracy_by_type(&ev.selected, &scored.verdicts);
+        let n: usize = by_type.values().map(|c| c.total).sum();
+        let c: usize = by_type.values().map(|c| c.correct).sum();
         let summary = EvalSummary {
             benchmark: bench.to_string(),
             method: format!("{:?}", rc.method).to_lowercase(),
             items: n,
-            overall: pct(c, n),
-            per_type: hits
+            overall: TypeCount {
+                correct: c,
+                total: n,
+            }
+            .percent(),
+            per_type: by_type
                 .iter()
-                .map(|(t, (a, b))| (t.clone(), pct(*a, *b)))
+                .map(|(t, k)| (t.clone(), k.percent()))
                 .collect(),
-            per_type_items: hits.iter().map(|(t, (_, b))| (t.clone(), *b)).collect(),
+            per_type_items: by_type.iter().map(|(t, k)| (t.clone(), k.total)).collect(),
         };
         Ok(EvalRecord {
             summary,
