@@ -52,6 +52,6 @@ pub use error::{AbsError, Result};
 pub use index::{EncodeExamples, ExampleImages, FirstOf, ImageEncoder, ImageIndex};
 pub use pool::{BadCasePool, PoolReport};
 pub use sampler::{
-    allocate, render_example, sample, Allocation, SampleInputs, SampleReport, SamplerConfig,
-    Strategy,
+    allocate, render_example, sample, write_sample, Allocation, SampleInputs, SampleReport,
+    SamplerConfig, Strategy,
 };

@@ -407,6 +407,20 @@ pub fn example_of(case: &BadCase, type_id: &str) -> InContextExample {
     }
 }
 
+/// The sample step's files in `dir`: `queries.jsonl` (the queries, one per line) and
+/// `sample_report.json` (the [`SampleReport`]), both written atomically. `mde sample` and the
+/// loop's sample step both write through here. Returns the queries path.
+pub fn write_sample(
+    dir: &std::path::Path,
+    queries: &[GenQuery],
+    report: &SampleReport,
+) -> Result<std::path::PathBuf> {
+    let q = dir.join("queries.jsonl");
+    mde_core::io::write_jsonl(&q, queries)?;
+    mde_core::io::write_json(dir.join("sample_report.json"), report)?;
+    Ok(q)
+}
+
 /// Builds up to `cfg.n_queries` queries. Seeded (ChaCha8) and reproducible: the same inputs and
 /// config give the same queries. Returns fewer queries, with `stop_reason` set, when the
 /// candidate images or the eligible types run out.

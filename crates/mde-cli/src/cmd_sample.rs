@@ -1,13 +1,13 @@
 //! `mde sample`: Adaptive Bad-case Sampling from files.
 //!
 //! Reads typed bad cases (JSONL), per-type error rates, COCO instances/captions and an image
-//! index, and writes `queries.jsonl` plus `sample_summary.json` to `--out`. Sampling is seeded,
+//! index, and writes `queries.jsonl` plus `sample_report.json` (as the loop's sample step) and `sample_inputs.json` to `--out`. Sampling is seeded,
 //! so re-running with the same inputs rewrites the same files.
 use anyhow::{bail, Context};
 use mde_abs::{
     sample, AnnotationDb, BadCasePool, ImageIndex, SampleInputs, SamplerConfig, Strategy,
 };
-use mde_core::io::{atomic_write, read_json, read_jsonl, write_json};
+use mde_core::io::{read_json, read_jsonl, write_json};
 use mde_core::records::{BadCase, TypeWeights};
 use mde_core::taxonomy::Taxonomy;
 use std::collections::BTreeMap;
@@ -178,13 +178,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .map(|s| s as &dyn mde_abs::ExampleImages),
     };
     let (queries, report) = sample(&inputs, &cfg)?;
-    let mut text = Vec::new();
-    for q in &queries {
-        serde_json::to_writer(&mut text, q)?;
-        text.push(b'\n');
-    }
-    let queries_path = args.out.join("queries.jsonl");
-    atomic_write(&queries_path, &text)?;
+    // The same files as the loop's sample step; what this command adds (its inputs, the
+    // pool) goes into sample_inputs.json.
+    let queries_path = mde_abs::write_sample(&args.out, &queries, &report)?;
     let summary = serde_json::json!({
         "inputs": {
             "bad_cases": args.bad_cases, "weights": args.weights, "annotations": args.annotations,
@@ -192,9 +188,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "taxonomy": taxonomy.name,
         },
         "pool": { "report": pool_report, "counts": pool.counts() },
-        "sample": report,
     });
-    write_json(args.out.join("sample_summary.json"), &summary)?;
+    write_json(args.out.join("sample_inputs.json"), &summary)?;
     match &report.stop_reason {
         Some(why) => tracing::warn!(
             "built {} of {} queries: {why}",

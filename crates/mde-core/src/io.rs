@@ -125,6 +125,22 @@ pub fn write_json<T: Serialize + ?Sized>(path: impl AsRef<Path>, value: &T) -> R
     atomic_write(path, &bytes)
 }
 
+/// Writes `records` as JSONL (one compact JSON value per line) atomically: for files that are
+/// derived and rewritten whole (queries, bad cases), not for append-only stores
+/// ([`JsonlStore`]).
+pub fn write_jsonl<T: Serialize>(path: impl AsRef<Path>, records: &[T]) -> Result<()> {
+    let path = path.as_ref();
+    let mut text = Vec::new();
+    for r in records {
+        serde_json::to_writer(&mut text, r).map_err(|e| CoreError::Json {
+            path: path.into(),
+            source: e,
+        })?;
+        text.push(b'\n');
+    }
+    atomic_write(path, &text)
+}
+
 /// Reads a JSON file, naming the file in any error.
 pub fn read_json<T: DeserializeOwned>(path: impl AsRef<Path>) -> Result<T> {
     let path = path.as_ref();

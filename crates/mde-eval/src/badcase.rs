@@ -27,7 +27,7 @@
 //! assert_eq!(mined.bad_cases.len(), 2);
 //! assert_eq!(mined.weights.weights["counting"], 0.667);
 //! ```
-use mde_core::io::{atomic_write, write_json};
+use mde_core::io::write_json;
 use mde_core::records::{BadCase, BenchItem, Prediction, TypeWeights, CHOICE_LETTERS};
 use mde_core::CoreError;
 use std::collections::HashMap;
@@ -144,15 +144,7 @@ pub fn mine_bad_cases(
 /// from the predictions and rewritten whole on every run). Returns the two paths.
 pub fn write_mined(dir: &Path, mined: &Mined) -> Result<(PathBuf, PathBuf), CoreError> {
     let bc = dir.join("bad_cases.jsonl");
-    let mut text = Vec::new();
-    for b in &mined.bad_cases {
-        serde_json::to_writer(&mut text, b).map_err(|e| CoreError::Json {
-            path: bc.clone(),
-            source: e,
-        })?;
-        text.push(b'\n');
-    }
-    atomic_write(&bc, &text)?;
+    mde_core::io::write_jsonl(&bc, &mined.bad_cases)?;
     let w = dir.join("weights.json");
     write_json(&w, &mined.weights)?;
     Ok((bc, w))

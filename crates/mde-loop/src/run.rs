@@ -931,14 +931,7 @@ impl LoopRun {
                         report.stop_reason.clone().unwrap_or_else(|| why.join("; "))
                     );
                 }
-                let mut text = Vec::new();
-                for q in &queries {
-                    serde_json::to_writer(&mut text, q)
-                        .map_err(|e| LoopError::Config(e.to_string()))?;
-                    text.push(b'\n');
-                }
-                mde_core::io::atomic_write(d.join("queries.jsonl"), &text)?;
-                write_json(d.join("sample_report.json"), &report)?;
+                mde_abs::write_sample(d, &queries, &report)?;
                 Ok(SampleRecord {
                     queries: queries.len(),
                     per_type: report.per_type.clone(),
