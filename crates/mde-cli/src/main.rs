@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 mod cmd_ask;
 mod cmd_eval;
 mod cmd_gen;
+mod cmd_index;
 mod cmd_ipo;
 mod cmd_loop;
 mod cmd_sample;
@@ -15,7 +16,7 @@ mod cmd_train;
 #[command(
     name = "mde",
     version,
-    about = "MLLM-DataEngine in Rust: evaluate, mine bad cases, sample, generate, train, loop"
+    about = "MLLM-DataEngine in Rust: evaluate, mine bad cases, index, sample, generate, train, loop"
 )]
 struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "mde=debug".
@@ -33,6 +34,8 @@ enum Command {
     Score(cmd_score::Args),
     /// Run a model on a benchmark (resumable), score it and mine bad cases.
     Eval(cmd_eval::Args),
+    /// Embed the images of a COCO file with the model: the index `mde sample --index` reads.
+    Index(cmd_index::Args),
     /// Build generation queries with Adaptive Bad-case Sampling.
     Sample(cmd_sample::Args),
     /// Generate Q&A data with a teacher LLM (resumable).
@@ -65,6 +68,7 @@ fn main() -> anyhow::Result<()> {
         Command::Ask(a) => cmd_ask::run(a),
         Command::Score(a) => cmd_score::run(a),
         Command::Eval(a) => cmd_eval::run(a),
+        Command::Index(a) => cmd_index::run(a),
         Command::Sample(a) => cmd_sample::run(a),
         Command::Generate(a) => cmd_gen::run_generate(a),
         Command::Postprocess(a) => cmd_gen::run_postprocess(a),
