@@ -2,7 +2,7 @@
 //! without `mde_loop::run::LoopRun`: how a lab embeds the pieces in its own pipeline.
 //!
 //! ```text
-//! cargo run --release -p mde-loop --example full_loop -- [out_dir]
+//! cargo run --release -p mde-examples --bin full_loop -- [out_dir]
 //! ```
 //!
 //! world -> tiny base model -> evaluate (mining + report benchmarks) -> classify untyped
