@@ -54,8 +54,7 @@ pub fn world_vqa_records(
     };
     let coco = world.coco_dir();
     Ok(world
-        .load_base_vqa(variant)
-        .map_err(|e| LoopError::World(e.to_string()))?
+        .load_base_vqa(variant)?
         .into_iter()
         .map(|r| TrainRecord {
             image: coco.join(&r.image),
@@ -73,8 +72,7 @@ pub fn world_vqa_records(
 pub fn world_caption_records(world: &World) -> Result<Vec<TrainRecord>> {
     let coco = world.coco_dir();
     Ok(world
-        .load_base_captions()
-        .map_err(|e| LoopError::World(e.to_string()))?
+        .load_base_captions()?
         .into_iter()
         .map(|r| TrainRecord {
             image: coco.join(&r.image),

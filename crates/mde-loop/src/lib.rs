@@ -49,8 +49,31 @@ pub enum LoopError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Building or reading the synthetic world failed (`source` kept).
+    #[error("world: {0}")]
+    WorldGen(#[from] mde_world::WorldError),
+    /// A world image or scene is missing or unreadable.
     #[error("world: {0}")]
     World(String),
+    /// An evaluation step failed (inference, official files or scoring).
+    #[error("evaluation: {0}")]
+    Eval(#[from] mde_eval::runner::RunError),
+    /// Generation ended before every query had a reply (a re-run resumes).
+    #[error("generation: {0}")]
+    GenerationIncomplete(String),
+    /// Post-processing the teacher replies failed.
+    #[error("postprocess: {0}")]
+    Postprocess(String),
+    /// Writing a record or config as JSON failed.
+    #[error("serializing {what}: {source}")]
+    Serialize {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A broken invariant of the loop itself (a bug, not bad input).
+    #[error("internal: {0}")]
+    Internal(String),
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("invalid config: {0}")]

@@ -225,7 +225,7 @@ impl LoopRun {
                     &mde_world::world::config_hash(wc)[..16]
                 ));
                 tracing::info!(dir = %dir.display(), "synthetic world");
-                let w = World::generate(wc, &dir).map_err(|e| LoopError::World(e.to_string()))?;
+                let w = World::generate(wc, &dir)?;
                 self.world = Some(w);
             }
         }
@@ -975,8 +975,8 @@ impl LoopRun {
                     Some(&d.join("summary.json")),
                 ))?;
                 if !summary.finished {
-                    return Err(LoopError::Config(format!(
-                        "generation stopped before the end ({} failed, stop: {:?}); re-run to resume",
+                    return Err(LoopError::GenerationIncomplete(format!(
+                        "stopped before the end ({} failed, stop: {:?}); re-run to resume",
                         summary.failed, summary.stopped
                     )));
                 }
@@ -997,7 +997,7 @@ impl LoopRun {
                 replies
                     .sort_by_key(|r| pos.get(r.query_id.as_str()).copied().unwrap_or(usize::MAX));
                 let out = postprocess(&replies, &queries, &self.cfg.gen.postprocess)
-                    .map_err(LoopError::Config)?;
+                    .map_err(LoopError::Postprocess)?;
                 let v1: Vec<_> = out.items.iter().map(to_v1).collect();
                 write_json(d.join("gptvqa_v1.json"), &v1)?;
                 write_json(d.join("stats.json"), &out.stats)?;
@@ -1170,13 +1170,13 @@ fn runtime(dir: &Path) -> Result<tokio::runtime::Runtime> {
 }
 
 fn unreachable_step<T>() -> Result<T> {
-    Err(LoopError::Config(
-        "internal: a finished step was asked to run again".into(),
+    Err(LoopError::Internal(
+        "a finished step was asked to run again".into(),
     ))
 }
 
 fn eval_err(e: mde_eval::runner::RunError) -> LoopError {
-    LoopError::Config(format!("evaluation: {e}"))
+    LoopError::Eval(e)
 }
 
 /// Sets every var of `varmap` from a root-name safetensors file written by a full-mode export.
@@ -1185,7 +1185,7 @@ pub(crate) fn load_full_weights(varmap: &candle_nn::VarMap, path: &Path) -> Resu
     let data = varmap
         .data()
         .lock()
-        .map_err(|_| LoopError::Config("varmap poisoned".into()))?;
+        .map_err(|_| LoopError::Internal("varmap poisoned".into()))?;
     for (k, v) in data.iter() {
         if let Some(x) = t.get(k) {
             v.set(&x.to_device(v.device())?.to_dtype(v.dtype())?)?;

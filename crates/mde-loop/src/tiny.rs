@@ -465,7 +465,7 @@ pub fn init_parameters(
     drop(model);
     let out = made
         .lock()
-        .map_err(|_| LoopError::Config("init backend poisoned".into()))?
+        .map_err(|_| LoopError::Internal("init backend poisoned".into()))?
         .clone();
     Ok(out)
 }
@@ -574,8 +574,10 @@ fn llama_config_json(l: &LlamaConfig) -> serde_json::Value {
 }
 
 fn manifest_key(cfg: &TinyModelConfig, seed: u64, corpus: &str) -> Result<String> {
-    let c = serde_json::to_string(cfg)
-        .map_err(|e| LoopError::Config(format!("config serialization: {e}")))?;
+    let c = serde_json::to_string(cfg).map_err(|e| LoopError::Serialize {
+        what: "the model config".into(),
+        source: e,
+    })?;
     Ok(sha256_hex(
         format!("mde-loop tiny v{FORMAT_VERSION}\n{c}\n{seed}\n{corpus}").as_bytes(),
     ))
@@ -657,8 +659,10 @@ pub fn build_base_model(
         Ok(())
     };
     let pretty = |v: &serde_json::Value| -> Result<Vec<u8>> {
-        let mut s =
-            serde_json::to_vec_pretty(v).map_err(|e| LoopError::Config(format!("json: {e}")))?;
+        let mut s = serde_json::to_vec_pretty(v).map_err(|e| LoopError::Serialize {
+            what: "a model file".into(),
+            source: e,
+        })?;
         s.push(b'\n');
         Ok(s)
     };

@@ -79,7 +79,7 @@ pub fn prompt_template_texts() -> Vec<String> {
 /// replies, wrapped in MiniGPT-4's prompt template; plus [`prompt_template_texts`]. Ordered
 /// deterministically (files are read in a fixed order).
 pub fn world_corpus(world: &mde_world::World) -> Result<Vec<String>> {
-    let w = |e: mde_world::WorldError| LoopError::World(e.to_string());
+    let w = LoopError::WorldGen;
     let mut out = prompt_template_texts();
     let mut qa = |q: &str, choices: &[String], ans: usize, rationales: &[String]| {
         let ct = minigpt4::prompt::choice_text(choices);

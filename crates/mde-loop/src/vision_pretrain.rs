@@ -380,7 +380,7 @@ fn loss(logits: &Tensor, classes: &[u32], targets: &Targets) -> Result<Tensor> {
             Some(t) => (t + l)?,
         });
     }
-    total.ok_or_else(|| LoopError::Config("no target group".into()))
+    total.ok_or_else(|| LoopError::Internal("no target group".into()))
 }
 
 /// Loss and gradients of one batch (`ids`) split into row shards (one per pool of `shards`, or
@@ -553,7 +553,7 @@ pub fn pretrain_vision(
     let mut params: Vec<(String, Var)> = varmap
         .data()
         .lock()
-        .map_err(|_| LoopError::Config("varmap poisoned".into()))?
+        .map_err(|_| LoopError::Internal("varmap poisoned".into()))?
         .iter()
         .filter(|(n, _)| trains(n))
         .map(|(n, v)| (n.clone(), v.clone()))
@@ -648,8 +648,10 @@ pub fn pretrain_vision(
                 step,
                 epoch: 0,
                 rng: RngState::capture(&rng),
-                extra: serde_json::to_value(losses)
-                    .map_err(|e| LoopError::Config(format!("vision checkpoint state: {e}")))?,
+                extra: serde_json::to_value(losses).map_err(|e| LoopError::Serialize {
+                    what: "the vision checkpoint state".into(),
+                    source: e,
+                })?,
             };
             save_checkpoint(&run_dir, &params, &opt, &st)?;
         }
