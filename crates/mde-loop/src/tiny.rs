@@ -154,6 +154,14 @@ impl TinyModelConfig {
                 return bad(format!("{k} must be > 0"));
             }
         }
+        let min_vocab = crate::tokenizer_train::min_vocab_size();
+        if self.vocab_size < min_vocab {
+            return bad(format!(
+                "vocab_size {} is too small: the tokenizer needs at least {min_vocab} \
+                 (specials, 256 bytes, `$$` and 16 merges)",
+                self.vocab_size
+            ));
+        }
         if !self.image_size.is_multiple_of(self.patch_size) {
             return bad(format!(
                 "image_size {} is not a multiple of patch_size {}",
@@ -496,7 +504,7 @@ pub(crate) fn safetensors_bytes(tensors: &BTreeMap<String, Tensor>) -> Result<Ve
     meta.insert("format".to_string(), "pt".to_string());
     let data: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     safetensors::tensor::serialize(data, Some(meta))
-        .map_err(|e| LoopError::Config(format!("safetensors serialization: {e}")))
+        .map_err(|e| LoopError::Internal(format!("safetensors serialization: {e}")))
 }
 
 fn blip2_config_json(c: &MiniGpt4Config) -> serde_json::Value {

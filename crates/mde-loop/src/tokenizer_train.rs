@@ -78,6 +78,12 @@ pub fn prompt_template_texts() -> Vec<String> {
 /// their options (`(A) ..`), answers with and without `###`, captions, rationales, teacher
 /// replies, wrapped in MiniGPT-4's prompt template; plus [`prompt_template_texts`]. Ordered
 /// deterministically (files are read in a fixed order).
+/// The smallest vocabulary the tokenizer trainer accepts: the fixed ids (specials, 256 bytes,
+/// `$$`) and 16 merges. `TinyModelConfig::validate` checks it, so `--check` fails early.
+pub(crate) fn min_vocab_size() -> usize {
+    SPECIALS.len() + 256 + 1 + 17
+}
+
 pub fn world_corpus(world: &mde_world::World) -> Result<Vec<String>> {
     let w = LoopError::WorldGen;
     let mut out = prompt_template_texts();
@@ -153,14 +159,14 @@ fn allowed_piece(p: &str) -> bool {
 /// Trains the tokenizer on `corpus` (deterministic for a given corpus and config).
 pub fn train_tokenizer(corpus: &[String], cfg: &TokenizerTrainConfig) -> Result<Tokenizer> {
     let fixed = SPECIALS.len() + 256 + 1; // specials, bytes, $$
-    if cfg.vocab_size <= fixed + 16 {
+    if cfg.vocab_size < min_vocab_size() {
         return Err(LoopError::Config(format!(
             "tokenizer vocab_size {} is too small: {} ids are fixed (specials, 256 bytes, `$$`)",
             cfg.vocab_size, fixed
         )));
     }
     if corpus.is_empty() {
-        return Err(LoopError::Config("tokenizer corpus is empty".into()));
+        return Err(LoopError::Tokenizer("the training corpus is empty".into()));
     }
     // 1. Plain BPE training on words split at "▁".
     let mut trainer = BpeTrainerBuilder::new()

@@ -631,9 +631,9 @@ pub fn pretrain_vision(
             &params,
         )?;
         if !v.is_finite() {
-            return Err(LoopError::Config(format!(
+            return Err(LoopError::Train(mde_train::TrainError::Invalid(format!(
                 "vision pretraining: non-finite loss {v} at step {step}"
-            )));
+            ))));
         }
         opt.step(&grads)?;
         step += 1;
