@@ -72,7 +72,7 @@ struct RunInfo {
 /// Reads, checks and resolves the model config TOML (no weights are read). A bad value
 /// (`max_batch = 0`, a `[mmbench]`/`[chat]` setting out of range ...) is an error naming the
 /// file and the key.
-fn read_model_config(path: &Path) -> Result<EvalModelConfig> {
+pub(crate) fn read_model_config(path: &Path) -> Result<EvalModelConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading model config {}", path.display()))?;
     let mut cfg: EvalModelConfig = toml::from_str(&text)

@@ -8,8 +8,8 @@
 use anyhow::{Context, Result};
 use mde_abs::{AnnotationDb, ImageIndex};
 use mde_core::records::ImageRef;
-use minigpt4::eval_adapter::{EvalModelConfig, MiniGpt4Eval};
-use std::path::{Path, PathBuf};
+use minigpt4::eval_adapter::MiniGpt4Eval;
+use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -36,21 +36,11 @@ pub struct Args {
     pub quiet: bool,
 }
 
-fn read_model_config(path: &Path) -> Result<EvalModelConfig> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading model config {}", path.display()))?;
-    let mut cfg: EvalModelConfig = toml::from_str(&text)
-        .with_context(|| format!("{}: invalid model config", path.display()))?;
-    cfg.validate().map_err(|e| e.in_file(path))?;
-    cfg.resolve_paths(path.parent().unwrap_or(Path::new(".")));
-    Ok(cfg)
-}
-
 pub fn run(args: Args) -> Result<()> {
     if args.batch_size == 0 {
         anyhow::bail!("--batch-size 0: must be at least 1");
     }
-    let cfg = read_model_config(&args.model)?;
+    let cfg = crate::cmd_eval::read_model_config(&args.model)?;
     let db = AnnotationDb::load_instances(&args.annotations)?;
     let mut ids = db.ids();
     ids.sort_unstable();

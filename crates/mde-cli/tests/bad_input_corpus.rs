@@ -11,6 +11,8 @@
 //! hidden twins.
 #[path = "../../mde-gen/tests/support/server.rs"]
 mod server;
+mod support;
+use support::{eval_fx, golden};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -19,22 +21,6 @@ use std::time::{Duration, Instant};
 
 /// No case may run longer (the slowest loads the tiny model once).
 const CASE_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn eval_fx() -> PathBuf {
-    match std::env::var_os("MDE_EVAL_FIXTURES") {
-        Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/eval"),
-    }
-}
-
-fn golden() -> PathBuf {
-    match std::env::var_os("MDE_GOLDEN_DIR") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/minigpt4-tiny")
-        }
-    }
-}
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -466,12 +452,7 @@ fn model_corpus() {
         write(
             d,
             name,
-            format!(
-                "blip2 = \"{}\"\nvicuna = \"{}\"\nprojector = \"{}\"\ndevice = \"cpu\"\n{extra}",
-                blip2.display(),
-                vicuna.display(),
-                projector.display()
-            ),
+            support::model_toml(blip2, vicuna, projector, extra),
         )
     };
     let (blip2, vicuna, proj) = (

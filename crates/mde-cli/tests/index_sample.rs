@@ -1,18 +1,12 @@
 //! `mde index` builds the image index `mde sample --index` needs (before, only the loop could):
 //! the tiny fixture model embeds a small COCO set, and sampling with similar images runs on it.
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use anyhow::{ensure, Result};
 
-fn golden() -> PathBuf {
-    match std::env::var_os("MDE_GOLDEN_DIR") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/minigpt4-tiny")
-        }
-    }
-}
+mod support;
+use support::golden;
 
 fn mde(args: &[&str]) -> Result<Output> {
     Ok(Command::new(env!("CARGO_BIN_EXE_mde"))
@@ -48,15 +42,7 @@ fn index_then_sample_with_similar_images() -> Result<()> {
     let ann = d.join("instances.json");
     std::fs::write(&ann, coco.to_string())?;
     let model = d.join("model.toml");
-    std::fs::write(
-        &model,
-        format!(
-            "blip2 = \"{}\"\nvicuna = \"{}\"\nprojector = \"{}\"\ndevice = \"cpu\"\n",
-            g.join("blip2").display(),
-            g.join("vicuna").display(),
-            g.join("minigpt4/pretrained_minigpt4.pth").display()
-        ),
-    )?;
+    std::fs::write(&model, support::tiny_model_toml())?;
     let index = d.join("index/pool.safetensors");
     let o = mde(&[
         "index",

@@ -5,7 +5,7 @@
 //! `mde train`'s validation and the examples call), with the tiny fixture model on the MMBench
 //! fixture. The prediction store and every official prediction file must be identical.
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{ensure, Context, Result};
@@ -13,21 +13,8 @@ use mde_eval::runner::{load_items_for, Benchmark, ImageLoader, LoadPurpose, RunC
 use mde_eval::step::{evaluate, EvalDir};
 use minigpt4::eval_adapter::{EvalModelConfig, MiniGpt4Eval};
 
-fn golden() -> PathBuf {
-    match std::env::var_os("MDE_GOLDEN_DIR") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/minigpt4-tiny")
-        }
-    }
-}
-
-fn eval_fx() -> PathBuf {
-    match std::env::var_os("MDE_EVAL_FIXTURES") {
-        Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/eval"),
-    }
-}
+mod support;
+use support::eval_fx;
 
 /// Every file below `dir` (relative path -> bytes).
 fn files(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
@@ -53,17 +40,8 @@ fn files(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
 #[test]
 fn mde_eval_equals_the_evaluate_step() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let g = golden();
     let model_toml = tmp.path().join("model.toml");
-    std::fs::write(
-        &model_toml,
-        format!(
-            "blip2 = \"{}\"\nvicuna = \"{}\"\nprojector = \"{}\"\ndevice = \"cpu\"\n",
-            g.join("blip2").display(),
-            g.join("vicuna").display(),
-            g.join("minigpt4/pretrained_minigpt4.pth").display()
-        ),
-    )?;
+    std::fs::write(&model_toml, support::tiny_model_toml())?;
     let data = eval_fx().join("mmbench/MMBench_DEV_EN.tsv");
     let limit = 3;
 

@@ -55,6 +55,16 @@ pub(crate) mod check {
         Ok(())
     }
 
+    /// The sizes of a stack of BERT/ViT encoder layers (same key names in both configs):
+    /// width, layers, heads and MLP width at least 1, the heads dividing the width.
+    pub fn encoder_stack(hidden: usize, layers: usize, heads: usize, mlp: usize) -> Result<()> {
+        at_least("hidden_size", hidden, 1)?;
+        at_least("num_hidden_layers", layers, 1)?;
+        at_least("num_attention_heads", heads, 1)?;
+        divisible("hidden_size", hidden, "num_attention_heads", heads)?;
+        at_least("intermediate_size", mlp, 1)
+    }
+
     /// In `(0, 1]` (probabilities such as top-p).
     pub fn unit_open_closed(key: &str, v: f64) -> Result<()> {
         if !(v > 0.0 && v <= 1.0) {
@@ -111,16 +121,12 @@ impl VisionConfig {
     /// Checks every size, count and eps: sizes and counts at least 1, heads dividing
     /// `hidden_size`, `patch_size <= image_size` and dividing it, eps > 0.
     pub fn validate(&self) -> Result<()> {
-        check::at_least("hidden_size", self.hidden_size, 1)?;
-        check::at_least("num_hidden_layers", self.num_hidden_layers, 1)?;
-        check::at_least("num_attention_heads", self.num_attention_heads, 1)?;
-        check::divisible(
-            "hidden_size",
+        check::encoder_stack(
             self.hidden_size,
-            "num_attention_heads",
+            self.num_hidden_layers,
             self.num_attention_heads,
+            self.intermediate_size,
         )?;
-        check::at_least("intermediate_size", self.intermediate_size, 1)?;
         check::at_least("patch_size", self.patch_size, 1)?;
         if self.image_size < self.patch_size {
             return Err(Error::bad_value(
@@ -168,16 +174,12 @@ pub struct QFormerConfig {
 impl QFormerConfig {
     /// Checks every size, count and eps.
     pub fn validate(&self) -> Result<()> {
-        check::at_least("hidden_size", self.hidden_size, 1)?;
-        check::at_least("num_hidden_layers", self.num_hidden_layers, 1)?;
-        check::at_least("num_attention_heads", self.num_attention_heads, 1)?;
-        check::divisible(
-            "hidden_size",
+        check::encoder_stack(
             self.hidden_size,
-            "num_attention_heads",
+            self.num_hidden_layers,
             self.num_attention_heads,
+            self.intermediate_size,
         )?;
-        check::at_least("intermediate_size", self.intermediate_size, 1)?;
         check::at_least(
             "cross_attention_frequency",
             self.cross_attention_frequency,
