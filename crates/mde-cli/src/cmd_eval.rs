@@ -6,7 +6,7 @@
 //! - `predictions.jsonl`: one prediction per item, appended as the model answers (the resume key);
 //! - the official prediction file (`predictions.tsv`, `results/<task>.txt`,
 //!   `predictions_<split>.json` or `predictions.jsonl` for SEED-Bench under `official/`);
-//! - `scores.json` + `report.md`: the scorer's numbers;
+//! - `scores.json`, `scores.md` + `report.md`: the scorer's numbers;
 //! - `bad_cases.jsonl` + `weights.json`: wrong items and per-type error rates for the sampler;
 //! - `run.json`: what produced the predictions (a re-run with another model or method is refused).
 use anyhow::{bail, Context, Result};
@@ -18,7 +18,7 @@ use mde_eval::runner::{
     load_items_for, select_items, Benchmark, ImageLoader, LoadPurpose, Method, RunConfig,
 };
 use mde_eval::step::{evaluate, EvalDir};
-use minigpt4::eval_adapter::{EvalModelConfig, MiniGpt4Eval};
+use mde_models::eval_adapter::{EvalModelConfig, MiniGpt4Eval};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -226,14 +226,7 @@ pub fn run(args: Args) -> Result<()> {
             );
         }
     };
-    write_json(
-        args.out.join("scores.json"),
-        &serde_json::json!({
-            "benchmark": args.benchmark.to_string(),
-            "items": outcome.predictions.len(),
-            "scores": scored.json,
-        }),
-    )?;
+    mde_eval::step::write_scores(&run, args.benchmark, outcome.predictions.len(), &scored)?;
     report.push_str(&scored.markdown);
 
     let mined = mine_bad_cases(selected, &outcome.predictions, &scored.verdicts);

@@ -6,9 +6,9 @@
 //! Image files are `--images` joined with each image's `file_name`, through the path policy of
 //! every loader (`mde_core::paths`): a `file_name` that leaves the image root is refused.
 use anyhow::{Context, Result};
-use mde_abs::{AnnotationDb, ImageIndex};
+use mde_abs::AnnotationDb;
 use mde_core::records::ImageRef;
-use minigpt4::eval_adapter::MiniGpt4Eval;
+use mde_models::eval_adapter::MiniGpt4Eval;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -71,25 +71,14 @@ pub fn run(args: Args) -> Result<()> {
     }
     let model = MiniGpt4Eval::load(&cfg)
         .with_context(|| format!("loading the model of {}", args.model.display()))?;
-    let enc = mde_loop::run::ModelEncoder::new(
+    let enc = mde_models::encoder::ModelEncoder::new(
         &model.model,
         args.images.clone(),
         String::new(),
         Some(args.images.clone()),
     );
-    let bar = if args.quiet {
-        indicatif::ProgressBar::hidden()
-    } else {
-        indicatif::ProgressBar::new(images.len() as u64)
-    };
-    let index = ImageIndex::build(&enc, &images, args.batch_size, |n| {
-        bar.set_position(n as u64)
-    })?;
-    bar.finish_and_clear();
-    if let Some(d) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-    }
-    index.save(&args.out)?;
+    let index =
+        mde_loop::steps::index::run(&enc, &images, args.batch_size, &args.out, !args.quiet)?;
     eprintln!(
         "indexed {} images of {} -> {}",
         index.len(),

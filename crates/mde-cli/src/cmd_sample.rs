@@ -1,15 +1,15 @@
 //! `mde sample`: Adaptive Bad-case Sampling from files.
 //!
 //! Reads typed bad cases (JSONL), per-type error rates, COCO instances/captions and an image
-//! index, and writes `queries.jsonl` plus `sample_report.json` (as the loop's sample step) and `sample_inputs.json` to `--out`. Sampling is seeded,
-//! so re-running with the same inputs rewrites the same files.
+//! index, and writes `queries.jsonl` plus `sample_report.json` (the loop's sample step,
+//! `mde_loop::steps::sample`) and `sample_inputs.json` to `--out`. Sampling is seeded, so
+//! re-running with the same inputs rewrites the same files.
 use anyhow::{bail, Context};
-use mde_abs::{
-    sample, AnnotationDb, BadCasePool, ImageIndex, SampleInputs, SamplerConfig, Strategy,
-};
+use mde_abs::{AnnotationDb, BadCasePool, ImageIndex, SampleInputs, SamplerConfig, Strategy};
 use mde_core::io::{read_json, read_jsonl, write_json};
 use mde_core::records::{BadCase, TypeWeights};
 use mde_core::taxonomy::Taxonomy;
+use mde_loop::layout::SampleFiles;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -177,10 +177,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .as_ref()
             .map(|s| s as &dyn mde_abs::ExampleImages),
     };
-    let (queries, report) = sample(&inputs, &cfg)?;
-    // The same files as the loop's sample step; what this command adds (its inputs, the
-    // pool) goes into sample_inputs.json.
-    let queries_path = mde_abs::write_sample(&args.out, &queries, &report)?;
+    // The loop's sample step: queries.jsonl and sample_report.json; what this command adds
+    // (its inputs, the pool) goes into sample_inputs.json.
+    let files = SampleFiles::new(&args.out);
+    mde_loop::steps::sample::run(&cfg, &inputs, &files)?;
     let summary = serde_json::json!({
         "inputs": {
             "bad_cases": args.bad_cases, "weights": args.weights, "annotations": args.annotations,
@@ -190,14 +190,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "pool": { "report": pool_report, "counts": pool.counts() },
     });
     write_json(args.out.join("sample_inputs.json"), &summary)?;
-    match &report.stop_reason {
-        Some(why) => tracing::warn!(
-            "built {} of {} queries: {why}",
-            report.built,
-            report.requested
-        ),
-        None => tracing::info!("built {} queries", report.built),
-    }
-    println!("{}", queries_path.display());
+    println!("{}", files.queries().display());
     Ok(())
 }

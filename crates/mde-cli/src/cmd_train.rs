@@ -28,10 +28,10 @@ use candle_core::{DType, Device};
 use mde_core::records::BenchItem;
 use mde_eval::runner::{load_items, Benchmark, ImageLoader, RunConfig};
 use mde_eval::step::{evaluate, EvalDir};
+use mde_models::eval_adapter::MiniGpt4Eval;
 use mde_train::data::{load_dataset, DatasetSpec};
 use mde_train::trainer::{load_model, LossValidator};
 use mde_train::{RunOptions, TrainConfig, TrainDataset, Trainer, Validator};
-use minigpt4::eval_adapter::MiniGpt4Eval;
 use minigpt4::model::MiniGpt4;
 use minigpt4::model::ModelPaths;
 use serde::Deserialize;
@@ -132,6 +132,7 @@ impl Validator for AokvqaValidator {
         let dir = self.out.join(format!("val/step-{step:06}"));
         let mut rc = RunConfig::new(Benchmark::Aokvqa);
         rc.limit = self.limit;
+        let run = EvalDir::new(&dir);
         let ev = evaluate(
             &mut self.eval,
             Benchmark::Aokvqa,
@@ -139,11 +140,16 @@ impl Validator for AokvqaValidator {
             &self.items,
             &rc,
             &self.images,
-            &EvalDir::new(&dir),
+            &run,
         )
         .map_err(|e| err(e.to_string()))?;
         let scored = ev.scored.map_err(|e| err(e.to_string()))?;
-        mde_core::io::write_json(dir.join("scores.json"), &scored.json)?;
+        mde_eval::step::write_scores(
+            &run,
+            Benchmark::Aokvqa,
+            ev.outcome.predictions.len(),
+            &scored,
+        )?;
         scored.json["DA"]
             .as_f64()
             .ok_or_else(|| err("the scorer reported no DA accuracy (no DA questions?)".into()))

@@ -631,5 +631,54 @@ fn relative_out_folder_runs_to_a_report() -> Result<()> {
     assert!(st.success(), "mde loop with a relative --out failed");
     assert!(tmp.path().join("runs/rel/report/report.json").exists());
     assert!(tmp.path().join("runs/.cache").is_dir());
+
+    // The loop's postprocess step is `mde postprocess`: the round's replies and queries, with
+    // the loop's `[gen.postprocess]`, give the same files byte for byte.
+    if rounds_of(&cfg)? == 0 {
+        return Ok(());
+    }
+    let rd = tmp.path().join("runs/rel/round_1");
+    let loop_cfg: toml::Table = toml::from_str(&std::fs::read_to_string(&cfg)?)?;
+    let post_cfg = loop_cfg
+        .get("gen")
+        .and_then(|g| g.get("postprocess"))
+        .cloned()
+        .unwrap_or_else(|| toml::Value::Table(Default::default()));
+    let mut gen_toml = toml::Table::new();
+    gen_toml.insert("postprocess".into(), post_cfg);
+    let gen_path = tmp.path().join("postprocess.toml");
+    std::fs::write(&gen_path, toml::to_string(&gen_toml)?)?;
+    let cli_out = tmp.path().join("cli_post");
+    let o = mde()
+        .arg("postprocess")
+        .arg("--replies")
+        .arg(rd.join("generate/replies.jsonl"))
+        .arg("--queries")
+        .arg(rd.join("sample/queries.jsonl"))
+        .arg("--config")
+        .arg(&gen_path)
+        .arg("--out")
+        .arg(&cli_out)
+        .output()?;
+    ensure!(
+        o.status.success(),
+        "mde postprocess: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let mut compared = 0;
+    for e in std::fs::read_dir(&cli_out)? {
+        let name = e?.file_name();
+        let (a, b) = (
+            std::fs::read(cli_out.join(&name))?,
+            std::fs::read(rd.join("postprocess").join(&name))
+                .with_context(|| format!("the loop did not write {name:?}"))?,
+        );
+        ensure!(
+            a == b,
+            "{name:?} differs between the loop and mde postprocess"
+        );
+        compared += 1;
+    }
+    ensure!(compared >= 6, "{compared} files compared");
     Ok(())
 }

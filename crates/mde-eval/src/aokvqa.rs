@@ -18,34 +18,14 @@
 //! let r = score(&ds, &preds, "predictions_val.json").unwrap();
 //! print!("{}", r.stdout); // "predictions_val.json MC 48.148148148148145\n..."
 //! ```
+use crate::error::EvalError;
 use crate::report::{markdown_table, py_float_repr};
 use mde_core::input_report::InputIssues;
 use mde_core::records::{BenchItem, ImageRef};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-
-/// Errors of the A-OKVQA loader and scorer, naming the file or question.
-#[derive(Debug, thiserror::Error)]
-pub enum AokvqaError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: invalid JSON: {source}")]
-    Json {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error("question {question_id}: {msg}")]
-    Question { question_id: String, msg: String },
-    #[error("{0}")]
-    Invalid(String),
-}
+use std::path::Path;
 
 /// One A-OKVQA question (`load_aokvqa` format). Answer fields are optional so the test split
 /// (no answers) loads; the scorer checks what it needs.
@@ -72,8 +52,8 @@ pub struct AokvqaQuestion {
 
 impl AokvqaQuestion {
     /// The correct choice, following Python's list indexing (`-1` is the last choice).
-    pub fn correct_choice(&self) -> Result<&str, AokvqaError> {
-        let qerr = |msg: String| AokvqaError::Question {
+    pub fn correct_choice(&self) -> Result<&str, EvalError> {
+        let qerr = |msg: String| EvalError::Question {
             question_id: self.question_id.clone(),
             msg,
         };
@@ -107,18 +87,17 @@ impl AokvqaQuestion {
 /// Reads `aokvqa_<version>_<split>.json` (a JSON list of questions). An empty list is an error
 /// naming the file ("contains no questions"): scoring it would fail later with a division by zero
 /// that looks like a problem of the prediction file.
-pub fn load_aokvqa(path: &Path) -> Result<Vec<AokvqaQuestion>, AokvqaError> {
-    let bytes = std::fs::read(path).map_err(|e| AokvqaError::Io {
+pub fn load_aokvqa(path: &Path) -> Result<Vec<AokvqaQuestion>, EvalError> {
+    let bytes = std::fs::read(path).map_err(|e| EvalError::Io {
         path: path.into(),
         source: e,
     })?;
-    let qs: Vec<AokvqaQuestion> =
-        serde_json::from_slice(&bytes).map_err(|e| AokvqaError::Json {
-            path: path.into(),
-            source: e,
-        })?;
+    let qs: Vec<AokvqaQuestion> = serde_json::from_slice(&bytes).map_err(|e| EvalError::Json {
+        path: path.into(),
+        source: e,
+    })?;
     if qs.is_empty() {
-        return Err(AokvqaError::Invalid(format!(
+        return Err(EvalError::Invalid(format!(
             "{}: contains no questions",
             path.display()
         )));
@@ -130,9 +109,9 @@ pub fn load_aokvqa(path: &Path) -> Result<Vec<AokvqaQuestion>, AokvqaError> {
 /// scores MC and DA): a valid `correct_choice_idx`, `difficult_direct_answer`, and
 /// `direct_answers` for the DA questions. The test split (no answers) fails here, naming the file,
 /// the question and the field.
-pub fn check_scorable(path: &Path, questions: &[AokvqaQuestion]) -> Result<(), AokvqaError> {
+pub fn check_scorable(path: &Path, questions: &[AokvqaQuestion]) -> Result<(), EvalError> {
     let err = |q: &AokvqaQuestion, msg: String| {
-        AokvqaError::Invalid(format!(
+        EvalError::Invalid(format!(
             "{}: question {}: {msg} (needed for scoring)",
             path.display(),
             q.question_id
@@ -140,7 +119,7 @@ pub fn check_scorable(path: &Path, questions: &[AokvqaQuestion]) -> Result<(), A
     };
     for q in questions {
         q.correct_choice().map_err(|e| match e {
-            AokvqaError::Question { msg, .. } => err(q, msg),
+            EvalError::Question { msg, .. } => err(q, msg),
             other => other,
         })?;
         match &q.difficult_direct_answer {
@@ -159,9 +138,9 @@ pub fn load_aokvqa_split(
     dir: &Path,
     split: &str,
     version: &str,
-) -> Result<Vec<AokvqaQuestion>, AokvqaError> {
+) -> Result<Vec<AokvqaQuestion>, EvalError> {
     if !["train", "val", "test", "test_w_ans"].contains(&split) {
-        return Err(AokvqaError::Invalid(format!(
+        return Err(EvalError::Invalid(format!(
             "unknown split {split:?} (train, val, test, test_w_ans)"
         )));
     }
@@ -261,20 +240,20 @@ pub type AokvqaPredictions = BTreeMap<String, AokvqaPrediction>;
 
 /// Reads `predictions_<split>.json`. Every value must be an object (the official script calls
 /// `.keys()` on it).
-pub fn read_predictions(path: &Path) -> Result<AokvqaPredictions, AokvqaError> {
-    let bytes = std::fs::read(path).map_err(|e| AokvqaError::Io {
+pub fn read_predictions(path: &Path) -> Result<AokvqaPredictions, EvalError> {
+    let bytes = std::fs::read(path).map_err(|e| EvalError::Io {
         path: path.into(),
         source: e,
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| AokvqaError::Json {
+    serde_json::from_slice(&bytes).map_err(|e| EvalError::Json {
         path: path.into(),
         source: e,
     })
 }
 
 /// Writes `predictions_<split>.json` atomically.
-pub fn write_predictions(path: &Path, preds: &AokvqaPredictions) -> Result<(), AokvqaError> {
-    mde_core::io::write_json(path, preds).map_err(|e| AokvqaError::Invalid(e.to_string()))
+pub fn write_predictions(path: &Path, preds: &AokvqaPredictions) -> Result<(), EvalError> {
+    mde_core::io::write_json(path, preds).map_err(|e| EvalError::Invalid(e.to_string()))
 }
 
 /// Python `==` between two JSON values (`1 == 1.0`, `True == 1`; strings only equal strings).
@@ -384,9 +363,9 @@ fn dedup_dataset(dataset: &[AokvqaQuestion]) -> Vec<&AokvqaQuestion> {
 }
 
 /// Whether the question is in the DA set (`v['difficult_direct_answer'] is False`).
-fn in_da_set(q: &AokvqaQuestion) -> Result<bool, AokvqaError> {
+fn in_da_set(q: &AokvqaQuestion) -> Result<bool, EvalError> {
     match &q.difficult_direct_answer {
-        None => Err(AokvqaError::Question {
+        None => Err(EvalError::Question {
             question_id: q.question_id.clone(),
             msg: "no difficult_direct_answer (KeyError in the DA setting)".into(),
         }),
@@ -395,7 +374,7 @@ fn in_da_set(q: &AokvqaQuestion) -> Result<bool, AokvqaError> {
 }
 
 /// `acc_i` of one question in the MC setting.
-fn mc_acc(q: &AokvqaQuestion, pred: Option<&Value>) -> Result<f64, AokvqaError> {
+fn mc_acc(q: &AokvqaQuestion, pred: Option<&Value>) -> Result<f64, EvalError> {
     match pred {
         None => Ok(0.0),
         Some(p) => Ok(
@@ -409,14 +388,14 @@ fn mc_acc(q: &AokvqaQuestion, pred: Option<&Value>) -> Result<f64, AokvqaError> 
 }
 
 /// `(num_match, acc_i)` of one question in the DA setting.
-fn da_acc(q: &AokvqaQuestion, pred: Option<&Value>) -> Result<(Option<u64>, f64), AokvqaError> {
+fn da_acc(q: &AokvqaQuestion, pred: Option<&Value>) -> Result<(Option<u64>, f64), EvalError> {
     let Some(p) = pred else {
         return Ok((None, 0.0));
     };
     let das = q
         .direct_answers
         .as_ref()
-        .ok_or_else(|| AokvqaError::Question {
+        .ok_or_else(|| EvalError::Question {
             question_id: q.question_id.clone(),
             msg: "no direct_answers (KeyError)".into(),
         })?;
@@ -430,7 +409,7 @@ pub fn eval_aokvqa(
     dataset: &[AokvqaQuestion],
     preds: &HashMap<String, Value>,
     multiple_choice: bool,
-) -> Result<f64, AokvqaError> {
+) -> Result<f64, EvalError> {
     let ds = dedup_dataset(dataset);
     let mut acc: Vec<f64> = Vec::new();
     for q in ds {
@@ -445,7 +424,7 @@ pub fn eval_aokvqa(
         });
     }
     mean_x100(&acc).ok_or_else(|| {
-        AokvqaError::Invalid(format!(
+        EvalError::Invalid(format!(
             "no question to score in the {} setting (ZeroDivisionError in the official code)",
             if multiple_choice { "MC" } else { "DA" }
         ))
@@ -471,7 +450,7 @@ pub fn score(
     dataset: &[AokvqaQuestion],
     predictions: &AokvqaPredictions,
     prediction_file: &str,
-) -> Result<AokvqaReport, AokvqaError> {
+) -> Result<AokvqaReport, EvalError> {
     let mc_preds: HashMap<String, Value> = predictions
         .iter()
         .filter_map(|(k, p)| p.multiple_choice.clone().map(|v| (k.clone(), v)))

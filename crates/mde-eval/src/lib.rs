@@ -4,6 +4,7 @@
 
 pub mod aokvqa;
 pub mod badcase;
+pub mod error;
 pub mod matching;
 pub mod mmbench;
 pub mod mme;
@@ -14,3 +15,5 @@ pub mod runner;
 pub mod seedbench;
 pub mod step;
 pub mod tsv;
+
+pub use error::{EvalError, Result};

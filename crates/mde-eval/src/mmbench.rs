@@ -10,37 +10,23 @@
 //!     .unwrap();
 //! println!("{}", r.circular.acc.to_markdown());
 //! ```
+use crate::error::EvalError;
 use crate::matching::{infer_detailed, Choices, Inference, MatchOptions};
-use crate::tsv::{infer_kind, py_float_repr, read_tsv, ColumnKind, Table, TsvError};
+use crate::tsv::{infer_kind, py_float_repr, read_tsv, ColumnKind, Table};
 use mde_core::records::{BenchItem, ImageRef};
 use serde::{Deserialize, Serialize, Serializer};
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// Errors while scoring; each names the file and, where it applies, the line.
-#[derive(Debug, thiserror::Error)]
-pub enum McqError {
-    #[error(transparent)]
-    Tsv(#[from] TsvError),
-    #[error("{path}:{line}: {msg}")]
-    Row {
-        path: PathBuf,
-        line: usize,
-        msg: String,
-    },
-    #[error("{path}: {msg}")]
-    File { path: PathBuf, msg: String },
-}
-
-fn file_err(path: &Path, msg: impl Into<String>) -> McqError {
-    McqError::File {
+fn file_err(path: &Path, msg: impl Into<String>) -> EvalError {
+    EvalError::File {
         path: path.into(),
         msg: msg.into(),
     }
 }
 
-fn row_err(t: &Table, row: usize, msg: impl Into<String>) -> McqError {
-    McqError::Row {
+fn row_err(t: &Table, row: usize, msg: impl Into<String>) -> EvalError {
+    EvalError::Line {
         path: t.source.clone(),
         line: t.line_of(row),
         msg: msg.into(),
@@ -140,12 +126,12 @@ pub struct McqDataset {
 
 impl McqDataset {
     /// Loads a dataset TSV (see the type docs).
-    pub fn load(path: &Path) -> Result<Self, McqError> {
+    pub fn load(path: &Path) -> Result<Self, EvalError> {
         Self::from_table(read_tsv(path)?)
     }
 
     /// Builds the dataset from an already parsed table.
-    pub fn from_table(table: Table) -> Result<Self, McqError> {
+    pub fn from_table(table: Table) -> Result<Self, EvalError> {
         let t = &table;
         let path = t.source.clone();
         let idx_col = t
@@ -225,7 +211,7 @@ impl McqDataset {
     /// [`INFERENCE_COLUMNS`] always, [`SCORING_COLUMNS`] too when the predictions will be scored
     /// (`mde eval` always scores; an MMBench test split without `answer` can only be used with
     /// `scoring = false`), and at least one question. The error names the file and the column.
-    pub fn check_columns(&self, scoring: bool) -> Result<(), McqError> {
+    pub fn check_columns(&self, scoring: bool) -> Result<(), EvalError> {
         let path = &self.table.source;
         let needed = INFERENCE_COLUMNS
             .iter()
@@ -418,7 +404,7 @@ fn prepare(
     circular: bool,
     sort: bool,
     opts: &MatchOptions,
-) -> Result<Preds, McqError> {
+) -> Result<Preds, EvalError> {
     let t = &table;
     let cols = lowered_columns(t);
     // `index` and `prediction` are read before the column names are lowercased: exact names.
@@ -952,7 +938,7 @@ fn vanilla_eval(
     rows: &[&PredRow],
     cols: &HashMap<String, usize>,
     policy: &DuplicatePolicy,
-) -> Result<VanillaResult, McqError> {
+) -> Result<VanillaResult, EvalError> {
     // eval_vanilla per row; then one verdict (and log) per index.
     let row_res: Vec<(u8, String)> = rows
         .iter()
@@ -1034,7 +1020,7 @@ pub fn score_mmbench(
     dataset_tsv: &Path,
     predictions_tsv: &Path,
     opts: &McqOptions,
-) -> Result<MmbenchReport, McqError> {
+) -> Result<MmbenchReport, EvalError> {
     let ds = McqDataset::load(dataset_tsv)?;
     let preds = read_tsv(predictions_tsv)?;
     score_mmbench_tables(&ds, preds, opts)
@@ -1045,7 +1031,7 @@ pub fn score_mmbench_tables(
     ds: &McqDataset,
     preds: Table,
     opts: &McqOptions,
-) -> Result<MmbenchReport, McqError> {
+) -> Result<MmbenchReport, EvalError> {
     for (i, k) in ds.index.iter().enumerate() {
         if let PyIndex::Str(s) = k {
             return Err(row_err(
@@ -1213,7 +1199,7 @@ pub fn score_vanilla_mcq(
     dataset_tsv: &Path,
     predictions_tsv: &Path,
     opts: &McqOptions,
-) -> Result<VanillaMcqReport, McqError> {
+) -> Result<VanillaMcqReport, EvalError> {
     let ds = McqDataset::load(dataset_tsv)?;
     let preds = read_tsv(predictions_tsv)?;
     score_vanilla_mcq_tables(&ds, preds, opts)
@@ -1224,7 +1210,7 @@ pub fn score_vanilla_mcq_tables(
     ds: &McqDataset,
     preds: Table,
     opts: &McqOptions,
-) -> Result<VanillaMcqReport, McqError> {
+) -> Result<VanillaMcqReport, EvalError> {
     let p = prepare(ds, preds, false, true, &opts.matching)?;
     let refs: Vec<&PredRow> = p.rows.iter().collect();
     let result = vanilla_eval(&p.table, &refs, &p.cols, &opts.duplicates)?;

@@ -21,9 +21,10 @@
 //! print!("{}", r.stdout); // identical to calculation.py's output
 //! println!("{}", r.perception_total);
 //! ```
-use crate::paths::{resolve_in_root, PathError};
+use crate::error::EvalError;
+use crate::paths::resolve_in_root;
 use crate::report::{is_py_space, markdown_table, py_float_repr, py_split_whitespace, OrderedMap};
-use crate::tsv::{read_tsv, Table, TsvError};
+use crate::tsv::{read_tsv, Table};
 use mde_core::records::{BenchItem, ImageRef};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -78,31 +79,8 @@ pub fn all_tasks() -> impl Iterator<Item = &'static str> {
         .copied()
 }
 
-/// Errors of the MME loaders and scorers. Each names the file and, where it applies, the line.
-#[derive(Debug, thiserror::Error)]
-pub enum MmeError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}:{line}: {msg}")]
-    Line {
-        path: PathBuf,
-        line: usize,
-        msg: String,
-    },
-    #[error("{path}: {msg}")]
-    Invalid { path: PathBuf, msg: String },
-    #[error(transparent)]
-    Tsv(#[from] TsvError),
-    #[error(transparent)]
-    Path(#[from] PathError),
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> MmeError + '_ {
-    move |e| MmeError::Io {
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EvalError + '_ {
+    move |e| EvalError::Io {
         path: path.to_path_buf(),
         source: e,
     }
@@ -284,14 +262,14 @@ pub fn score_official_task(
     task: &str,
     source: &Path,
     lines: &[String],
-) -> Result<(MmeTaskScore, Vec<MmeOfficialItem>, Vec<String>), MmeError> {
-    let err = |line: usize, msg: String| MmeError::Line {
+) -> Result<(MmeTaskScore, Vec<MmeOfficialItem>, Vec<String>), EvalError> {
+    let err = |line: usize, msg: String| EvalError::Line {
         path: source.to_path_buf(),
         line,
         msg,
     };
     if lines.is_empty() {
-        return Err(MmeError::Invalid {
+        return Err(EvalError::File {
             path: source.to_path_buf(),
             msg: "no lines (calculation.py divides by the number of images and fails)".into(),
         });
@@ -401,12 +379,12 @@ pub fn score_official_task(
 }
 
 /// Runs `calculation.py --results_dir DIR`: all 14 `<task>.txt` files are required.
-pub fn score_official_dir(results_dir: &Path) -> Result<MmeOfficialReport, MmeError> {
+pub fn score_official_dir(results_dir: &Path) -> Result<MmeOfficialReport, EvalError> {
     let mut texts = Vec::new();
     for task in all_tasks() {
         let path = results_dir.join(format!("{task}.txt"));
         let bytes = std::fs::read(&path).map_err(io_err(&path))?;
-        let text = String::from_utf8(bytes).map_err(|e| MmeError::Invalid {
+        let text = String::from_utf8(bytes).map_err(|e| EvalError::File {
             path: path.clone(),
             msg: format!("not valid UTF-8: {e}"),
         })?;
@@ -419,7 +397,7 @@ pub fn score_official_dir(results_dir: &Path) -> Result<MmeOfficialReport, MmeEr
 /// the 14 tasks must be present.
 pub fn score_official_texts(
     files: &[(String, PathBuf, String)],
-) -> Result<MmeOfficialReport, MmeError> {
+) -> Result<MmeOfficialReport, EvalError> {
     let mut tasks = Vec::new();
     let mut items = Vec::new();
     let mut warnings: Vec<String> = Vec::new();
@@ -440,7 +418,7 @@ pub fn score_official_texts(
                 files
                     .iter()
                     .find(|(t, _, _)| t == task)
-                    .ok_or_else(|| MmeError::Invalid {
+                    .ok_or_else(|| EvalError::File {
                         path: PathBuf::from(format!("{task}.txt")),
                         msg: format!(
                         "missing result file for task {task} (calculation.py needs all 14 tasks)"
@@ -601,8 +579,8 @@ impl MmeVlmReport {
     }
 }
 
-fn need_col(t: &Table, name: &str) -> Result<usize, MmeError> {
-    t.col(name).ok_or_else(|| MmeError::Invalid {
+fn need_col(t: &Table, name: &str) -> Result<usize, EvalError> {
+    t.col(name).ok_or_else(|| EvalError::File {
         path: t.source.clone(),
         msg: format!("missing column {name:?} (found {:?})", t.columns),
     })
@@ -610,13 +588,13 @@ fn need_col(t: &Table, name: &str) -> Result<usize, MmeError> {
 
 /// VLMEvalKit's MME evaluation of a prediction file (`.tsv`, columns `index, category,
 /// image_path, answer, prediction`, file order).
-pub fn score_vlmevalkit(predictions_tsv: &Path) -> Result<MmeVlmReport, MmeError> {
+pub fn score_vlmevalkit(predictions_tsv: &Path) -> Result<MmeVlmReport, EvalError> {
     let t = read_tsv(predictions_tsv)?;
     score_vlmevalkit_table(&t)
 }
 
 /// [`score_vlmevalkit`] on an already parsed table.
-pub fn score_vlmevalkit_table(t: &Table) -> Result<MmeVlmReport, MmeError> {
+pub fn score_vlmevalkit_table(t: &Table) -> Result<MmeVlmReport, EvalError> {
     let (ci, cc, cp, ca, cr) = (
         need_col(t, "index")?,
         need_col(t, "category")?,
@@ -651,7 +629,7 @@ pub fn score_vlmevalkit_table(t: &Table) -> Result<MmeVlmReport, MmeError> {
 }
 
 /// VLMEvalKit's `MME_rating` on scored rows (file order).
-pub fn mme_rating(source: &Path, items: Vec<MmeVlmItem>) -> Result<MmeVlmReport, MmeError> {
+pub fn mme_rating(source: &Path, items: Vec<MmeVlmItem>) -> Result<MmeVlmReport, EvalError> {
     // stats[category][image_path] = [scores], both in order of first appearance.
     let mut stats: OrderedMap<OrderedMap<Vec<bool>>> = OrderedMap::new();
     for it in &items {
@@ -679,7 +657,7 @@ pub fn mme_rating(source: &Path, items: Vec<MmeVlmItem>) -> Result<MmeVlmReport,
             n += vals.len() as u64;
             c += vals.iter().filter(|v| **v).count() as u64;
             if vals.len() < 2 {
-                return Err(MmeError::Invalid {
+                return Err(EvalError::File {
                     path: source.to_path_buf(),
                     msg: format!(
                         "category {cat:?}, image_path {img:?} has a single row; VLMEvalKit's MME_rating needs two per image (IndexError)"
@@ -703,7 +681,7 @@ pub fn mme_rating(source: &Path, items: Vec<MmeVlmItem>) -> Result<MmeVlmReport,
     ] {
         let mut base = 0.0f64;
         for c in list {
-            base += *scores.get(c).ok_or_else(|| MmeError::Invalid {
+            base += *scores.get(c).ok_or_else(|| EvalError::File {
                 path: source.to_path_buf(),
                 msg: format!(
                     "no rows for category {c:?}; VLMEvalKit's MME_rating needs all 14 (KeyError)"
@@ -730,9 +708,9 @@ fn strip_newline(s: &str) -> &str {
     s.strip_suffix('\n').unwrap_or(s)
 }
 
-fn read_text(path: &Path) -> Result<String, MmeError> {
+fn read_text(path: &Path) -> Result<String, EvalError> {
     let bytes = std::fs::read(path).map_err(io_err(path))?;
-    String::from_utf8(bytes).map_err(|e| MmeError::Invalid {
+    String::from_utf8(bytes).map_err(|e| EvalError::File {
         path: path.to_path_buf(),
         msg: format!("not valid UTF-8: {e}"),
     })
@@ -770,7 +748,7 @@ fn mme_item(
 
 /// Where a task's image lives inside the MME release folder: `<task>/images/<name>` for the
 /// tasks stored that way, else `<task>/<name>`. Without an image root, the flat form is used.
-fn image_rel_path(image_root: Option<&Path>, task: &str, name: &str) -> Result<String, MmeError> {
+fn image_rel_path(image_root: Option<&Path>, task: &str, name: &str) -> Result<String, EvalError> {
     let nested = format!("{task}/images/{name}");
     let flat = format!("{task}/{name}");
     if let Some(root) = image_root {
@@ -789,7 +767,7 @@ fn image_rel_path(image_root: Option<&Path>, task: &str, name: &str) -> Result<S
 pub fn load_template_dir(
     dir: &Path,
     image_root: Option<&Path>,
-) -> Result<Vec<BenchItem>, MmeError> {
+) -> Result<Vec<BenchItem>, EvalError> {
     let mut items = Vec::new();
     let mut found = 0;
     for task in all_tasks() {
@@ -806,7 +784,7 @@ pub fn load_template_dir(
             }
             let f: Vec<&str> = line.split('\t').collect();
             if f.len() < 3 {
-                return Err(MmeError::Line {
+                return Err(EvalError::Line {
                     path: path.clone(),
                     line: i + 1,
                     msg: format!(
@@ -827,7 +805,7 @@ pub fn load_template_dir(
         }
     }
     if found == 0 {
-        return Err(MmeError::Invalid {
+        return Err(EvalError::File {
             path: dir.into(),
             msg: "no <task>.txt file of the 14 MME tasks found".into(),
         });
@@ -839,7 +817,7 @@ pub fn load_template_dir(
 /// `<task>/questions_answers_YN/<stem>.txt` with images in `<task>/images/`, or `<task>/<stem>.txt`
 /// next to `<task>/<stem>.jpg|png`. Each txt has two lines `question \t answer`. Files are taken in
 /// name order; item ids are `<task>/<stem>#<k>`.
-pub fn load_release_dir(root: &Path) -> Result<Vec<BenchItem>, MmeError> {
+pub fn load_release_dir(root: &Path) -> Result<Vec<BenchItem>, EvalError> {
     let mut items = Vec::new();
     let mut found = 0;
     for task in all_tasks() {
@@ -881,7 +859,7 @@ pub fn load_release_dir(root: &Path) -> Result<Vec<BenchItem>, MmeError> {
                 }
                 let f: Vec<&str> = line.split('\t').collect();
                 if f.len() < 2 {
-                    return Err(MmeError::Line {
+                    return Err(EvalError::Line {
                         path: path.clone(),
                         line: i + 1,
                         msg: "expected `question \\t answer`".into(),
@@ -901,7 +879,7 @@ pub fn load_release_dir(root: &Path) -> Result<Vec<BenchItem>, MmeError> {
         }
     }
     if found == 0 {
-        return Err(MmeError::Invalid {
+        return Err(EvalError::File {
             path: root.into(),
             msg: "no MME task folder (existence/, OCR/, ...) found".into(),
         });
@@ -913,7 +891,7 @@ pub fn load_release_dir(root: &Path) -> Result<Vec<BenchItem>, MmeError> {
 /// `image` of 1..64 characters is the index of the row holding the base64 image (VLMEvalKit's
 /// convention for the second question of an image). Rows without an image are skipped, as
 /// VLMEvalKit does.
-pub fn load_mme_tsv(path: &Path) -> Result<Vec<BenchItem>, MmeError> {
+pub fn load_mme_tsv(path: &Path) -> Result<Vec<BenchItem>, EvalError> {
     let t = read_tsv(path)?;
     let (ci, cimg, cq, ca, cc) = (
         need_col(&t, "index")?,
@@ -941,7 +919,7 @@ pub fn load_mme_tsv(path: &Path) -> Result<Vec<BenchItem>, MmeError> {
             match target {
                 Some(tr) => img = t.py_str(tr, cimg),
                 None => {
-                    return Err(MmeError::Line {
+                    return Err(EvalError::Line {
                         path: path.into(),
                         line: t.line_of(r),
                         msg: format!("image {img:?} refers to no row holding a base64 image"),
@@ -968,11 +946,11 @@ pub fn load_mme_tsv(path: &Path) -> Result<Vec<BenchItem>, MmeError> {
 /// Loads MME from a `.tsv` file (VLMEvalKit), a template folder (`<task>.txt` files) or the
 /// release folder (`<task>/` subfolders), detected from what `path` holds.
 /// A source without any question is an error naming it ("contains no questions").
-pub fn load_mme(path: &Path, image_root: Option<&Path>) -> Result<Vec<BenchItem>, MmeError> {
+pub fn load_mme(path: &Path, image_root: Option<&Path>) -> Result<Vec<BenchItem>, EvalError> {
     let items = if path.is_file() {
         load_mme_tsv(path)?
     } else if !path.is_dir() {
-        return Err(MmeError::Invalid {
+        return Err(EvalError::File {
             path: path.into(),
             msg: "no such file or folder".into(),
         });
@@ -982,7 +960,7 @@ pub fn load_mme(path: &Path, image_root: Option<&Path>) -> Result<Vec<BenchItem>
         load_release_dir(path)?
     };
     if items.is_empty() {
-        return Err(MmeError::Invalid {
+        return Err(EvalError::File {
             path: path.into(),
             msg: "contains no questions".into(),
         });
@@ -1023,7 +1001,7 @@ pub fn write_official_results(
     out_dir: &Path,
     items: &[BenchItem],
     responses: &HashMap<String, String>,
-) -> Result<Vec<PathBuf>, MmeError> {
+) -> Result<Vec<PathBuf>, EvalError> {
     let mut per_task: OrderedMap<String> = OrderedMap::new();
     for it in items {
         let task = it.category.clone().unwrap_or_default();
@@ -1035,7 +1013,7 @@ pub fn write_official_results(
             ("answer", &gt),
         ] {
             if v.contains(['\t', '\n', '\r']) {
-                return Err(MmeError::Invalid {
+                return Err(EvalError::File {
                     path: out_dir.join(format!("{task}.txt")),
                     msg: format!("item {}: {what} contains a TAB or line break", it.id),
                 });
@@ -1051,7 +1029,7 @@ pub fn write_official_results(
     let mut written = Vec::new();
     for (task, text) in per_task.iter() {
         let p = out_dir.join(format!("{task}.txt"));
-        mde_core::io::atomic_write(&p, text.as_bytes()).map_err(|e| MmeError::Invalid {
+        mde_core::io::atomic_write(&p, text.as_bytes()).map_err(|e| EvalError::File {
             path: p.clone(),
             msg: e.to_string(),
         })?;
@@ -1066,7 +1044,7 @@ pub fn write_vlmevalkit_predictions(
     path: &Path,
     items: &[BenchItem],
     responses: &HashMap<String, String>,
-) -> Result<(), MmeError> {
+) -> Result<(), EvalError> {
     let cols = [
         "index",
         "question",

@@ -44,12 +44,12 @@
 //! assert_eq!(out.predictions[0].text, "B");
 //! assert_eq!(out.predictions[0].choice_idx, Some(1));
 //! ```
+use crate::error::EvalError;
 use crate::paths::resolve_with_extensions;
 use base64::Engine;
 use mde_core::io::JsonlStore;
 use mde_core::model::{argmin, EvalModel, EvalRequest, ImageInput, ModelError, PromptStyle};
 use mde_core::records::{BenchItem, ImageRef, Prediction, CHOICE_LETTERS};
-use mde_core::CoreError;
 use regex::Regex;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -179,14 +179,14 @@ impl RunConfig {
         }
     }
 
-    fn check(&self) -> Result<(), RunError> {
+    fn check(&self) -> Result<(), EvalError> {
         let ok = match self.benchmark {
             Benchmark::Mme => self.method == Method::Generate,
             Benchmark::Aokvqa => self.method == Method::Rank,
             Benchmark::MMBench | Benchmark::SeedBench => true,
         };
         if !ok {
-            return Err(RunError::Config(format!(
+            return Err(EvalError::Config(format!(
                 "{} is evaluated by {}, not {:?}",
                 self.benchmark,
                 match self.benchmark.default_method() {
@@ -197,37 +197,10 @@ impl RunConfig {
             )));
         }
         if self.batch_size == Some(0) {
-            return Err(RunError::Config("batch size must be at least 1".into()));
+            return Err(EvalError::Config("batch size must be at least 1".into()));
         }
         Ok(())
     }
-}
-
-/// Errors of a run. Predictions finished before the error are already on disk.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error(transparent)]
-    Store(#[from] CoreError),
-    #[error("item {id}: image {what}: {msg}")]
-    Image {
-        id: String,
-        what: String,
-        msg: String,
-    },
-    #[error("item {id}: {msg}")]
-    Item { id: String, msg: String },
-    #[error("batch starting at item {first_id}: {source}")]
-    Model {
-        first_id: String,
-        #[source]
-        source: ModelError,
-    },
-    #[error("{0}")]
-    Config(String),
-    #[error("{path}: {msg}")]
-    Write { path: PathBuf, msg: String },
-    #[error("{path}: {msg}")]
-    Load { path: PathBuf, msg: String },
 }
 
 /// Reads an item's image into the bytes a model adapter decodes.
@@ -267,7 +240,7 @@ impl ImageLoader {
     }
 
     /// The image bytes of `item`.
-    pub fn load(&self, item: &BenchItem) -> Result<ImageInput, RunError> {
+    pub fn load(&self, item: &BenchItem) -> Result<ImageInput, EvalError> {
         if self.blank {
             return Ok(ImageInput::Rgb {
                 width: 32,
@@ -275,7 +248,7 @@ impl ImageLoader {
                 data: BLANK_RGB.repeat(32 * 32),
             });
         }
-        let err = |what: String, msg: String| RunError::Image {
+        let err = |what: String, msg: String| EvalError::Image {
             id: item.id.clone(),
             what,
             msg,
@@ -405,7 +378,7 @@ pub fn run_predictions<M: EvalModel + ?Sized>(
     store_path: &Path,
     cfg: &RunConfig,
     images: &ImageLoader,
-) -> Result<RunOutcome, RunError> {
+) -> Result<RunOutcome, EvalError> {
     cfg.check()?;
     let selected = select_items(items, cfg);
     let mut store: JsonlStore<Prediction> =
@@ -454,7 +427,7 @@ pub fn run_predictions<M: EvalModel + ?Sized>(
         let first_id = chunk[0].id.clone();
         let preds: Vec<Prediction> = match cfg.method {
             Method::Generate => {
-                let texts = model.generate(&reqs).map_err(|source| RunError::Model {
+                let texts = model.generate(&reqs).map_err(|source| EvalError::Model {
                     first_id: first_id.clone(),
                     source,
                 })?;
@@ -467,7 +440,7 @@ pub fn run_predictions<M: EvalModel + ?Sized>(
                     .collect()
             }
             Method::Rank => {
-                let scores = model.rank(&reqs).map_err(|source| RunError::Model {
+                let scores = model.rank(&reqs).map_err(|source| EvalError::Model {
                     first_id: first_id.clone(),
                     source,
                 })?;
@@ -502,9 +475,9 @@ pub fn run_predictions<M: EvalModel + ?Sized>(
     })
 }
 
-fn check_len(first_id: &str, got: usize, want: usize, what: &str) -> Result<(), RunError> {
+fn check_len(first_id: &str, got: usize, want: usize, what: &str) -> Result<(), EvalError> {
     if got != want {
-        return Err(RunError::Model {
+        return Err(EvalError::Model {
             first_id: first_id.to_string(),
             source: ModelError::Backend(format!("returned {got} {what} for a batch of {want}")),
         });
@@ -517,15 +490,15 @@ fn build_request(
     style: PromptStyle,
     cfg: &RunConfig,
     images: &ImageLoader,
-) -> Result<EvalRequest, RunError> {
+) -> Result<EvalRequest, EvalError> {
     if cfg.method == Method::Rank && item.choices.is_empty() {
-        return Err(RunError::Item {
+        return Err(EvalError::Item {
             id: item.id.clone(),
             msg: "ranking needs choices, the item has none".into(),
         });
     }
     if item.choices.len() > CHOICE_LETTERS.len() {
-        return Err(RunError::Item {
+        return Err(EvalError::Item {
             id: item.id.clone(),
             msg: format!("{} choices (at most 26)", item.choices.len()),
         });
@@ -575,9 +548,9 @@ fn ranked_prediction(
     item: &BenchItem,
     scores: Vec<f32>,
     cfg: &RunConfig,
-) -> Result<Prediction, RunError> {
+) -> Result<Prediction, EvalError> {
     if scores.len() != item.choices.len() {
-        return Err(RunError::Item {
+        return Err(EvalError::Item {
             id: item.id.clone(),
             msg: format!(
                 "model returned {} scores for {} choices",
@@ -586,7 +559,7 @@ fn ranked_prediction(
             ),
         });
     }
-    let idx = argmin(&scores).ok_or_else(|| RunError::Item {
+    let idx = argmin(&scores).ok_or_else(|| EvalError::Item {
         id: item.id.clone(),
         msg: "every choice scored NaN".into(),
     })?;
@@ -658,8 +631,8 @@ pub fn aokvqa_answer(choice: &str, released_quirks: bool) -> String {
 // Loading, official-format prediction files and scoring
 // ------------------------------------------------------------------------------------------------
 
-fn load_err(path: &Path) -> impl Fn(String) -> RunError + '_ {
-    move |msg| RunError::Load {
+fn load_err(path: &Path) -> impl Fn(String) -> EvalError + '_ {
+    move |msg| EvalError::Load {
         path: path.to_path_buf(),
         msg,
     }
@@ -690,7 +663,7 @@ pub fn load_items(
     benchmark: Benchmark,
     data: &Path,
     image_root: Option<&Path>,
-) -> Result<Vec<BenchItem>, RunError> {
+) -> Result<Vec<BenchItem>, EvalError> {
     load_items_for(benchmark, data, image_root, LoadPurpose::Evaluation)
 }
 
@@ -701,10 +674,10 @@ pub fn load_items_for(
     data: &Path,
     image_root: Option<&Path>,
     purpose: LoadPurpose,
-) -> Result<Vec<BenchItem>, RunError> {
+) -> Result<Vec<BenchItem>, EvalError> {
     let e = load_err(data);
     let scoring = purpose == LoadPurpose::Evaluation;
-    let mcq = |name: &str| -> Result<Vec<BenchItem>, RunError> {
+    let mcq = |name: &str| -> Result<Vec<BenchItem>, EvalError> {
         let ds = crate::mmbench::McqDataset::load(data).map_err(|x| e(x.to_string()))?;
         ds.check_columns(scoring).map_err(|x| e(x.to_string()))?;
         Ok(ds.to_bench_items(name))
@@ -737,7 +710,7 @@ pub fn write_vlmevalkit_mcq_predictions(
     dataset_tsv: &Path,
     out: &Path,
     predictions: &HashMap<&str, &Prediction>,
-) -> Result<(), RunError> {
+) -> Result<(), EvalError> {
     let ds = crate::mmbench::McqDataset::load(dataset_tsv)
         .map_err(|x| load_err(dataset_tsv)(x.to_string()))?;
     let t = &ds.table;
@@ -764,7 +737,7 @@ pub fn write_vlmevalkit_mcq_predictions(
         row.push(Some(p.text.clone()));
         rows.push(row);
     }
-    crate::tsv::write_tsv_quote_all(out, &cols, &rows).map_err(|x| RunError::Write {
+    crate::tsv::write_tsv_quote_all(out, &cols, &rows).map_err(|x| EvalError::Write {
         path: out.to_path_buf(),
         msg: x.to_string(),
     })
@@ -801,12 +774,12 @@ pub fn write_official_predictions(
     out_dir: &Path,
     items: &[BenchItem],
     predictions: &[Prediction],
-) -> Result<Vec<PathBuf>, RunError> {
+) -> Result<Vec<PathBuf>, EvalError> {
     let by_id: HashMap<&str, &Prediction> =
         predictions.iter().map(|p| (p.id.as_str(), p)).collect();
     let werr = |path: &Path| {
         let path = path.to_path_buf();
-        move |e: String| RunError::Write {
+        move |e: String| EvalError::Write {
             path: path.clone(),
             msg: e,
         }
@@ -903,10 +876,10 @@ pub fn score_predictions(
     out_dir: &Path,
     items: &[BenchItem],
     predictions: &[Prediction],
-) -> Result<Scored, RunError> {
+) -> Result<Scored, EvalError> {
     let serr = |path: &Path| {
         let path = path.to_path_buf();
-        move |e: String| RunError::Load {
+        move |e: String| EvalError::Load {
             path: path.clone(),
             msg: format!("scoring failed: {e}"),
         }
@@ -1012,9 +985,9 @@ fn score_mme(
     out_dir: &Path,
     items: &[BenchItem],
     predictions: &[Prediction],
-) -> Result<Scored, RunError> {
+) -> Result<Scored, EvalError> {
     let results = out_dir.join("results");
-    let serr = |path: &Path, e: String| RunError::Load {
+    let serr = |path: &Path, e: String| EvalError::Load {
         path: path.to_path_buf(),
         msg: format!("scoring failed: {e}"),
     };

@@ -17,43 +17,15 @@
 //! let r = score_official(&ann, &preds, &SeedTask::Image).unwrap();
 //! print!("{}", r.stdout);
 //! ```
-use crate::mmbench::{score_vanilla_mcq, McqError, McqOptions, VanillaMcqReport};
+use crate::error::EvalError;
+use crate::mmbench::{score_vanilla_mcq, McqOptions, VanillaMcqReport};
 use crate::report::{markdown_table, py_fixed};
 use crate::tsv::read_tsv;
 use mde_core::input_report::{InputIssues, Kept};
 use mde_core::records::{BenchItem, ImageRef};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-
-/// Errors of the SEED-Bench loader and scorers.
-#[derive(Debug, thiserror::Error)]
-pub enum SeedError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: invalid JSON: {source}")]
-    Json {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error("{path}:{line}: {msg}")]
-    Line {
-        path: PathBuf,
-        line: usize,
-        msg: String,
-    },
-    #[error("{path}: {msg}")]
-    Invalid { path: PathBuf, msg: String },
-    #[error(transparent)]
-    Mcq(#[from] McqError),
-    #[error(transparent)]
-    Tsv(#[from] crate::tsv::TsvError),
-}
+use std::path::Path;
 
 /// One SEED-Bench question (DATASET.md @ 250947c2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,12 +65,12 @@ impl SeedAnnotations {
 
 /// Reads `SEED-Bench.json`: `{"questions": [...], "question_type": {...}}`; a bare list of
 /// questions is accepted too.
-pub fn load_seed_json(path: &Path) -> Result<SeedAnnotations, SeedError> {
-    let bytes = std::fs::read(path).map_err(|e| SeedError::Io {
+pub fn load_seed_json(path: &Path) -> Result<SeedAnnotations, EvalError> {
+    let bytes = std::fs::read(path).map_err(|e| EvalError::Io {
         path: path.into(),
         source: e,
     })?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| SeedError::Json {
+    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| EvalError::Json {
         path: path.into(),
         source: e,
     })?;
@@ -110,13 +82,13 @@ pub fn load_seed_json(path: &Path) -> Result<SeedAnnotations, SeedError> {
     } else {
         serde_json::from_value(v)
     };
-    let ann: SeedAnnotations = parsed.map_err(|e| SeedError::Json {
+    let ann: SeedAnnotations = parsed.map_err(|e| EvalError::Json {
         path: path.into(),
         source: e,
     })?;
     if ann.questions.is_empty() {
         // Scoring would only report a ZeroDivisionError much later.
-        return Err(SeedError::Invalid {
+        return Err(EvalError::File {
             path: path.into(),
             msg: "contains no questions".into(),
         });
@@ -243,8 +215,8 @@ pub struct SeedPrediction {
 }
 
 /// Reads `predictions.jsonl` (one `{"question_id", "prediction"}` per line; blank lines skipped).
-pub fn read_predictions(path: &Path) -> Result<Vec<SeedPrediction>, SeedError> {
-    let text = std::fs::read_to_string(path).map_err(|e| SeedError::Io {
+pub fn read_predictions(path: &Path) -> Result<Vec<SeedPrediction>, EvalError> {
+    let text = std::fs::read_to_string(path).map_err(|e| EvalError::Io {
         path: path.into(),
         source: e,
     })?;
@@ -253,7 +225,7 @@ pub fn read_predictions(path: &Path) -> Result<Vec<SeedPrediction>, SeedError> {
         if line.trim().is_empty() {
             continue;
         }
-        let p: SeedPrediction = serde_json::from_str(line).map_err(|e| SeedError::Line {
+        let p: SeedPrediction = serde_json::from_str(line).map_err(|e| EvalError::Line {
             path: path.into(),
             line: i + 1,
             msg: format!("expected {{\"question_id\": str, \"prediction\": str}}: {e}"),
@@ -264,16 +236,16 @@ pub fn read_predictions(path: &Path) -> Result<Vec<SeedPrediction>, SeedError> {
 }
 
 /// Writes `predictions.jsonl` atomically.
-pub fn write_predictions(path: &Path, preds: &[SeedPrediction]) -> Result<(), SeedError> {
+pub fn write_predictions(path: &Path, preds: &[SeedPrediction]) -> Result<(), EvalError> {
     let mut text = String::new();
     for p in preds {
-        text.push_str(&serde_json::to_string(p).map_err(|e| SeedError::Json {
+        text.push_str(&serde_json::to_string(p).map_err(|e| EvalError::Json {
             path: path.into(),
             source: e,
         })?);
         text.push('\n');
     }
-    mde_core::io::atomic_write(path, text.as_bytes()).map_err(|e| SeedError::Invalid {
+    mde_core::io::atomic_write(path, text.as_bytes()).map_err(|e| EvalError::File {
         path: path.into(),
         msg: e.to_string(),
     })
@@ -392,7 +364,7 @@ pub fn score_official(
     ann: &SeedAnnotations,
     preds: &[SeedPrediction],
     task: &SeedTask,
-) -> Result<SeedOfficialReport, SeedError> {
+) -> Result<SeedOfficialReport, EvalError> {
     let mut pred_map: HashMap<&str, &str> = HashMap::new();
     let mut duplicates = Vec::new();
     let mut input_issues = InputIssues::default();
@@ -501,7 +473,7 @@ pub fn score_official(
 
 /// Loads VLMEvalKit's `SEEDBench_IMG.tsv` (`index, question, A-D, answer, category, image`) into
 /// [`BenchItem`]s (base64 images), like `ImageBaseDataset` does.
-pub fn load_seed_tsv(path: &Path) -> Result<Vec<BenchItem>, SeedError> {
+pub fn load_seed_tsv(path: &Path) -> Result<Vec<BenchItem>, EvalError> {
     let ds = crate::mmbench::McqDataset::load(path)?;
     Ok(ds.to_bench_items("seedbench"))
 }
@@ -547,7 +519,7 @@ pub fn score_vlmevalkit(
     dataset_tsv: &Path,
     predictions_tsv: &Path,
     opts: &McqOptions,
-) -> Result<SeedVlmReport, SeedError> {
+) -> Result<SeedVlmReport, EvalError> {
     let raw = score_vanilla_mcq(dataset_tsv, predictions_tsv, opts)?;
     // Category per index from the prediction file (what report_acc groups by).
     let t = read_tsv(predictions_tsv)?;
@@ -566,7 +538,7 @@ pub fn score_vlmevalkit(
             .get(i)
             .filter(|v| v.index == d.index)
             .map(|v| v.hit)
-            .ok_or_else(|| SeedError::Invalid {
+            .ok_or_else(|| EvalError::File {
                 path: predictions_tsv.into(),
                 msg: format!("no verdict for row {i} (index {})", d.index),
             })?;

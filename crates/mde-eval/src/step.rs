@@ -8,6 +8,8 @@
 //! ```text
 //! DIR/predictions.jsonl   append-only store keyed by item id (resume)
 //! DIR/official/...        the benchmark's own prediction files (MMBench TSV, MME results ...)
+//! DIR/scores.json         the official scores ([`write_scores`])
+//! DIR/scores.md           the same as a Markdown summary
 //! ```
 //!
 //! ```
@@ -49,9 +51,10 @@
 //! assert_eq!(accuracy_by_type(&ev.selected, &scored.verdicts)["untyped"].total, 1);
 //! ```
 use crate::badcase::question_type_of;
+use crate::error::EvalError;
 use crate::runner::{
     run_predictions, score_predictions, select_items, write_official_predictions, Benchmark,
-    ImageLoader, RunConfig, RunError, RunOutcome, Scored,
+    ImageLoader, RunConfig, RunOutcome, Scored,
 };
 use mde_core::model::EvalModel;
 use mde_core::records::BenchItem;
@@ -77,6 +80,33 @@ impl EvalDir {
     pub fn official(&self) -> PathBuf {
         self.dir.join("official")
     }
+    /// The official scores (JSON).
+    pub fn scores(&self) -> PathBuf {
+        self.dir.join("scores.json")
+    }
+    /// The official scores as Markdown.
+    pub fn scores_md(&self) -> PathBuf {
+        self.dir.join("scores.md")
+    }
+}
+
+/// Writes `scores.json` (`{benchmark, items, scores}`: the scorer's full report) and
+/// `scores.md` (its Markdown summary) into `run`, atomically.
+pub fn write_scores(
+    run: &EvalDir,
+    benchmark: Benchmark,
+    items: usize,
+    scored: &Scored,
+) -> Result<(), mde_core::CoreError> {
+    mde_core::io::write_json(
+        run.scores(),
+        &serde_json::json!({
+            "benchmark": benchmark.to_string(),
+            "items": items,
+            "scores": scored.json,
+        }),
+    )?;
+    mde_core::io::atomic_write(run.scores_md(), scored.markdown.as_bytes())
 }
 
 /// What one evaluation produced.
@@ -89,7 +119,7 @@ pub struct Evaluated {
     pub official_files: Vec<PathBuf>,
     /// The official scores, or why scoring failed. Kept apart from the step's own result: the
     /// predictions are on disk either way, and a caller may report them before failing.
-    pub scored: Result<Scored, RunError>,
+    pub scored: Result<Scored, EvalError>,
 }
 
 /// Runs the evaluate step of `items` of `benchmark` (read from `data`) with `model` in `run`.
@@ -102,7 +132,7 @@ pub fn evaluate<M: EvalModel + ?Sized>(
     cfg: &RunConfig,
     images: &ImageLoader,
     run: &EvalDir,
-) -> Result<Evaluated, RunError> {
+) -> Result<Evaluated, EvalError> {
     let selected: Vec<BenchItem> = select_items(items, cfg).into_iter().cloned().collect();
     let outcome = run_predictions(model, &selected, &run.predictions(), cfg, images)?;
     let official = run.official();

@@ -18,6 +18,7 @@
 //!     println!("{}", t.py_str(r, idx));
 //! }
 //! ```
+use crate::error::EvalError;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -32,40 +33,15 @@ pub fn is_na_string(s: &str) -> bool {
     s.len() <= 8 && PANDAS_NA_STRINGS.contains(&s)
 }
 
-/// Errors from reading or writing a TSV file. Each names the file (or `<string>`) and line.
-#[derive(Debug, thiserror::Error)]
-pub enum TsvError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: not valid UTF-8 text ({source})")]
-    Utf8 {
-        path: PathBuf,
-        #[source]
-        source: std::string::FromUtf8Error,
-    },
-    #[error("{path}:{line}: {msg}")]
-    Parse {
-        path: PathBuf,
-        line: usize,
-        msg: String,
-    },
-    #[error("{path}: {msg}")]
-    Invalid { path: PathBuf, msg: String },
-}
-
-impl TsvError {
+impl EvalError {
     fn with_path(self, p: &Path) -> Self {
         match self {
-            TsvError::Parse { line, msg, .. } => TsvError::Parse {
+            EvalError::Line { line, msg, .. } => EvalError::Line {
                 path: p.into(),
                 line,
                 msg,
             },
-            TsvError::Invalid { msg, .. } => TsvError::Invalid {
+            EvalError::File { msg, .. } => EvalError::File {
                 path: p.into(),
                 msg,
             },
@@ -188,12 +164,12 @@ impl Table {
 }
 
 /// Reads a TSV file like `pandas.read_csv(path, sep='\t')`.
-pub fn read_tsv(path: &Path) -> Result<Table, TsvError> {
-    let bytes = std::fs::read(path).map_err(|e| TsvError::Io {
+pub fn read_tsv(path: &Path) -> Result<Table, EvalError> {
+    let bytes = std::fs::read(path).map_err(|e| EvalError::Io {
         path: path.into(),
         source: e,
     })?;
-    let text = String::from_utf8(bytes).map_err(|e| TsvError::Utf8 {
+    let text = String::from_utf8(bytes).map_err(|e| EvalError::Utf8 {
         path: path.into(),
         source: e,
     })?;
@@ -203,7 +179,7 @@ pub fn read_tsv(path: &Path) -> Result<Table, TsvError> {
 }
 
 /// Parses TSV text like `pandas.read_csv(io.StringIO(text), sep='\t')`.
-pub fn parse_tsv(text: &str) -> Result<Table, TsvError> {
+pub fn parse_tsv(text: &str) -> Result<Table, EvalError> {
     let src = PathBuf::from("<string>");
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut fields: Vec<(usize, usize)> = Vec::new();
@@ -216,13 +192,13 @@ pub fn parse_tsv(text: &str) -> Result<Table, TsvError> {
     };
     let Some(_) = tok
         .next_record(&mut fields)
-        .map_err(|(line, msg)| TsvError::Parse {
+        .map_err(|(line, msg)| EvalError::Line {
             path: src.clone(),
             line,
             msg,
         })?
     else {
-        return Err(TsvError::Invalid {
+        return Err(EvalError::File {
             path: src,
             msg: "No columns to parse from file".into(),
         });
@@ -237,14 +213,14 @@ pub fn parse_tsv(text: &str) -> Result<Table, TsvError> {
     let mut lines = Vec::new();
     while let Some(line) = tok
         .next_record(&mut fields)
-        .map_err(|(line, msg)| TsvError::Parse {
+        .map_err(|(line, msg)| EvalError::Line {
             path: src.clone(),
             line,
             msg,
         })?
     {
         if fields.len() > ncols {
-            return Err(TsvError::Parse {
+            return Err(EvalError::Line {
                 path: src,
                 line,
                 msg: format!(
@@ -689,7 +665,7 @@ pub fn write_tsv_quote_all<S: AsRef<str>>(
     path: &Path,
     columns: &[S],
     rows: &[Vec<Option<String>>],
-) -> Result<(), TsvError> {
+) -> Result<(), EvalError> {
     write_checked(path, columns.len(), rows, to_tsv_quote_all(columns, rows))
 }
 
@@ -698,7 +674,7 @@ pub fn write_tsv_minimal<S: AsRef<str>>(
     path: &Path,
     columns: &[S],
     rows: &[Vec<Option<String>>],
-) -> Result<(), TsvError> {
+) -> Result<(), EvalError> {
     write_checked(path, columns.len(), rows, to_tsv_minimal(columns, rows))
 }
 
@@ -707,14 +683,14 @@ fn write_checked(
     ncols: usize,
     rows: &[Vec<Option<String>>],
     text: String,
-) -> Result<(), TsvError> {
+) -> Result<(), EvalError> {
     if let Some((i, r)) = rows.iter().enumerate().find(|(_, r)| r.len() != ncols) {
-        return Err(TsvError::Invalid {
+        return Err(EvalError::File {
             path: path.into(),
             msg: format!("row {i} has {} fields, expected {ncols}", r.len()),
         });
     }
-    mde_core::io::atomic_write(path, text.as_bytes()).map_err(|e| TsvError::Invalid {
+    mde_core::io::atomic_write(path, text.as_bytes()).map_err(|e| EvalError::File {
         path: path.into(),
         msg: e.to_string(),
     })

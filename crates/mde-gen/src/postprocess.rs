@@ -187,6 +187,10 @@ pub fn postprocess(
 /// duplicates and a torn last line (no trailing newline and not valid JSON: a writer killed mid-
 /// append) are left out and reported in `stats.input` with their line numbers. Any other invalid
 /// line is an error naming the file and line.
+///
+/// Replies are stored in completion order; the kept items follow the order of `queries`
+/// instead (replies of unknown queries last), so the output does not depend on the endpoint's
+/// timing, its concurrency or a resume.
 pub fn postprocess_file(
     replies: &std::path::Path,
     queries: &[GenQuery],
@@ -195,6 +199,13 @@ pub fn postprocess_file(
     let mut read = mde_core::input_report::read_jsonl_report::<TeacherReplyRecord>(replies)
         .map_err(|e| e.to_string())?;
     read.dedup_first(|r| r.query_id.clone());
+    let pos: std::collections::HashMap<&str, usize> = queries
+        .iter()
+        .enumerate()
+        .map(|(i, q)| (q.id.as_str(), i))
+        .collect();
+    read.records
+        .sort_by_key(|r| pos.get(r.query_id.as_str()).copied().unwrap_or(usize::MAX));
     let mut out = postprocess(&read.records, queries, cfg)?;
     let mut issues = read.issues;
     // After the reader's de-duplication, postprocess only adds unknown query ids.

@@ -23,14 +23,14 @@ use std::path::{Path, PathBuf};
 use mde_abs::Strategy;
 use mde_gen::config::{PromptConfig, RunnerConfig, TeacherConfig};
 use mde_gen::postprocess::PostprocessConfig;
+use mde_models::eval_adapter::EvalModelConfig;
 use mde_train::data::DatasetSpec;
 use mde_train::trainer::{LoraSettings, TrainMode};
 use mde_world::WorldConfig;
-use minigpt4::eval_adapter::EvalModelConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::tiny::TinyModelConfig;
 use crate::{LoopError, Result};
+use mde_tiny::tiny::TinyModelConfig;
 
 /// `[run]`: the loop itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,54 +75,7 @@ pub enum ModelSection {
     },
 }
 
-/// `[base]`: from-scratch training of the tiny base model (ignored for real checkpoints,
-/// which are already trained).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct BaseSection {
-    /// Optimizer steps.
-    pub steps: usize,
-    pub batch_size: usize,
-    pub lr: f64,
-    pub min_lr: f64,
-    pub warmup_steps: usize,
-    pub weight_decay: f64,
-    /// Which base VQA set: `unbalanced` (the demo: weak types are scarce) or `balanced`
-    /// (the control that shows every type is learnable).
-    pub vqa: String,
-    /// Supervision format of the base VQA records: `qa` (question -> "The answer is {text}.",
-    /// what a from-scratch tiny model learns fastest) or `qma` (with the lettered options).
-    pub kind: String,
-    /// Sampling weight of the caption set against the VQA set (0 = no captions).
-    pub caption_ratio: f64,
-    pub checkpoint_every: u64,
-    /// Rows of each batch split over this many threads (see `mde_train::TrainConfig::shards`).
-    pub shards: usize,
-    /// `[base.vision]`: pretrain the vision tower on the world's annotations first (and keep it
-    /// frozen); off unless `steps > 0`. Not serialised when off, so the fingerprints of run
-    /// folders and base caches written before the stage existed still match.
-    #[serde(skip_serializing_if = "crate::vision_pretrain::VisionPretrainSection::is_off")]
-    pub vision: crate::vision_pretrain::VisionPretrainSection,
-}
-
-impl Default for BaseSection {
-    fn default() -> Self {
-        Self {
-            steps: 1500,
-            batch_size: 32,
-            lr: 1.5e-3,
-            min_lr: 1e-4,
-            warmup_steps: 100,
-            weight_decay: 0.01,
-            vqa: "unbalanced".into(),
-            kind: "qa".into(),
-            caption_ratio: 0.25,
-            checkpoint_every: 250,
-            shards: 1,
-            vision: Default::default(),
-        }
-    }
-}
+pub use mde_tiny::base::BaseSection;
 
 /// `[data]`: inputs of a real run (with a `[world]` section these are derived from the world).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -179,7 +132,7 @@ pub struct EvalSection {
     pub answer_only: bool,
     /// How ranking scores a candidate: `mean` token log-probability (the released protocol) or
     /// `sum` (total log-likelihood, independent of how many tokens a choice splits into).
-    pub rank_score: minigpt4::eval_adapter::RankScore,
+    pub rank_score: mde_models::eval_adapter::RankScore,
 }
 
 impl Default for EvalSection {
@@ -473,7 +426,8 @@ impl LoopConfig {
                 };
                 match kind.as_str() {
                     "tiny" => {
-                        let (cfg, seed) = crate::tiny::model_section_from_toml(&t).map_err(wrap)?;
+                        let (cfg, seed) = mde_tiny::tiny::model_section_from_toml(&t)
+                            .map_err(|e| at(e.to_string()))?;
                         ModelSection::Tiny { cfg, seed }
                     }
                     "minigpt4" => ModelSection::Checkpoint {

@@ -1,37 +1,37 @@
-//! The closed loop of mde (round orchestration, built later) and the embedded default's tiny
-//! base model.
+//! The closed loop of mde: one round evaluates the model, mines its bad cases, samples
+//! generation queries (ABS), has a teacher answer them, filters the replies and fine-tunes the
+//! model on them; `mde loop` runs rounds until the configured count.
 //!
-//! - [`tokenizer_train`]: a LLaMA-style BPE tokenizer trained from scratch on the world's texts
-//!   and MiniGPT-4's prompt template, saved as an HF LLaMA tokenizer folder.
-//! - [`tiny`]: [`tiny::TinyModelConfig`] and [`tiny::build_base_model`], which writes a seeded
-//!   random tiny MiniGPT-4 in the real on-disk layouts (HF BLIP-2 folder, Vicuna folder,
-//!   projector safetensors) that `minigpt4::MiniGpt4::load` reads.
+//! - [`steps`]: the steps of a round, one module each (evaluate, mine, classify, index, sample,
+//!   generate, postprocess, train). The `mde` subcommands run the same functions.
+//! - [`layout`]: the run folder as types (where every step reads and writes).
+//! - [`run`]: [`run::LoopRun`], the round orchestration over [`layout`].
+//! - [`config`]: the loop's TOML config (`LoopConfig`), which embeds the library configs.
+//! - [`check`]: `mde loop --check`, the pre-flight check of a config (files, weights, sizes,
+//!   memory) before any work starts.
+//! - [`report`]: `report.json`, `report.md` and the accuracy chart of a run.
+//!
+//! The embedded default's tiny base model (its tokenizer, random init, encoder stage and cached
+//! base build) is the `mde-tiny` crate; the loop calls it in its base step.
 //!
 //! ```no_run
-//! use mde_loop::tiny::{build_base_model, CorpusSource, TinyModelConfig};
+//! use mde_loop::config::LoopConfig;
+//! use mde_loop::run::LoopRun;
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let base = build_base_model(
-//!     &TinyModelConfig::default(),
-//!     CorpusSource::WorldDir("runs/demo/world".as_ref()),
-//!     "runs/demo/base".as_ref(),
-//!     0,
-//! )?;
-//! let model = minigpt4::MiniGpt4::load(
-//!     &base.model_paths(),
-//!     candle_core::DType::F32,
-//!     &candle_core::Device::Cpu,
-//! )?;
-//! # let _ = model; Ok(()) }
+//! let cfg = LoopConfig::load("configs/shapes-demo.toml")?;
+//! let report = LoopRun::new(cfg, "runs/demo".as_ref())?.run()?;
+//! for r in &report.rounds {
+//!     println!("round {}: {:?}", r.round, r.report.as_ref().map(|e| e.overall));
+//! }
+//! # Ok(()) }
 //! ```
 
-pub mod base;
 pub mod check;
 pub mod config;
+pub mod layout;
 pub mod report;
 pub mod run;
-pub mod tiny;
-pub mod tokenizer_train;
-pub mod vision_pretrain;
+pub mod steps;
 
 use std::path::PathBuf;
 
@@ -57,7 +57,7 @@ pub enum LoopError {
     World(String),
     /// An evaluation step failed (inference, official files or scoring).
     #[error("evaluation: {0}")]
-    Eval(#[from] mde_eval::runner::RunError),
+    Eval(#[from] mde_eval::EvalError),
     /// Generation ended before every query had a reply (a re-run resumes).
     #[error("generation: {0}")]
     GenerationIncomplete(String),
@@ -87,6 +87,9 @@ pub enum LoopError {
     /// Drawing a report chart failed.
     #[error("report: {0}")]
     Report(String),
+    /// Building or training the tiny base model failed.
+    #[error(transparent)]
+    Tiny(#[from] mde_tiny::TinyError),
 }
 
 /// Result alias of this crate.

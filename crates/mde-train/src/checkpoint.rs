@@ -224,3 +224,21 @@ pub fn load_checkpoint(
     opt.load(dir, "optimizer")?;
     Ok(mde_core::io::read_json(dir.join("state.json"))?)
 }
+
+/// Sets every var of `varmap` that `path` holds (a root-name safetensors file, as a full-mode
+/// run's `final/model.safetensors`), converting device and dtype to the var's own: a later
+/// round starts from an earlier round's fully trained weights.
+pub fn load_full_weights(varmap: &candle_nn::VarMap, path: &Path) -> Result<()> {
+    let t = candle_core::safetensors::load(path, &candle_core::Device::Cpu)
+        .map_err(|e| TrainError::file(path, e.to_string()))?;
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| TrainError::Invalid("the var map's lock is poisoned".into()))?;
+    for (k, v) in data.iter() {
+        if let Some(x) = t.get(k) {
+            v.set(&x.to_device(v.device())?.to_dtype(v.dtype())?)?;
+        }
+    }
+    Ok(())
+}

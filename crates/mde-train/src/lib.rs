@@ -56,6 +56,7 @@ pub mod io;
 pub mod mix;
 pub mod optim;
 pub mod peft;
+pub mod progress;
 pub mod schedule;
 pub mod shards;
 pub mod step;

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 /// The range checks every config's `validate` is made of. Each failure is an
 /// [`Error::BadValue`] naming the key, the value and what was expected; loaders add the file
 /// ([`Error::in_file`]).
-pub(crate) mod check {
+pub mod check {
     use super::{Error, Result};
 
     /// `v >= min` (counts and sizes: min 1).

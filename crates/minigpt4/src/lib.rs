@@ -31,7 +31,7 @@
 //!
 //! CPU inference speed: call [`runtime::tune_process`] first thing in `main`, and
 //! [`model::MiniGpt4::set_inference_layout`] on a model that will not be trained
-//! ([`eval_adapter::MiniGpt4Eval`] does); docs/PERFORMANCE.md has the measurements.
+//! (`mde_models::eval_adapter::MiniGpt4Eval` does); docs/PERFORMANCE.md has the measurements.
 //!
 //! Training: [`model::MiniGpt4::make_projector_trainable`], [`model::MiniGpt4::enable_lora`],
 //! [`model::MiniGpt4::trainable_vars`], forward with `train = true` (differentiable ops only),
@@ -71,7 +71,6 @@ pub mod act;
 pub mod alloc;
 pub mod config;
 pub mod error;
-pub mod eval_adapter;
 pub mod fused;
 pub mod generation;
 pub mod linear;

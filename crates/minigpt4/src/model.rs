@@ -345,10 +345,9 @@ impl MiniGpt4 {
 
     /// [`Linear::set_inference_layout`] on every linear layer of the model: frozen f32 CPU weights
     /// stored transposed, which makes inference with few rows per matmul (prefill, decoding,
-    /// the Q-Former's queries) up to 3x faster per layer. [`MiniGpt4Eval`] and `mde ask` turn it
+    /// the Q-Former's queries) up to 3x faster per layer. `mde_models::eval_adapter::MiniGpt4Eval` and `mde ask` turn it
     /// on; training turns it off where it matters (see `set_inference_layout`).
     ///
-    /// [`MiniGpt4Eval`]: crate::eval_adapter::MiniGpt4Eval
     pub fn set_inference_layout(&mut self, on: bool) -> Result<()> {
         let mut all = self.vision.linears_mut();
         all.extend(self.qformer.linears_mut());

@@ -10,7 +10,6 @@ use candle_core::{DType, Device};
 use serde_json::{json, Value};
 
 use minigpt4::config::{LlamaConfig, MiniGpt4Config, QFormerConfig, VisionConfig};
-use minigpt4::eval_adapter::EvalModelConfig;
 use minigpt4::generation::GenerationConfig;
 use minigpt4::llama::LoraConfig;
 use minigpt4::weights::{self, Location};
@@ -672,36 +671,5 @@ fn generation_settings_are_validated() {
     for (c, want) in cases {
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains(want), "{e} (wanted {want})");
-    }
-
-    // The eval model config: max_batch 0 is an error, not a silent 1; generation tables too.
-    let base = json!({"blip2": "b", "vicuna": "v"});
-    let ok: EvalModelConfig = serde_json::from_value(base.clone()).unwrap();
-    ok.validate().unwrap();
-    for (patch, want) in [
-        (json!({"max_batch": 0}), "max_batch = 0: must be at least 1"),
-        (
-            json!({"mmbench": {"num_beams": 0}}),
-            "mmbench.num_beams = 0",
-        ),
-        (json!({"chat": {"top_p": 1.5}}), "chat.top_p = 1.5"),
-    ] {
-        let mut v = base.clone();
-        v.as_object_mut()
-            .unwrap()
-            .extend(patch.as_object().unwrap().clone());
-        let c: EvalModelConfig = serde_json::from_value(v).unwrap();
-        let e = c.validate().unwrap_err();
-        let named = e.in_file("models/tiny.toml").to_string();
-        assert!(
-            named.contains("models/tiny.toml") && named.contains(want),
-            "{named}"
-        );
-        // Loading validates first: the (nonexistent) files are never looked at.
-        let e = minigpt4::eval_adapter::MiniGpt4Eval::load(&c)
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(e.contains(want), "{e}");
     }
 }

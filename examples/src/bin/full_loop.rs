@@ -1,5 +1,6 @@
-//! One round of the data engine composed by hand from the library crates, without the CLI and
-//! without `mde_loop::run::LoopRun`: how a lab embeds the pieces in its own pipeline.
+//! One round of the data engine composed by hand from the library crates and the loop's steps
+//! (`mde_loop::steps`), without the CLI and without `mde_loop::run::LoopRun`: how a lab embeds
+//! the pieces in its own pipeline.
 //!
 //! ```text
 //! cargo run --release -p mde-examples --bin full_loop -- [out_dir]
@@ -20,29 +21,29 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use mde_abs::{
-    sample, AnnotationDb, BadCasePool, Classifier, EncodeExamples, ExampleImages, FirstOf,
-    ImageIndex, SampleInputs, SamplerConfig, Strategy,
+    AnnotationDb, BadCasePool, EncodeExamples, ExampleImages, FirstOf, SampleInputs, SamplerConfig,
+    Strategy,
 };
-use mde_core::io::{read_jsonl, write_json};
 use mde_core::records::{BenchItem, ImageRef, Prediction};
 use mde_core::taxonomy::Taxonomy;
 use mde_core::teacher::Teacher;
 use mde_eval::badcase::{mine_bad_cases, question_type_of};
 use mde_eval::runner::{load_items, Benchmark, ImageLoader, Method, RunConfig};
 use mde_eval::step::{self, accuracy_by_type, EvalDir, TypeCount};
-use mde_gen::postprocess::to_v1;
-use mde_gen::{postprocess, GeneratePrompt, PostprocessConfig, Runner, RunnerConfig};
-use mde_loop::base::{pretrained_base, world_vqa_records};
-use mde_loop::config::BaseSection;
-use mde_loop::run::ModelEncoder;
-use mde_loop::tiny::TinyModelConfig;
+use mde_gen::{PostprocessConfig, PromptConfig, RunnerConfig, TeacherConfig};
+use mde_tiny::base::{pretrained_base, world_vqa_records, BaseSection};
+
+use mde_loop::layout::{GenerateFiles, PostprocessFiles, SampleFiles};
+use mde_loop::steps;
+use mde_models::encoder::ModelEncoder;
+use mde_models::eval_adapter::MiniGpt4Eval;
+use mde_tiny::tiny::TinyModelConfig;
 use mde_train::data::{load_dataset, DatasetFormat, DatasetSpec, RecordKind};
 use mde_train::trainer::{
     ImageMode, LoraSettings, OptimSettings, RunOptions, TrainConfig, TrainDataset, TrainMode,
     Trainer,
 };
 use mde_world::{BaseVariant, TeacherOptions, World, WorldConfig, WorldTeacher};
-use minigpt4::eval_adapter::MiniGpt4Eval;
 use minigpt4::tokenizer::LlamaTokenizer;
 use minigpt4::MiniGpt4;
 
@@ -75,17 +76,10 @@ fn evaluate(model: &mut MiniGpt4Eval, b: &Bench, dir: &Path) -> Result<Evaluated
     // interrupted evaluation resumes when this example is re-run), and scoring goes through
     // the official file formats, exactly as the benchmark's own tools.
     let images = ImageLoader::new(b.images.clone());
-    let ev = step::evaluate(
-        model,
-        b.kind,
-        &b.path,
-        &b.items,
-        &rc,
-        &images,
-        &EvalDir::new(dir),
-    )?;
+    let run = EvalDir::new(dir);
+    let ev = step::evaluate(model, b.kind, &b.path, &b.items, &rc, &images, &run)?;
     let scored = ev.scored?;
-    write_json(dir.join("scores.json"), &scored.json)?;
+    step::write_scores(&run, b.kind, ev.outcome.predictions.len(), &scored)?;
     Ok(Evaluated {
         per_type: accuracy_by_type(&ev.selected, &scored.verdicts),
         predictions: ev.outcome.predictions,
@@ -222,10 +216,6 @@ fn main() -> Result<()> {
             ..Default::default()
         },
     ));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     let mut untyped: Vec<String> = benches
         .iter()
         .flat_map(|b| &b.items)
@@ -234,19 +224,20 @@ fn main() -> Result<()> {
         .collect();
     untyped.sort();
     untyped.dedup();
-    let mut classifier = Classifier::new(taxonomy.clone(), Default::default())?
-        .with_cache(out.join("classify_labels.jsonl"))?;
-    let labels = rt.block_on(classifier.classify_questions(teacher.as_ref(), &untyped))?;
+    let labels = steps::classify::run(
+        teacher.as_ref(),
+        taxonomy.clone(),
+        Default::default(),
+        &untyped,
+        &out.join("classify_labels.jsonl"),
+        false,
+    )?;
     for it in benches.iter_mut().flat_map(|b| &mut b.items) {
         if question_type_of(it).is_none() {
-            it.question_type = labels.labels.get(&it.question).cloned();
+            it.question_type = labels.get(&it.question).cloned();
         }
     }
-    println!(
-        "classified {} untyped questions ({} from the cache)",
-        untyped.len(),
-        labels.from_cache
-    );
+    println!("classified {} untyped questions", untyped.len());
 
     // 5. Evaluate the base model on both benchmarks.
     let mut model0 = load_eval(
@@ -285,6 +276,7 @@ fn main() -> Result<()> {
     )?;
     let pool_ids: BTreeSet<u64> = world.pool_image_ids().into_iter().collect();
     let pool_dir = coco.join("train2017");
+    let sample_dir = SampleFiles::new(out.join("sample"));
     let queries = {
         let m = &model0.model;
         let enc = ModelEncoder::new(m, pool_dir.clone(), POOL_PATTERN.into(), Some(coco.clone()));
@@ -292,7 +284,13 @@ fn main() -> Result<()> {
             .iter()
             .map(|&id| (id, ImageRef::Coco { image_id: id }))
             .collect();
-        let index = ImageIndex::build(&enc, &images, 64, |_| {})?;
+        let index = steps::index::run(
+            &enc,
+            &images,
+            steps::index::DEFAULT_BATCH,
+            &out.join("index/pool.safetensors"),
+            false,
+        )?;
         // Bad-case images are benchmark (val) images, not in the index: embed them on demand.
         let enc_examples = EncodeExamples(&enc);
         let examples = FirstOf(vec![&index as &dyn ExampleImages, &enc_examples]);
@@ -318,7 +316,7 @@ fn main() -> Result<()> {
             index: Some(&index),
             examples: Some(&examples),
         };
-        let (queries, report) = sample(&inputs, &scfg)?;
+        let (queries, report) = steps::sample::run(&scfg, &inputs, &sample_dir)?;
         println!(
             "ABS: {} queries {:?} ({} by similarity)",
             queries.len(),
@@ -331,27 +329,36 @@ fn main() -> Result<()> {
 
     // 8. Generation: the runner keeps replies in an append-only JSONL keyed by query id, so a
     //    killed run re-asks only the missing queries (this matters with a paid endpoint).
-    let prompt = GeneratePrompt::v1();
-    let runner = Runner::new(
-        teacher.clone(),
-        RunnerConfig {
-            concurrency: 4,
-            progress: false,
-            ..Default::default()
-        },
-    );
-    let replies_path = out.join("replies.jsonl");
-    let summary = rt.block_on(runner.run(&queries, |q| prompt.request(q), &replies_path, None))?;
-    anyhow::ensure!(summary.finished, "generation stopped early: {summary:?}");
+    let gen_dir = GenerateFiles::new(out.join("generate"));
+    let runner = RunnerConfig {
+        concurrency: 4,
+        progress: false,
+        ..Default::default()
+    };
+    let cfg = steps::generate::Config {
+        endpoint: &TeacherConfig::default(),
+        runner: &runner,
+        prompt: &PromptConfig::default(),
+        ctrl_c: false,
+    };
+    let inputs = steps::generate::Inputs {
+        queries: &queries,
+        queries_file: &sample_dir.queries(),
+        teacher: teacher.clone(),
+    };
+    let summary = steps::generate::run(&cfg, inputs, &gen_dir)?;
+    steps::generate::require_finished(&summary, &gen_dir)?;
 
     // 9. Parse, validate against the annotations (boxes, objects, types) and filter; the kept
     //    items become GPTVQA v1, the format the released data uses and training reads.
-    let replies = read_jsonl(&replies_path)?;
-    let post = postprocess(&replies, &queries, &PostprocessConfig::default())
-        .map_err(anyhow::Error::msg)?;
-    let v1_path = out.join("gptvqa_v1.json");
-    let v1: Vec<_> = post.items.iter().map(to_v1).collect();
-    write_json(&v1_path, &v1)?;
+    let post_dir = PostprocessFiles::new(out.join("postprocess"));
+    let post = steps::postprocess::run(
+        &PostprocessConfig::default(),
+        &gen_dir.replies(),
+        &queries,
+        &post_dir,
+    )?;
+    let v1_path = post_dir.v1();
     println!(
         "generated {} replies: kept {}, dropped {} {:?}",
         post.stats.replies, post.stats.kept, post.stats.dropped, post.stats.drop_reasons

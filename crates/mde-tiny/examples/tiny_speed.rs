@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::Context;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
-use mde_loop::tiny::{build_base_model, load_trainable, CorpusSource, TinyModelConfig};
+use mde_tiny::tiny::{build_base_model, load_trainable, CorpusSource, TinyModelConfig};
 use mde_world::{World, WorldConfig};
 use minigpt4::preprocess::{load_rgb, ImageProcessor};
 

@@ -40,7 +40,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::{LoopError, Result};
+use crate::{Result, TinyError};
 
 /// Bumped when the targets change (part of the stage's cache key).
 pub const TARGETS_VERSION: u32 = 2;
@@ -297,10 +297,10 @@ fn load_batch(
     for id in ids {
         let scene = world
             .scene(*id)
-            .ok_or_else(|| LoopError::World(format!("no scene for image {id}")))?;
+            .ok_or_else(|| TinyError::World(format!("no scene for image {id}")))?;
         let path = world.coco_dir().join(scene.rel_path());
         imgs.push(
-            load_rgb(&path).map_err(|e| LoopError::World(format!("{}: {e}", path.display())))?,
+            load_rgb(&path).map_err(|e| TinyError::World(format!("{}: {e}", path.display())))?,
         );
         patches.extend(patch_classes(scene, grid).into_iter().flatten());
         slots.extend(slot_classes(scene, n_query).into_iter().flatten());
@@ -308,7 +308,7 @@ fn load_batch(
     Ok(Batch {
         pixels: proc
             .process_batch_eval(&imgs, device)
-            .map_err(|e| LoopError::World(format!("preprocessing: {e}")))?,
+            .map_err(|e| TinyError::World(format!("preprocessing: {e}")))?,
         patches,
         slots,
     })
@@ -380,7 +380,7 @@ fn loss(logits: &Tensor, classes: &[u32], targets: &Targets) -> Result<Tensor> {
             Some(t) => (t + l)?,
         });
     }
-    total.ok_or_else(|| LoopError::Internal("no target group".into()))
+    total.ok_or_else(|| TinyError::Internal("no target group".into()))
 }
 
 /// Loss and gradients of one batch (`ids`) split into row shards (one per pool of `shards`, or
@@ -503,7 +503,7 @@ pub fn pretrain_vision(
     let done = dir.join("done.json");
     let weights = dir.join("vision.safetensors");
     if done.exists() && weights.exists() {
-        crate::run::load_full_weights(varmap, &weights)?;
+        mde_train::checkpoint::load_full_weights(varmap, &weights)?;
         tracing::info!(dir = %dir.display(), "reusing the pretrained vision encoder");
         return Ok(mde_core::io::read_json(&done)?);
     }
@@ -519,7 +519,7 @@ pub fn pretrain_vision(
     let grid = vcfg.image_size / vcfg.patch_size;
     let n_query = model.qformer.cfg.num_query_tokens;
     if cfg.qformer && n_query < world.config().max_objects {
-        return Err(LoopError::Config(format!(
+        return Err(TinyError::Config(format!(
             "[base.vision] qformer = true needs a query slot per object: [model] \
              num_query_tokens = {n_query} < [world] max_objects = {}",
             world.config().max_objects
@@ -541,7 +541,7 @@ pub fn pretrain_vision(
         .take(cfg.val_images)
         .collect();
     if train_ids.is_empty() {
-        return Err(LoopError::Config(
+        return Err(TinyError::Config(
             "[base.vision] the world has no train images outside the pool".into(),
         ));
     }
@@ -553,7 +553,7 @@ pub fn pretrain_vision(
     let mut params: Vec<(String, Var)> = varmap
         .data()
         .lock()
-        .map_err(|_| LoopError::Internal("varmap poisoned".into()))?
+        .map_err(|_| TinyError::Internal("varmap poisoned".into()))?
         .iter()
         .filter(|(n, _)| trains(n))
         .map(|(n, v)| (n.clone(), v.clone()))
@@ -609,7 +609,7 @@ pub fn pretrain_vision(
     } else {
         None
     };
-    let bar = crate::run::progress_bar(progress, cfg.steps as u64, "vision encoder");
+    let bar = mde_train::progress::bar(progress, cfg.steps as u64, "vision encoder");
     bar.set_position(step);
     while step < cfg.steps as u64 {
         let ids: Vec<u64> = (0..cfg.batch_size)
@@ -631,7 +631,7 @@ pub fn pretrain_vision(
             &params,
         )?;
         if !v.is_finite() {
-            return Err(LoopError::Train(mde_train::TrainError::Invalid(format!(
+            return Err(TinyError::Train(mde_train::TrainError::Invalid(format!(
                 "vision pretraining: non-finite loss {v} at step {step}"
             ))));
         }
@@ -648,7 +648,7 @@ pub fn pretrain_vision(
                 step,
                 epoch: 0,
                 rng: RngState::capture(&rng),
-                extra: serde_json::to_value(losses).map_err(|e| LoopError::Serialize {
+                extra: serde_json::to_value(losses).map_err(|e| TinyError::Serialize {
                     what: "the vision checkpoint state".into(),
                     source: e,
                 })?,

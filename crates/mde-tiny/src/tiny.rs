@@ -34,7 +34,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::tokenizer_train::{self, TokenizerTrainConfig};
-use crate::{LoopError, Result};
+use crate::{Result, TinyError};
 
 /// Bumped whenever the written layout or the init changes (invalidates old manifests).
 pub const FORMAT_VERSION: u32 = 2;
@@ -128,7 +128,7 @@ impl Default for TinyModelConfig {
 impl TinyModelConfig {
     /// Checks divisibility and positivity constraints.
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(LoopError::Config(format!("[model] {m}")));
+        let bad = |m: String| Err(TinyError::Config(format!("[model] {m}")));
         let pos = [
             ("image_size", self.image_size),
             ("patch_size", self.patch_size),
@@ -306,7 +306,7 @@ impl BaseModel {
     }
     /// The trained tokenizer through the `minigpt4` wrapper.
     pub fn tokenizer(&self) -> Result<LlamaTokenizer> {
-        LlamaTokenizer::from_dir(self.vicuna_dir()).map_err(|e| LoopError::Tokenizer(e.to_string()))
+        LlamaTokenizer::from_dir(self.vicuna_dir()).map_err(|e| TinyError::Tokenizer(e.to_string()))
     }
     /// The model config (sizes from the manifest).
     pub fn config(&self) -> MiniGpt4Config {
@@ -473,7 +473,7 @@ pub fn init_parameters(
     drop(model);
     let out = made
         .lock()
-        .map_err(|_| LoopError::Internal("init backend poisoned".into()))?
+        .map_err(|_| TinyError::Internal("init backend poisoned".into()))?
         .clone();
     Ok(out)
 }
@@ -504,7 +504,7 @@ pub(crate) fn safetensors_bytes(tensors: &BTreeMap<String, Tensor>) -> Result<Ve
     meta.insert("format".to_string(), "pt".to_string());
     let data: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     safetensors::tensor::serialize(data, Some(meta))
-        .map_err(|e| LoopError::Internal(format!("safetensors serialization: {e}")))
+        .map_err(|e| TinyError::Internal(format!("safetensors serialization: {e}")))
 }
 
 fn blip2_config_json(c: &MiniGpt4Config) -> serde_json::Value {
@@ -582,7 +582,7 @@ fn llama_config_json(l: &LlamaConfig) -> serde_json::Value {
 }
 
 fn manifest_key(cfg: &TinyModelConfig, seed: u64, corpus: &str) -> Result<String> {
-    let c = serde_json::to_string(cfg).map_err(|e| LoopError::Serialize {
+    let c = serde_json::to_string(cfg).map_err(|e| TinyError::Serialize {
         what: "the model config".into(),
         source: e,
     })?;
@@ -619,7 +619,7 @@ pub fn build_base_model(
     let corpus = match source {
         CorpusSource::WorldDir(d) => {
             let world = mde_world::World::load(d)
-                .map_err(|e| LoopError::World(format!("{}: {e}", d.display())))?;
+                .map_err(|e| TinyError::World(format!("{}: {e}", d.display())))?;
             tokenizer_train::world_corpus(&world)?
         }
         CorpusSource::Texts(t) => {
@@ -658,7 +658,7 @@ pub fn build_base_model(
     let write = |rel: &str, bytes: &[u8]| -> Result<()> {
         let p = out_dir.join(rel);
         if let Some(d) = p.parent() {
-            std::fs::create_dir_all(d).map_err(|e| LoopError::Io {
+            std::fs::create_dir_all(d).map_err(|e| TinyError::Io {
                 path: d.into(),
                 source: e,
             })?;
@@ -667,7 +667,7 @@ pub fn build_base_model(
         Ok(())
     };
     let pretty = |v: &serde_json::Value| -> Result<Vec<u8>> {
-        let mut s = serde_json::to_vec_pretty(v).map_err(|e| LoopError::Serialize {
+        let mut s = serde_json::to_vec_pretty(v).map_err(|e| TinyError::Serialize {
             what: "a model file".into(),
             source: e,
         })?;
@@ -694,7 +694,7 @@ pub fn build_base_model(
         "minigpt4/projector.safetensors",
     ] {
         let p = out_dir.join(rel);
-        let bytes = std::fs::read(&p).map_err(|e| LoopError::Io { path: p, source: e })?;
+        let bytes = std::fs::read(&p).map_err(|e| TinyError::Io { path: p, source: e })?;
         files.insert(rel.to_string(), sha256_hex(&bytes));
     }
     let manifest = BaseManifest {
@@ -735,14 +735,14 @@ pub fn model_section_from_toml(table: &toml::Table) -> Result<(TinyModelConfig, 
         None => 0,
         Some(toml::Value::Integer(s)) if s >= 0 => s as u64,
         Some(v) => {
-            return Err(LoopError::Config(format!(
+            return Err(TinyError::Config(format!(
                 "[model] seed must be a non-negative integer, got {v}"
             )))
         }
     };
     let cfg: TinyModelConfig = toml::Value::Table(t)
         .try_into()
-        .map_err(|e| LoopError::Config(format!("[model]: {e}")))?;
+        .map_err(|e| TinyError::Config(format!("[model]: {e}")))?;
     cfg.validate()?;
     Ok((cfg, seed))
 }

@@ -19,9 +19,57 @@ use mde_train::trainer::{
 use mde_world::{BaseVariant, World};
 use serde::{Deserialize, Serialize};
 
-use crate::config::BaseSection;
 use crate::tiny::{build_base_model, load_trainable, BaseModel, CorpusSource, TinyModelConfig};
-use crate::{LoopError, Result};
+use crate::{Result, TinyError};
+
+/// `[base]`: from-scratch training of the tiny base model (ignored for real checkpoints,
+/// which are already trained).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BaseSection {
+    /// Optimizer steps.
+    pub steps: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub min_lr: f64,
+    pub warmup_steps: usize,
+    pub weight_decay: f64,
+    /// Which base VQA set: `unbalanced` (the demo: weak types are scarce) or `balanced`
+    /// (the control that shows every type is learnable).
+    pub vqa: String,
+    /// Supervision format of the base VQA records: `qa` (question -> "The answer is {text}.",
+    /// what a from-scratch tiny model learns fastest) or `qma` (with the lettered options).
+    pub kind: String,
+    /// Sampling weight of the caption set against the VQA set (0 = no captions).
+    pub caption_ratio: f64,
+    pub checkpoint_every: u64,
+    /// Rows of each batch split over this many threads (see `mde_train::TrainConfig::shards`).
+    pub shards: usize,
+    /// `[base.vision]`: pretrain the vision tower on the world's annotations first (and keep it
+    /// frozen); off unless `steps > 0`. Not serialised when off, so the fingerprints of run
+    /// folders and base caches written before the stage existed still match.
+    #[serde(skip_serializing_if = "crate::vision_pretrain::VisionPretrainSection::is_off")]
+    pub vision: crate::vision_pretrain::VisionPretrainSection,
+}
+
+impl Default for BaseSection {
+    fn default() -> Self {
+        Self {
+            steps: 1500,
+            batch_size: 32,
+            lr: 1.5e-3,
+            min_lr: 1e-4,
+            warmup_steps: 100,
+            weight_decay: 0.01,
+            vqa: "unbalanced".into(),
+            kind: "qa".into(),
+            caption_ratio: 0.25,
+            checkpoint_every: 250,
+            shards: 1,
+            vision: Default::default(),
+        }
+    }
+}
 
 /// Bumped when the pretraining recipe changes in a way the config does not show.
 const RECIPE_VERSION: u32 = 2;
@@ -276,7 +324,7 @@ pub fn write_model_like(
     tensors: &BTreeMap<String, candle_core::Tensor>,
     out_dir: &Path,
 ) -> Result<()> {
-    let io = |p: &Path, e: std::io::Error| LoopError::Io {
+    let io = |p: &Path, e: std::io::Error| TinyError::Io {
         path: p.to_path_buf(),
         source: e,
     };

@@ -12,7 +12,7 @@ use mde_eval::runner::{
     load_items, run_predictions, score_predictions, write_official_predictions, Benchmark,
     ImageLoader, Method, RunConfig,
 };
-use minigpt4::eval_adapter::{EvalModelConfig, MiniGpt4Eval, RankScore};
+use mde_models::eval_adapter::{EvalModelConfig, MiniGpt4Eval, RankScore};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

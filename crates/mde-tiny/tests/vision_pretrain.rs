@@ -7,8 +7,8 @@ use std::path::Path;
 
 use candle_core::Device;
 use candle_nn::VarMap;
-use mde_loop::tiny::{build_base_model, load_trainable, CorpusSource, TinyModelConfig};
-use mde_loop::vision_pretrain::{pretrain_vision, VisionPretrainSection};
+use mde_tiny::tiny::{build_base_model, load_trainable, CorpusSource, TinyModelConfig};
+use mde_tiny::vision_pretrain::{pretrain_vision, VisionPretrainSection};
 use mde_world::{World, WorldConfig};
 
 fn values(vm: &VarMap) -> HashMap<String, Vec<u32>> {
@@ -118,8 +118,8 @@ fn trains_the_encoder_only_resumes_bit_exact_and_is_reused() -> anyhow::Result<(
 
 #[test]
 fn the_stage_picks_the_base_mode_and_keys_the_cache() -> anyhow::Result<()> {
-    use mde_loop::base::{base_key, base_train_config};
-    use mde_loop::config::BaseSection;
+    use mde_tiny::base::BaseSection;
+    use mde_tiny::base::{base_key, base_train_config};
     use mde_train::trainer::TrainMode;
     let mut base = BaseSection::default();
     assert_eq!(base_train_config(&base, 0).mode, TrainMode::Full);

@@ -33,7 +33,7 @@ use tokenizers::{
     TokenizerImpl,
 };
 
-use crate::{LoopError, Result};
+use crate::{Result, TinyError};
 
 /// The piece MiniGPT-4 uses as pad token (`$$`, set in code there).
 pub const PAD_PIECE: &str = "$$";
@@ -85,7 +85,7 @@ pub(crate) fn min_vocab_size() -> usize {
 }
 
 pub fn world_corpus(world: &mde_world::World) -> Result<Vec<String>> {
-    let w = LoopError::WorldGen;
+    let w = TinyError::WorldGen;
     let mut out = prompt_template_texts();
     let mut qa = |q: &str, choices: &[String], ans: usize, rationales: &[String]| {
         let ct = minigpt4::prompt::choice_text(choices);
@@ -144,8 +144,8 @@ impl Default for TokenizerTrainConfig {
     }
 }
 
-fn tok_err(e: impl std::fmt::Display) -> LoopError {
-    LoopError::Tokenizer(e.to_string())
+fn tok_err(e: impl std::fmt::Display) -> TinyError {
+    TinyError::Tokenizer(e.to_string())
 }
 
 /// A merge result is allowed unless it glues `#` to anything but `#`, or letters/digits to
@@ -160,13 +160,13 @@ fn allowed_piece(p: &str) -> bool {
 pub fn train_tokenizer(corpus: &[String], cfg: &TokenizerTrainConfig) -> Result<Tokenizer> {
     let fixed = SPECIALS.len() + 256 + 1; // specials, bytes, $$
     if cfg.vocab_size < min_vocab_size() {
-        return Err(LoopError::Config(format!(
+        return Err(TinyError::Config(format!(
             "tokenizer vocab_size {} is too small: {} ids are fixed (specials, 256 bytes, `$$`)",
             cfg.vocab_size, fixed
         )));
     }
     if corpus.is_empty() {
-        return Err(LoopError::Tokenizer("the training corpus is empty".into()));
+        return Err(TinyError::Tokenizer("the training corpus is empty".into()));
     }
     // 1. Plain BPE training on words split at "▁".
     let mut trainer = BpeTrainerBuilder::new()
@@ -308,7 +308,7 @@ pub fn train_tokenizer(corpus: &[String], cfg: &TokenizerTrainConfig) -> Result<
 /// Writes `tokenizer.json`, `tokenizer_config.json` and `special_tokens_map.json` (the HF
 /// LLaMA layout) into `dir`, atomically.
 pub fn save_tokenizer_folder(tok: &Tokenizer, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| LoopError::Io {
+    std::fs::create_dir_all(dir).map_err(|e| TinyError::Io {
         path: dir.into(),
         source: e,
     })?;

@@ -9,7 +9,7 @@ use mde_eval::runner::{
     load_items, run_predictions, score_predictions, write_official_predictions, Benchmark,
     ImageLoader, RunConfig,
 };
-use minigpt4::eval_adapter::{EvalModelConfig, MiniGpt4Eval};
+use mde_models::eval_adapter::{EvalModelConfig, MiniGpt4Eval};
 use std::path::{Path, PathBuf};
 
 fn golden_dir() -> PathBuf {

@@ -26,7 +26,7 @@
 //!
 //! ```no_run
 //! use mde_core::model::EvalModel;
-//! use minigpt4::eval_adapter::{EvalModelConfig, MiniGpt4Eval};
+//! use mde_models::eval_adapter::{EvalModelConfig, MiniGpt4Eval};
 //! let mut cfg: EvalModelConfig = serde_json::from_str(r#"{"blip2": "blip2", "vicuna": "vicuna",
 //!     "projector": "minigpt4/pretrained_minigpt4.pth"}"#).unwrap();
 //! cfg.resolve_paths(std::path::Path::new("/models"));
@@ -59,13 +59,13 @@ use image::RgbImage;
 use mde_core::model::{EvalModel, EvalRequest, ImageInput, ModelError, PromptStyle};
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
-use crate::generation::{generate, GenerationConfig};
-use crate::llama::KvCache;
-use crate::model::{MiniGpt4, ModelPaths};
-use crate::preprocess::{decode_rgb, ImageProcessor};
-use crate::prompt::{self, AokvqaPromptStyle, ChatTemplate};
-use crate::tokenizer::LlamaTokenizer;
+use minigpt4::error::{Error, Result};
+use minigpt4::generation::{generate, GenerationConfig};
+use minigpt4::llama::KvCache;
+use minigpt4::model::{MiniGpt4, ModelPaths};
+use minigpt4::preprocess::{decode_rgb, ImageProcessor};
+use minigpt4::prompt::{self, AokvqaPromptStyle, ChatTemplate};
+use minigpt4::tokenizer::LlamaTokenizer;
 
 fn default_dtype() -> String {
     "f32".into()
@@ -169,9 +169,9 @@ impl EvalModelConfig {
     /// `mmbench.*` / `chat.*`), dtype and rank score names. Callers that read the config from a
     /// file add it with [`Error::in_file`].
     pub fn validate(&self) -> Result<()> {
-        crate::config::check::at_least("max_batch", self.max_batch, 1)?;
+        minigpt4::config::check::at_least("max_batch", self.max_batch, 1)?;
         if let Some(a) = self.lora_alpha {
-            crate::config::check::finite("lora_alpha", a)?;
+            minigpt4::config::check::finite("lora_alpha", a)?;
         }
         self.mmbench
             .validate()
@@ -890,10 +890,10 @@ fn read_lora(path: &Path, alpha: Option<f64>) -> Result<(HashMap<String, Tensor>
         )
     };
     let from_cfg = match cfg_file {
-        Some(c) => crate::weights::read_adapter_config(&c)?.lora_alpha,
+        Some(c) => minigpt4::weights::read_adapter_config(&c)?.lora_alpha,
         None => None,
     };
-    let tensors = crate::weights::read_tensors(&file)?;
+    let tensors = minigpt4::weights::read_tensors(&file)?;
     // The adapter's own config wins; the TOML value is for bare weight files; 16 is the released value.
     Ok((tensors, from_cfg.or(alpha).unwrap_or(16.0)))
 }
