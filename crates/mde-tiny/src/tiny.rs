@@ -76,7 +76,7 @@ pub struct TinyModelConfig {
     /// Std of the vision tower's learned position embeddings (default: `init_std`). At
     /// `init_std` 0.05 the patch projections are ~15x larger than the position embeddings, and
     /// from-scratch training left the ViT nearly position-blind: shapes and quadrants stayed at
-    /// chance (docs/RESULTS.md, session 5).
+    /// chance (docs/RESULTS.md, 'The visual encoder').
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vision_pos_init_std: Option<f64>,
 }

@@ -3,7 +3,7 @@
 //!
 //! Why: trained from scratch through the LLM's answer loss alone, the demo's 2-layer ViT on 8-px
 //! patches learns colours, counts, backgrounds and image quality but not shapes or positions, and
-//! every question about a named object stays at chance (docs/RESULTS.md, sessions 5-7). Supervised
+//! every question about a named object stays at chance (docs/RESULTS.md, 'The visual encoder'). Supervised
 //! *per patch*, the same tower learns both.
 //!
 //! The targets are dense: every patch token of the tower's output (after `ln_vision`, what the
