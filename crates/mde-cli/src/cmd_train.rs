@@ -286,6 +286,13 @@ pub fn run(args: Args) -> Result<()> {
     )?;
     if let Some(r) = reports.last() {
         eprintln!("step {}: loss {:.5} lr {:.3e}", r.step, r.loss, r.lr);
+        if let Some(sc) = r.loss_scale {
+            let skipped = reports.iter().filter(|r| r.skipped).count();
+            eprintln!(
+                "loss scale {sc} (f16 dynamic scaling); {skipped} of {} steps of this run skipped for inf/NaN gradients",
+                reports.len()
+            );
+        }
     }
     if trainer.step() >= cfg.train.total_steps() {
         println!("{}", args.out.join("final").display());

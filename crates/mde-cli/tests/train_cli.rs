@@ -210,3 +210,94 @@ fn train_with_aokvqa_validation() -> Result<()> {
     assert!(out.join("best/best.json").is_file());
     Ok(())
 }
+
+/// The fixture config with the model at MDE_GOLDEN_DIR in `dtype`, no validation, written to
+/// `dir/train-{dtype}.toml`.
+fn fixture_config(dir: &Path, dtype: &str) -> Result<PathBuf> {
+    let cfg_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/train-fixture.toml");
+    let mut cfg: toml::Table = toml::from_str(&std::fs::read_to_string(&cfg_path)?)?;
+    let root = golden_dir();
+    let model = cfg
+        .get_mut("model")
+        .and_then(|m| m.as_table_mut())
+        .context("[model]")?;
+    for (k, rel) in [
+        ("blip2", "blip2"),
+        ("vicuna", "vicuna"),
+        ("projector", "minigpt4/pretrained_minigpt4.pth"),
+    ] {
+        model.insert(k.into(), root.join(rel).display().to_string().into());
+    }
+    model.insert("dtype".into(), dtype.into());
+    cfg.remove("validation");
+    let f = dir.join(format!("train-{dtype}.toml"));
+    std::fs::write(&f, toml::to_string(&cfg)?)?;
+    Ok(f)
+}
+
+/// The losses `mde train` logged at debug level (`step=N loss=X`), in step order.
+fn logged_losses(stderr: &str) -> Vec<f64> {
+    stderr
+        .lines()
+        .filter(|l| l.contains(" step=") && l.contains(" loss="))
+        .filter_map(|l| {
+            let v = l.split(" loss=").nth(1)?.split_whitespace().next()?;
+            v.parse().ok()
+        })
+        .collect()
+}
+
+/// `lora+fc` on a half-precision model: f32 master weights for the projector and LoRA, the
+/// frozen weights in f16 / bf16, dynamic loss scaling for f16. Every step's loss is finite and
+/// close to the f32 run's (same data, same seeds); tolerances: docs/PERFORMANCE.md, "Mixed
+/// precision".
+#[test]
+fn lora_fc_trains_in_f16_and_bf16_close_to_f32() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    write_data(tmp.path())?;
+    let mut losses = Vec::new();
+    for dtype in ["f32", "f16", "bf16"] {
+        let cfg = fixture_config(tmp.path(), dtype)?;
+        let out = tmp.path().join(format!("run-{dtype}"));
+        let o = Command::new(env!("CARGO_BIN_EXE_mde"))
+            .args(["--log", "mde_train=debug", "train", "--config"])
+            .arg(&cfg)
+            .arg("--data-dir")
+            .arg(tmp.path())
+            .arg("--out")
+            .arg(&out)
+            .arg("--quiet")
+            .env("NO_COLOR", "1")
+            .output()?;
+        let err = String::from_utf8_lossy(&o.stderr);
+        anyhow::ensure!(o.status.success(), "mde train ({dtype}) failed: {err}");
+        anyhow::ensure!(
+            out.join("final/adapter/adapter_config.json").is_file(),
+            "{dtype}: no adapter"
+        );
+        if dtype == "f16" {
+            anyhow::ensure!(
+                err.contains("loss scale"),
+                "f16 reports no loss scale: {err}"
+            );
+        }
+        let l = logged_losses(&err);
+        anyhow::ensure!(!l.is_empty(), "{dtype}: no step losses logged: {err}");
+        anyhow::ensure!(l.iter().all(|x| x.is_finite()), "{dtype}: {l:?}");
+        losses.push((dtype, l));
+    }
+    let f32_l = &losses[0].1;
+    for (dtype, l) in &losses[1..] {
+        anyhow::ensure!(l.len() == f32_l.len(), "{dtype}: {} steps", l.len());
+        // Relative tolerance per step: f16 keeps 11 significant bits, bf16 8.
+        let tol = if *dtype == "f16" { 2e-3 } else { 1e-2 };
+        for (i, (a, b)) in l.iter().zip(f32_l).enumerate() {
+            anyhow::ensure!(
+                (a - b).abs() <= tol * b.abs().max(1e-3),
+                "{dtype} step {}: loss {a} vs f32 {b} (tolerance {tol} relative)",
+                i + 1
+            );
+        }
+    }
+    Ok(())
+}

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{LoopError, Result};
 use mde_tiny::tiny::TinyModelConfig;
+use mde_train::scaler::LossScaleSettings;
 
 /// `[run]`: the loop itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -333,6 +334,10 @@ pub struct TrainSection {
     pub max_txt_len: usize,
     /// Rows of each batch split over this many threads (see `mde_train::TrainConfig::shards`).
     pub shards: usize,
+    /// `[train.loss_scale]`: mde-train's dynamic loss scaling (on for f16 models by default).
+    /// Not written at its default, so the fingerprints of earlier run folders still match.
+    #[serde(skip_serializing_if = "LossScaleSettings::is_default")]
+    pub loss_scale: LossScaleSettings,
 }
 
 impl Default for TrainSection {
@@ -352,6 +357,7 @@ impl Default for TrainSection {
             checkpoint_every: 250,
             max_txt_len: 160,
             shards: 1,
+            loss_scale: LossScaleSettings::default(),
         }
     }
 }
@@ -558,9 +564,24 @@ impl LoopConfig {
         if self.eval.batch_size == 0 {
             return bad("[eval] batch_size = 0: must be at least 1".into());
         }
+        if let Err(m) = self.train.loss_scale.check() {
+            return bad(format!("[train] {m}"));
+        }
         if let ModelSection::Checkpoint { cfg, .. } = &self.model {
             cfg.validate()
                 .map_err(|e| LoopError::Config(format!("[model] {e}")))?;
+            // The modes that train base weights hold them as the model's own tensors (no f32
+            // master copy): they need an f32 model. LoRA and the projector train f32 master
+            // weights in any dtype.
+            let f32_model = mde_models::eval_adapter::parse_dtype(&cfg.dtype)
+                .is_ok_and(|d| d == candle_core::DType::F32);
+            if self.train.mode.needs_varmap() && !f32_model {
+                return bad(format!(
+                    "[train] mode = \"{}\" trains the base weights, which needs [model] dtype = \"f32\" (got {:?}); use mode = \"lora+fc\", \"lora\" or \"fc\" for a half-precision model",
+                    self.train.mode.name(),
+                    cfg.dtype
+                ));
+            }
         }
         if matches!(self.model, ModelSection::Tiny { .. })
             && (self.base.steps == 0 || self.base.batch_size == 0)

@@ -52,9 +52,6 @@ pub enum LoopError {
     /// Building or reading the synthetic world failed (`source` kept).
     #[error("world: {0}")]
     WorldGen(#[from] mde_world::WorldError),
-    /// A world image or scene is missing or unreadable.
-    #[error("world: {0}")]
-    World(String),
     /// An evaluation step failed (inference, official files or scoring).
     #[error("evaluation: {0}")]
     Eval(#[from] mde_eval::EvalError),
@@ -64,13 +61,16 @@ pub enum LoopError {
     /// Post-processing the teacher replies failed.
     #[error("postprocess: {0}")]
     Postprocess(String),
-    /// Writing a record or config as JSON failed.
-    #[error("serializing {what}: {source}")]
-    Serialize {
-        what: String,
-        #[source]
-        source: serde_json::Error,
+    /// The output folder holds a run of another config (resuming it would mix two runs).
+    #[error("{path} belongs to a run of another config (fingerprint {theirs} vs {ours}); use another --out or delete it")]
+    OtherRun {
+        path: PathBuf,
+        theirs: String,
+        ours: String,
     },
+    /// A round has nothing to train on.
+    #[error("round {round}: no training data (no base data and nothing generated)")]
+    NoTrainingData { round: usize },
     /// A broken invariant of the loop itself (a bug, not bad input).
     #[error("internal: {0}")]
     Internal(String),

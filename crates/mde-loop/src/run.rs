@@ -134,10 +134,11 @@ impl LoopRun {
             let v: serde_json::Value = read_json(&run_json)?;
             let old = v.get("fingerprint").and_then(|f| f.as_str()).unwrap_or("");
             if old != fp {
-                return Err(LoopError::Config(format!(
-                    "{} belongs to a run of another config (fingerprint {old} vs {fp}); use another --out or delete it",
-                    out.display()
-                )));
+                return Err(LoopError::OtherRun {
+                    path: out.to_path_buf(),
+                    theirs: old.to_string(),
+                    ours: fp,
+                });
             }
         } else {
             write_json(

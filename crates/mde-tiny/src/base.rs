@@ -201,6 +201,7 @@ pub fn base_train_config(base: &BaseSection, seed: u64) -> TrainConfig {
         max_txt_len: 160,
         merge_at_end: false,
         shards: base.shards.max(1),
+        loss_scale: Default::default(),
         lora: Default::default(),
     }
 }

@@ -57,6 +57,7 @@ pub mod mix;
 pub mod optim;
 pub mod peft;
 pub mod progress;
+pub mod scaler;
 pub mod schedule;
 pub mod shards;
 pub mod step;

@@ -30,6 +30,7 @@ use crate::error::{Result, TrainError};
 use crate::mix::{DatasetMixer, MixEntry, MixerState};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::peft::LoraKey;
+use crate::scaler::{LossScaleSettings, LossScaler};
 use crate::schedule::LinearWarmupCosine;
 use crate::shards::ShardPools;
 use crate::step::BatchTensors;
@@ -215,6 +216,11 @@ pub struct TrainConfig {
     /// by (seed, step, shard, layer, module): deterministic and exactly resumable, but not the
     /// masks of a 1-shard run. Capped at the batch size.
     pub shards: usize,
+    /// Dynamic loss scaling (`[train.loss_scale]`, [`crate::scaler`]): by default on exactly
+    /// when the model computes in f16. Not written at its default, so configs and run files
+    /// of earlier versions stay the same.
+    #[serde(skip_serializing_if = "LossScaleSettings::is_default")]
+    pub loss_scale: LossScaleSettings,
 }
 
 impl Default for TrainConfig {
@@ -236,6 +242,7 @@ impl Default for TrainConfig {
             max_txt_len: 160,
             merge_at_end: false,
             shards: 1,
+            loss_scale: LossScaleSettings::default(),
         }
     }
 }
@@ -289,6 +296,9 @@ impl TrainConfig {
         }
         if self.max_txt_len == 0 {
             return bad("max_txt_len must be >= 1 (0 leaves no answer token to learn)");
+        }
+        if let Err(m) = self.loss_scale.check() {
+            return Err(TrainError::Invalid(m));
         }
         let o = &self.optim;
         for (key, v) in [
@@ -382,9 +392,15 @@ pub struct StepReport {
     /// Mean of the micro-batch losses.
     pub loss: f32,
     pub lr: f64,
-    /// Global gradient norm before clipping.
+    /// Global gradient norm before clipping (of the unscaled gradients; inf or NaN on a
+    /// skipped step).
     pub grad_norm: f64,
     pub dataset: usize,
+    /// The loss scale this step's backward used (`None`: no loss scaling).
+    pub loss_scale: Option<f64>,
+    /// The step's gradients held an inf or NaN: parameters and optimizer state were left as
+    /// they were (the scaler halved its scale). The step still counts in the schedule.
+    pub skipped: bool,
 }
 
 /// Options of [`Trainer::run`].
@@ -413,6 +429,9 @@ struct Extra {
     /// `first_loss` and `last_loss` (the keys of mde-loop's vision pretraining too).
     #[serde(flatten)]
     losses: LossLog,
+    /// The loss scaler's state (half-precision runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scaler: Option<LossScaler>,
 }
 
 /// The training driver.
@@ -433,6 +452,8 @@ pub struct Trainer {
     metrics: Option<MetricHistory>,
     /// First and latest loss of the run, across resumes (saved in every checkpoint).
     losses: LossLog,
+    /// Dynamic loss scaling (f16 compute by default), saved in every checkpoint.
+    scaler: Option<LossScaler>,
     resumed_from: Option<PathBuf>,
     /// Use the two in-memory caches below (on by default; results do not depend on it).
     caching: bool,
@@ -817,6 +838,11 @@ impl Trainer {
             ..LayoutConfig::minigpt4(n_img)
         };
         let rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        // The LLaMA's dtype is the compute dtype of the whole training forward.
+        let scaler = cfg
+            .loss_scale
+            .applies_to(model.llama.embed_tokens.dtype())
+            .then(|| LossScaler::new(&cfg.loss_scale));
         let mut t = Self {
             cfg,
             model,
@@ -832,6 +858,7 @@ impl Trainer {
             step: 0,
             metrics: None,
             losses: LossLog::default(),
+            scaler,
             resumed_from: None,
             caching: true,
             images: HashMap::new(),
@@ -875,6 +902,11 @@ impl Trainer {
         self.step = st.step;
         self.metrics = extra.metrics;
         self.losses = extra.losses;
+        if self.scaler.is_some() {
+            if let Some(sc) = extra.scaler {
+                self.scaler = Some(sc);
+            }
+        }
         self.resumed_from = Some(dir.to_path_buf());
         Ok(())
     }
@@ -1156,7 +1188,8 @@ impl Trainer {
         for _ in 0..accum {
             let mb = self.micro_batch()?;
             dataset = mb.dataset;
-            let (v, stores) = self.micro_batch_grads(&mb, 1.0 / accum as f64)?;
+            let loss_scale = self.scaler.map_or(1.0, |s| s.scale());
+            let (v, stores) = self.micro_batch_grads(&mb, loss_scale / accum as f64)?;
             loss_sum += v;
             // Fixed order: micro-batches, then shards within one.
             crate::shards::add_grads(self.params.iter().map(|(_, v)| v), &stores, &mut sums)?;
@@ -1188,7 +1221,14 @@ impl Trainer {
         let lr = self.cfg.schedule().lr_at(self.step as usize);
         self.opt.set_learning_rate(lr);
         self.reseed_dropout()?;
-        let (loss, sums, mut store, dataset) = self.accumulate()?;
+        let (loss, mut sums, mut store, dataset) = self.accumulate()?;
+        let loss_scale = self.scaler.map(|s| s.scale());
+        if let Some(sc) = loss_scale {
+            // Unscale before the norm, the clipping and the update (GradScaler.unscale_).
+            for g in sums.iter_mut().flatten() {
+                *g = (g.to_dtype(DType::F32)? * (1.0 / sc))?;
+            }
+        }
         let mut sq = 0f64;
         for g in sums.iter().flatten() {
             sq += g
@@ -1198,6 +1238,28 @@ impl Trainer {
                 .to_scalar::<f32>()? as f64;
         }
         let grad_norm = sq.sqrt();
+        if let Some(sc) = self.scaler.as_mut() {
+            let found_inf = !grad_norm.is_finite();
+            sc.update(found_inf, &self.cfg.loss_scale);
+            if found_inf {
+                tracing::warn!(
+                    step = self.step + 1,
+                    scale = loss_scale.unwrap_or(1.0),
+                    "inf/NaN gradients: step skipped, loss scale halved"
+                );
+                self.step += 1;
+                self.losses.record(loss);
+                return Ok(StepReport {
+                    step: self.step,
+                    loss,
+                    lr,
+                    grad_norm,
+                    dataset,
+                    loss_scale,
+                    skipped: true,
+                });
+            }
+        }
         let coef = match self.cfg.grad_clip {
             Some(max) if grad_norm > max => Some(max / (grad_norm + 1e-6)),
             _ => None,
@@ -1219,6 +1281,8 @@ impl Trainer {
             lr,
             grad_norm,
             dataset,
+            loss_scale,
+            skipped: false,
         })
     }
 
@@ -1228,6 +1292,7 @@ impl Trainer {
             mixer: self.mixer.state(),
             metrics: self.metrics.clone(),
             losses: self.losses,
+            scaler: self.scaler,
         };
         let state = TrainState {
             step: self.step,

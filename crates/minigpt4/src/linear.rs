@@ -465,15 +465,19 @@ impl Linear {
             && self.weight.t().is_ok_and(|t| t.is_contiguous())
     }
 
-    /// Turns weight and bias into [`Var`]s (gradients reach them); returns them.
+    /// Turns weight and bias into [`Var`]s (gradients reach them); returns them. The Vars are
+    /// f32 master weights whatever the layer's dtype, as mixed-precision training keeps them
+    /// (AdamW's state and updates stay in f32); a half-precision model casts them to its
+    /// compute dtype in every forward ([`Linear::forward_t`]), so the gradient reaching the
+    /// Var is f32 too.
     pub fn make_trainable(&mut self) -> Result<(Var, Option<Var>)> {
         if self.weight_var.is_none() {
             self.set_inference_layout(false)?;
-            let v = Var::from_tensor(&self.weight)?;
+            let v = Var::from_tensor(&self.weight.to_dtype(DType::F32)?)?;
             self.weight = v.as_tensor().clone();
             self.weight_var = Some(v);
             if let Some(b) = &self.bias {
-                let bv = Var::from_tensor(b)?;
+                let bv = Var::from_tensor(&b.to_dtype(DType::F32)?)?;
                 self.bias = Some(bv.as_tensor().clone());
                 self.bias_var = Some(bv);
             }
@@ -532,9 +536,18 @@ impl Linear {
         if train && self.fusable(x) {
             return self.forward_fused(x, mask);
         }
-        let mut y = matmul_t_frozen(x, &self.weight)?;
+        // f32 master weights (a trained projector) in a half-precision model: cast per
+        // forward (differentiable, so the f32 Var gets the gradient).
+        let cast = |t: &Tensor| -> Result<Tensor> {
+            if t.dtype() == x.dtype() {
+                Ok(t.clone())
+            } else {
+                Ok(t.to_dtype(x.dtype())?)
+            }
+        };
+        let mut y = matmul_t_frozen(x, &cast(&self.weight)?)?;
         if let Some(b) = &self.bias {
-            y = y.broadcast_add(b)?;
+            y = y.broadcast_add(&cast(b)?)?;
         }
         if let Some(l) = &self.lora {
             let d = l.forward_masked(x, mask.as_ref())?.to_dtype(y.dtype())?;

@@ -74,11 +74,7 @@ pub fn datasets(inputs: DataInputs) -> Result<Vec<TrainDataset>> {
         (false, false) => (replay, 1.0 - replay),
         (true, false) => (0.0, 1.0),
         (false, true) => (1.0, 0.0),
-        (true, true) => {
-            return Err(LoopError::Config(format!(
-                "round {k}: no training data (no base data and nothing generated)"
-            )))
-        }
+        (true, true) => return Err(LoopError::NoTrainingData { round: k }),
     };
     share(&mut base, base_share);
     share(&mut gen, gen_share);
@@ -116,6 +112,7 @@ pub fn round_config(t: &TrainSection, run_seed: u64, k: usize) -> TrainConfig {
         max_txt_len: t.max_txt_len,
         merge_at_end: false,
         shards: t.shards.max(1),
+        loss_scale: t.loss_scale,
     }
 }
 
