@@ -10,6 +10,7 @@
 //! | `aokvqa` | `aokvqa_v1p0_<split>.json` | `predictions_<split>.json` | official `eval_predictions.py` |
 //! | `seedbench` | `SEED-Bench.json` | `predictions.jsonl` | official `eval.py` accuracy (`--task`) |
 //! | `seedbench` | `SEEDBench_IMG.tsv` | VLMEvalKit `.tsv` | VLMEvalKit `SEEDBench_IMG` |
+//! | `vqa` | VQA annotation file (VQAv2, OK-VQA) | results `[{question_id, answer}]` | official `vqaEval.py` (`--vqa-variant official`, default) or LAVIS's (`lavis`) |
 use anyhow::{bail, Context, Result};
 use mde_eval::matching::{ExtractionVersion, MatchOptions};
 use mde_eval::mmbench::McqOptions;
@@ -25,6 +26,8 @@ pub enum Benchmark {
     Mme,
     Aokvqa,
     Seedbench,
+    /// VQA accuracy (VQAv2, OK-VQA and other sets in the VQA annotation format).
+    Vqa,
 }
 
 impl Benchmark {
@@ -34,6 +37,7 @@ impl Benchmark {
             Benchmark::Mme => "mme",
             Benchmark::Aokvqa => "aokvqa",
             Benchmark::Seedbench => "seedbench",
+            Benchmark::Vqa => "vqa",
         }
     }
 }
@@ -66,6 +70,9 @@ pub struct Args {
     /// Name printed for the prediction file in the official A-OKVQA output (default: the path).
     #[arg(long)]
     pub prediction_name: Option<String>,
+    /// VQA accuracy code to reproduce: official (GT-Vision-Lab vqaEval.py) or lavis.
+    #[arg(long, default_value = "official")]
+    pub vqa_variant: String,
 }
 
 fn ext_of(p: &Path) -> String {
@@ -236,6 +243,40 @@ fn score_aokvqa(args: &Args) -> Result<Scored> {
     })
 }
 
+fn score_vqa(args: &Args) -> Result<Scored> {
+    use mde_eval::vqa::{read_annotations, read_results, score_vqa, VqaVariant};
+    let data = need_data(args)?;
+    let variant: VqaVariant = args
+        .vqa_variant
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--vqa-variant: {e}"))?;
+    let anns = read_annotations(data)?;
+    let results = read_results(&args.predictions)?;
+    let r = score_vqa(&anns, &results, variant)?;
+    let rows = |m: &std::collections::BTreeMap<String, f64>| -> Vec<Vec<String>> {
+        m.iter()
+            .map(|(k, v)| vec![k.clone(), format!("{v}")])
+            .collect()
+    };
+    let markdown = format!(
+        "## VQA accuracy ({} vqaEval)\n\n{} questions, overall **{}**\n\n### Per answer type\n\n{}\n### Per question type\n\n{}",
+        match variant {
+            VqaVariant::Official => "official",
+            VqaVariant::Lavis => "LAVIS",
+        },
+        r.questions,
+        r.overall,
+        mde_eval::report::markdown_table(&["answer type", "accuracy"], &rows(&r.per_answer_type)),
+        mde_eval::report::markdown_table(&["question type", "accuracy"], &rows(&r.per_question_type)),
+    );
+    Ok(Scored {
+        variant: format!("{variant:?}").to_lowercase(),
+        stdout: format!("VQA accuracy {} ({} questions)\n", r.overall, r.questions),
+        report: to_json(&r)?,
+        markdown,
+    })
+}
+
 fn score_seedbench(args: &Args) -> Result<Scored> {
     let data = need_data(args)?;
     if ext_of(data) == "tsv" {
@@ -304,6 +345,7 @@ pub fn run(args: Args) -> Result<()> {
         Benchmark::Mme => score_mme(&args),
         Benchmark::Aokvqa => score_aokvqa(&args),
         Benchmark::Seedbench => score_seedbench(&args),
+        Benchmark::Vqa => score_vqa(&args),
     }
     .with_context(|| {
         // Both files: a fault of the benchmark file (an answer index out of range) shows up

@@ -15,5 +15,6 @@ pub mod runner;
 pub mod seedbench;
 pub mod step;
 pub mod tsv;
+pub mod vqa;
 
 pub use error::{EvalError, Result};
