@@ -3,6 +3,9 @@
 //! logs, per-row extraction details, the `PRINT_VANILLA` numbers, legacy extraction modes, and the
 //! non-circular `mcq_vanilla_eval` used for SEEDBench_IMG ([`score_vanilla_mcq`]).
 //!
+//! Length: one file per official tool, kept whole so it reads side by side with VLMEvalKit's
+//! evaluation it reproduces (circular grouping, extraction versions, vanilla MCQ share it).
+//!
 //! ```no_run
 //! use mde_eval::mmbench::{score_mmbench, McqOptions};
 //! use std::path::Path;

@@ -1,5 +1,8 @@
 //! MME (yes/no, 14 subtasks): loaders and two scorers that reproduce the official tools bit for bit.
 //!
+//! Length: one file per official tool, kept whole so it reads side by side with the Python it
+//! reproduces (both MME scorers share its parsing and pairing).
+//!
 //! - [`score_official_dir`]: the official `eval_tool/calculation.py` (BradyFU, branch
 //!   `Evaluation`, zip @ 1c1d69e1). Reads `<task>.txt` result files (`image \t question \t gt \t
 //!   response`), parses a response by its first 4 characters, pairs *consecutive* lines, and

@@ -1,5 +1,9 @@
 //! Inference runners: turn an [`EvalModel`] and a list of [`BenchItem`]s into [`Prediction`]s.
 //!
+//! Length: one file because every benchmark's prompt style, batching, resume bookkeeping and
+//! answer extraction meet in the same per-item loop; splitting it by benchmark would copy that
+//! loop four times.
+//!
 //! - MMBench and MME by generation; SEED-Bench by likelihood ranking (the official protocol) or
 //!   generation; MMBench optionally by likelihood ranking too ([`Method::Rank`], for models too
 //!   small to follow the generation prompt: the best option's letter is the prediction, scored

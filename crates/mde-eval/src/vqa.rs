@@ -590,9 +590,19 @@ mod tests {
     #[test]
     fn unanimous_humans_are_compared_raw_by_the_official_code() {
         let a = ann(&["cat"; 10]);
-        let s = score_vqa(std::slice::from_ref(&a), &[res("Cat.")], VqaVariant::Official).unwrap();
+        let s = score_vqa(
+            std::slice::from_ref(&a),
+            &[res("Cat.")],
+            VqaVariant::Official,
+        )
+        .unwrap();
         assert_eq!(s.overall, 0.0);
-        let s = score_vqa(std::slice::from_ref(&a), &[res(" cat\n")], VqaVariant::Official).unwrap();
+        let s = score_vqa(
+            std::slice::from_ref(&a),
+            &[res(" cat\n")],
+            VqaVariant::Official,
+        )
+        .unwrap();
         assert_eq!(s.overall, 100.0);
         let s = score_vqa(&[a], &[res("Cat.")], VqaVariant::Lavis).unwrap();
         assert_eq!(s.overall, 100.0);

@@ -1,6 +1,10 @@
 //! The training driver: data mixing, image preprocessing, gradient accumulation, schedule,
 //! checkpoints with exact resume, validation-based best-checkpoint selection and exports.
 //!
+//! Length: the trainer's state (data stream, RNG, optimizer, scaler, shards, caches) is one
+//! struct whose every field is checkpointed; its methods stay next to it so that what a resume
+//! restores can be checked against what a step changes in one place.
+//!
 //! Everything random (dataset choice, shuffles, random resized crops, LoRA dropout) derives
 //! from `TrainConfig::seed` and the step counter, and all of it is in the checkpoint, so a
 //! run killed and resumed from its last checkpoint reaches the same weights bit for bit (CPU).
