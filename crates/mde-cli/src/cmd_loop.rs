@@ -26,7 +26,7 @@ pub struct Args {
     pub strategy: Option<String>,
     /// Override `[base] vqa`: `balanced` trains the tiny base model on the balanced set (the
     /// learnability control; use with `--rounds 0`).
-    #[arg(long)]
+    #[arg(long, value_parser = ["unbalanced", "balanced"])]
     pub base_vqa: Option<String>,
     /// Override `[base] steps` of the tiny base model's build (the balanced control of
     /// docs/RESULTS.md uses 8000). The pretrained visual encoder does not depend on it.
@@ -57,7 +57,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         cfg.abs.strategy = s;
     }
     if let Some(v) = args.base_vqa {
-        cfg.base.vqa = v;
+        cfg.base.vqa = match v.as_str() {
+            "balanced" => mde_world::BaseVariant::Balanced,
+            _ => mde_world::BaseVariant::Unbalanced,
+        };
     }
     if let Some(n) = args.base_steps {
         cfg.base.steps = n;

@@ -11,6 +11,8 @@
 //! - Postprocess: `mde postprocess` against `mde_loop::steps::postprocess` on those replies.
 //! - Sample: `mde sample` against `mde_loop::steps::sample` with the config the command
 //!   reports it used.
+//! - Index: `mde index` against `mde_loop::steps::index` with the model's own encoder
+//!   (`mde_models::encoder::ModelEncoder`): the same `pool.safetensors`.
 //!
 //! The loop's own steps against the commands: `loop_cli.rs` post-processes a finished loop
 //! round with `mde postprocess` and compares.
@@ -414,5 +416,85 @@ fn mde_sample_equals_the_sample_step() -> Result<()> {
     // sample_inputs.json is the command's own (its argument paths).
     let n = same_files(&cli, lib.dir(), &["sample_inputs.json"])?;
     ensure!(n == 2, "{n} sample files");
+    Ok(())
+}
+
+#[test]
+fn mde_index_equals_the_index_step() -> Result<()> {
+    use mde_core::records::ImageRef;
+    let tmp = tempfile::tempdir()?;
+    let d = tmp.path();
+    let g = support::golden();
+    let imgs = d.join("images");
+    std::fs::create_dir_all(&imgs)?;
+    let pngs: Vec<std::path::PathBuf> = std::fs::read_dir(&g)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "png"))
+        .collect();
+    ensure!(!pngs.is_empty(), "no fixture images");
+    let mut images = Vec::new();
+    let mut anns = Vec::new();
+    let mut lib_images = Vec::new();
+    for id in 1..=5u64 {
+        let name = format!("{id:06}.png");
+        std::fs::copy(&pngs[id as usize % pngs.len()], imgs.join(&name))?;
+        images.push(serde_json::json!({"id": id, "file_name": name, "width": 32, "height": 32}));
+        anns.push(
+            serde_json::json!({"id": id, "image_id": id, "category_id": 1,
+            "bbox": [1.0, 1.0, 10.0, 10.0], "area": 100.0}),
+        );
+        lib_images.push((
+            id,
+            ImageRef::Path {
+                path: imgs.join(&name).display().to_string(),
+            },
+        ));
+    }
+    let inst = d.join("instances.json");
+    std::fs::write(
+        &inst,
+        serde_json::json!({"images": images, "annotations": anns,
+            "categories": [{"id": 1, "name": "shape"}]})
+        .to_string(),
+    )?;
+    let model_toml = d.join("model.toml");
+    std::fs::write(&model_toml, support::tiny_model_toml())?;
+    let cli = d.join("cli/pool.safetensors");
+    let o = mde(&[
+        "index",
+        "--annotations",
+        &s(&inst),
+        "--images",
+        &s(&imgs),
+        "--model",
+        &s(&model_toml),
+        "--out",
+        &s(&cli),
+        "--batch-size",
+        "2",
+        "--quiet",
+    ])?;
+    ensure!(
+        o.status.success(),
+        "mde index: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    let mut cfg: EvalModelConfig = toml::from_str(&std::fs::read_to_string(&model_toml)?)?;
+    cfg.resolve_paths(d);
+    let model = MiniGpt4Eval::load(&cfg)?;
+    let enc = mde_models::encoder::ModelEncoder::new(
+        &model.model,
+        imgs.clone(),
+        String::new(),
+        Some(imgs.clone()),
+    );
+    let lib = d.join("lib/pool.safetensors");
+    let idx = mde_loop::steps::index::run(&enc, &lib_images, 2, &lib, false)?;
+    ensure!(idx.len() == 5, "{} images indexed", idx.len());
+    ensure!(
+        std::fs::read(&cli)? == std::fs::read(&lib)?,
+        "pool.safetensors differs between mde index and the step"
+    );
     Ok(())
 }

@@ -24,7 +24,7 @@ use mde_abs::Strategy;
 use mde_gen::config::{PromptConfig, RunnerConfig, TeacherConfig};
 use mde_gen::postprocess::PostprocessConfig;
 use mde_models::eval_adapter::EvalModelConfig;
-use mde_train::data::DatasetSpec;
+use mde_train::data::{DatasetSpec, RecordKind};
 use mde_train::trainer::{LoraSettings, TrainMode};
 use mde_world::WorldConfig;
 use serde::{Deserialize, Serialize};
@@ -298,7 +298,7 @@ pub struct GenSection {
     pub prompt: PromptConfig,
     pub postprocess: PostprocessConfig,
     /// Supervision format of generated items in training (`qmae` as released, `qma`, `qa`).
-    pub kind: String,
+    pub kind: RecordKind,
 }
 
 impl Default for GenSection {
@@ -307,7 +307,7 @@ impl Default for GenSection {
             runner: RunnerConfig::default(),
             prompt: PromptConfig::default(),
             postprocess: PostprocessConfig::default(),
-            kind: "qmae".into(),
+            kind: RecordKind::Qmae,
         }
     }
 }
@@ -409,7 +409,11 @@ impl LoopConfig {
                 )));
             }
         }
-        let wrap = |e: LoopError| at(e.to_string());
+        // A section's own config error gets the file prefix once.
+        let wrap = |e: LoopError| match e {
+            LoopError::Config(m) => at(m),
+            other => at(other.to_string()),
+        };
         let world = match table.get("world") {
             None => None,
             Some(v) => Some(
@@ -564,6 +568,20 @@ impl LoopConfig {
         if self.eval.batch_size == 0 {
             return bad("[eval] batch_size = 0: must be at least 1".into());
         }
+        // The benchmark and method of each spec, through the one parser the evaluate step uses.
+        for (sec, b) in [
+            ("eval.mine", &self.eval.mine),
+            ("eval.report", &self.eval.report),
+        ] {
+            if let Some(b) = b {
+                crate::steps::evaluate::run_config(b, &self.eval, false).map_err(|e| match e {
+                    LoopError::Config(m) => {
+                        LoopError::Config(m.replacen("[eval]", &format!("[{sec}]"), 1))
+                    }
+                    other => other,
+                })?;
+            }
+        }
         if let Err(m) = self.train.loss_scale.check() {
             return bad(format!("[train] {m}"));
         }
@@ -588,23 +606,13 @@ impl LoopConfig {
         {
             return bad("[base] steps and batch_size must be at least 1 (the tiny base model is trained from scratch)".into());
         }
-        if !["unbalanced", "balanced"].contains(&self.base.vqa.as_str()) {
-            return bad(format!(
-                "[base] vqa must be \"unbalanced\" or \"balanced\", got {:?}",
-                self.base.vqa
-            ));
+        // Typed keys: serde refuses unknown values; these refuse the known ones a section
+        // cannot use.
+        if !matches!(self.base.kind, RecordKind::Qa | RecordKind::Qma) {
+            return bad("[base] kind must be qa or qma, got \"caption\"".into());
         }
-        if !["qma", "qa"].contains(&self.base.kind.as_str()) {
-            return bad(format!(
-                "[base] kind must be qa or qma, got {:?}",
-                self.base.kind
-            ));
-        }
-        if !["qmae", "qma", "qa"].contains(&self.gen.kind.as_str()) {
-            return bad(format!(
-                "[gen] kind must be qmae, qma or qa, got {:?}",
-                self.gen.kind
-            ));
+        if self.gen.kind == RecordKind::Caption {
+            return bad("[gen] kind must be qmae, qma or qa, got \"caption\"".into());
         }
         if self.teacher.kind == TeacherChoice::World && self.world.is_none() {
             return bad("[teacher] kind = \"world\" needs a [world] section (the grounded teacher answers from the world's annotations); use kind = \"openai\" with real data".into());

@@ -23,9 +23,9 @@ use mde_eval::badcase::question_type_of;
 use mde_eval::runner::load_items;
 use mde_eval::step::EvalDir;
 use mde_models::eval_adapter::MiniGpt4Eval;
-use mde_train::data::{load_dataset, RecordKind};
+use mde_train::data::load_dataset;
 use mde_train::trainer::{TrainDataset, Trainer};
-use mde_world::{BaseVariant, TeacherOptions, World, WorldTeacher};
+use mde_world::{TeacherOptions, World, WorldTeacher};
 use minigpt4::tokenizer::LlamaTokenizer;
 use minigpt4::{MiniGpt4, ModelPaths};
 use serde::{Deserialize, Serialize};
@@ -449,27 +449,15 @@ impl LoopRun {
         }
     }
 
-    fn gen_kind(&self) -> RecordKind {
-        match self.cfg.gen.kind.as_str() {
-            "qa" => RecordKind::Qa,
-            "qma" => RecordKind::Qma,
-            _ => RecordKind::Qmae,
-        }
-    }
-
     /// The base data every round replays (the world's VQA set and `[data] base_datasets`).
     fn base_datasets(&mut self) -> Result<Vec<TrainDataset>> {
         let mut base: Vec<TrainDataset> = Vec::new();
-        let variant = match self.cfg.base.vqa.as_str() {
-            "balanced" => BaseVariant::Balanced,
-            _ => BaseVariant::Unbalanced,
-        };
-        let base_kind = self.cfg.base.kind.clone();
+        let (variant, base_kind) = (self.cfg.base.vqa, self.cfg.base.kind);
         if let Some(w) = self.world()? {
             base.push(TrainDataset {
                 name: "base_vqa".into(),
                 ratio: None,
-                records: mde_tiny::base::world_vqa_records(w, variant, &base_kind)?,
+                records: mde_tiny::base::world_vqa_records(w, variant, base_kind)?,
             });
         }
         for spec in &self.cfg.data.base_datasets {
@@ -498,7 +486,7 @@ impl LoopRun {
             generated: &generated,
             pool_images: &sh.pool_images,
             pattern: &sh.pattern,
-            kind: self.gen_kind(),
+            kind: self.cfg.gen.kind,
             replay_ratio: self.cfg.train.replay_ratio,
         })?;
         let examples = datasets

@@ -408,7 +408,7 @@ path = "val.json"
 method = "generate"
 taxonomy = "no_such_taxonomy.json"
 [eval.report]
-benchmark = "nosuchbench"
+benchmark = "mmbench"
 path = "val.json"
 [teacher]
 kind = "openai"
@@ -418,6 +418,19 @@ model = "llava"
 [train.lora]
 target_modules = ["q_proj", "qkv"]
 "#;
+    // An unknown benchmark name fails when the config is read, naming the section, before
+    // any check or work.
+    std::fs::write(
+        d.join("bad-bench.toml"),
+        text.replace("benchmark = \"mmbench\"", "benchmark = \"nosuchbench\""),
+    )?;
+    let e = LoopConfig::load(d.join("bad-bench.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("[eval.report] benchmark") && e.contains("nosuchbench"),
+        "{e}"
+    );
     std::fs::write(d.join("loop.toml"), text)?;
     let r = check(&LoopConfig::load(d.join("loop.toml"))?, None);
     let t = r.to_text();

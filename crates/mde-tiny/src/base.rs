@@ -36,10 +36,10 @@ pub struct BaseSection {
     pub weight_decay: f64,
     /// Which base VQA set: `unbalanced` (the demo: weak types are scarce) or `balanced`
     /// (the control that shows every type is learnable).
-    pub vqa: String,
+    pub vqa: BaseVariant,
     /// Supervision format of the base VQA records: `qa` (question -> "The answer is {text}.",
     /// what a from-scratch tiny model learns fastest) or `qma` (with the lettered options).
-    pub kind: String,
+    pub kind: RecordKind,
     /// Sampling weight of the caption set against the VQA set (0 = no captions).
     pub caption_ratio: f64,
     pub checkpoint_every: u64,
@@ -61,8 +61,8 @@ impl Default for BaseSection {
             min_lr: 1e-4,
             warmup_steps: 100,
             weight_decay: 0.01,
-            vqa: "unbalanced".into(),
-            kind: "qa".into(),
+            vqa: BaseVariant::Unbalanced,
+            kind: RecordKind::Qa,
             caption_ratio: 0.25,
             checkpoint_every: 250,
             shards: 1,
@@ -88,18 +88,18 @@ pub struct PretrainInfo {
     pub vision: Option<crate::vision_pretrain::VisionPretrainInfo>,
 }
 
-/// The world's base VQA set as training records: `kind` "qa" (question, then the answer text)
-/// or "qma" (question, lettered choices, then the letter and answer).
+/// The world's base VQA set as training records: `kind` `Qa` (question, then the answer text)
+/// or `Qma` (question, lettered choices, then the letter and answer).
 pub fn world_vqa_records(
     world: &World,
     variant: BaseVariant,
-    kind: &str,
+    kind: RecordKind,
 ) -> Result<Vec<TrainRecord>> {
-    let kind = if kind == "qma" {
-        RecordKind::Qma
-    } else {
-        RecordKind::Qa
-    };
+    if !matches!(kind, RecordKind::Qa | RecordKind::Qma) {
+        return Err(TinyError::Config(format!(
+            "the base VQA set trains as qa or qma, not {kind:?}"
+        )));
+    }
     let coco = world.coco_dir();
     Ok(world
         .load_base_vqa(variant)?
@@ -132,14 +132,6 @@ pub fn world_caption_records(world: &World) -> Result<Vec<TrainRecord>> {
             rationale: None,
         })
         .collect())
-}
-
-fn variant(s: &str) -> BaseVariant {
-    if s == "balanced" {
-        BaseVariant::Balanced
-    } else {
-        BaseVariant::Unbalanced
-    }
 }
 
 /// The cache key of a base build.
@@ -258,9 +250,9 @@ pub fn pretrained_base(
     } else {
         None
     };
-    let vqa = world_vqa_records(world, variant(&base.vqa), &base.kind)?;
+    let vqa = world_vqa_records(world, base.vqa, base.kind)?;
     let mut datasets = vec![TrainDataset {
-        name: format!("base_vqa_{}", base.vqa),
+        name: format!("base_vqa_{}", base.vqa.name()),
         ratio: Some(1.0 - base.caption_ratio),
         records: vqa,
     }];

@@ -57,6 +57,16 @@ pub enum BaseVariant {
     Balanced,
 }
 
+impl BaseVariant {
+    /// The config and file name (`unbalanced`, `balanced`).
+    pub fn name(self) -> &'static str {
+        match self {
+            BaseVariant::Unbalanced => "unbalanced",
+            BaseVariant::Balanced => "balanced",
+        }
+    }
+}
+
 /// Counts of what a world holds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Counts {

@@ -383,7 +383,7 @@ fn main() -> Result<()> {
         TrainDataset {
             name: "base_vqa".into(),
             ratio: Some(0.5),
-            records: world_vqa_records(&world, BaseVariant::Unbalanced, &base_cfg.kind)?,
+            records: world_vqa_records(&world, BaseVariant::Unbalanced, base_cfg.kind)?,
         },
         TrainDataset {
             name: "generated_r1".into(),
