@@ -9,6 +9,9 @@
 //! - `scores.json`, `scores.md` + `report.md`: the scorer's numbers;
 //! - `bad_cases.jsonl` + `weights.json`: wrong items and per-type error rates for the sampler;
 //! - `run.json`: what produced the predictions (a re-run with another model or method is refused).
+//!
+//! `--shard I/N` evaluates one slice into `shards/I-of-N/` and stops there; `--merge` then
+//! writes all of the above from the shards, as one process would (see `eval_shard`).
 use anyhow::{bail, Context, Result};
 use mde_core::io::{atomic_write, read_json, read_jsonl, write_json};
 use mde_core::model::EvalModel;
@@ -57,6 +60,14 @@ pub struct Args {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Evaluate only slice I of N (I from 0) into OUT/shards/I-of-N/; `auto` reads
+    /// RANK/WORLD_SIZE or SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT. Then run --merge.
+    #[arg(long, value_name = "I/N|auto")]
+    pub shard: Option<String>,
+    /// Merge the shards of --out into its predictions, official files and scores (the same
+    /// files a single-process run writes).
+    #[arg(long, conflicts_with = "shard")]
+    pub merge: bool,
 }
 
 /// What produced the predictions of a run directory.
@@ -158,7 +169,51 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     let selected: Vec<BenchItem> = select_items(&items, &cfg).into_iter().cloned().collect();
+    // The batch size the run uses (the runner's rule), which the shard slices align to.
+    let batch = cfg
+        .batch_size
+        .unwrap_or(usize::MAX)
+        .min(model_cfg.max_batch)
+        .max(1);
+    if let Some(spec) = &args.shard {
+        let shard = crate::eval_shard::Shard::parse(spec)?;
+        let range = shard.range(selected.len(), batch);
+        let dir = shard.dir(&args.out);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let store = dir.join("predictions.jsonl");
+        let slice = &selected[range.clone()];
+        let mut model = load_model(&args.model, &model_cfg)?;
+        let mut scfg = cfg.clone();
+        scfg.limit = None;
+        let outcome = mde_eval::runner::run_predictions(
+            &mut model,
+            slice,
+            &store,
+            &scfg,
+            &ImageLoader::new(Some(image_root)),
+        )?;
+        eprintln!(
+            "shard {}/{}: items {}..{} of {} ({} new predictions) -> {}; run --merge when every shard has finished",
+            shard.index,
+            shard.count,
+            range.start,
+            range.end,
+            selected.len(),
+            outcome.new,
+            store.display()
+        );
+        return Ok(());
+    }
     let store = EvalDir::new(&args.out).predictions();
+    if args.merge {
+        let merged = crate::eval_shard::merge(&args.out, &selected, batch)?;
+        mde_core::io::write_jsonl(&store, &merged)?;
+        tracing::info!(
+            "merged {} predictions of the shards into {}",
+            merged.len(),
+            store.display()
+        );
+    }
     let done: HashSet<String> = if store.is_file() {
         read_jsonl::<Prediction>(&store)?
             .into_iter()

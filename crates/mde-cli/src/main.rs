@@ -11,6 +11,7 @@ mod cmd_loop;
 mod cmd_sample;
 mod cmd_score;
 mod cmd_train;
+mod eval_shard;
 
 #[derive(Parser)]
 #[command(

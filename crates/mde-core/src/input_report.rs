@@ -264,8 +264,13 @@ pub struct JsonlRead<T> {
 /// last line in `issues` instead of dropping it silently.
 pub fn read_jsonl_report<T: DeserializeOwned>(path: impl AsRef<Path>) -> Result<JsonlRead<T>> {
     let path = path.as_ref();
-    let text = std::fs::read_to_string(path).map_err(|e| CoreError::io(path, e))?;
-    parse_jsonl_report(path, &text)
+    let (text, torn_utf8) = crate::io::read_jsonl_text(path)?;
+    let mut read = parse_jsonl_report(path, &text)?;
+    if torn_utf8 {
+        // The dropped tail is the line after the text's last newline.
+        read.issues.torn_line(text.matches('\n').count() + 1);
+    }
+    Ok(read)
 }
 
 /// [`read_jsonl_report`] on text already read; `path` names the file in errors and in `issues`.

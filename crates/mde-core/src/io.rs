@@ -141,6 +141,32 @@ pub fn write_jsonl<T: Serialize>(path: impl AsRef<Path>, records: &[T]) -> Resul
     atomic_write(path, &text)
 }
 
+/// The text of a JSONL file whose last, unterminated line may have been cut inside a UTF-8
+/// sequence (a writer killed mid-append). Returns the text without such a torn tail and
+/// whether there was one; invalid UTF-8 anywhere else is an error naming the line.
+pub fn read_jsonl_text(path: &Path) -> Result<(String, bool)> {
+    let bytes = fs::read(path).map_err(|e| CoreError::io(path, e))?;
+    let bytes = match String::from_utf8(bytes) {
+        Ok(s) => return Ok((s, false)),
+        Err(e) => e.into_bytes(),
+    };
+    let cut = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    match std::str::from_utf8(&bytes[..cut]) {
+        Ok(head) => Ok((head.to_string(), true)),
+        Err(e) => {
+            let line = bytes[..e.valid_up_to()]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+                + 1;
+            Err(CoreError::invalid(
+                path,
+                format!("line {line}: not valid UTF-8 text"),
+            ))
+        }
+    }
+}
+
 /// Reads a JSON file, naming the file in any error.
 pub fn read_json<T: DeserializeOwned>(path: impl AsRef<Path>) -> Result<T> {
     let path = path.as_ref();
@@ -214,9 +240,10 @@ impl<T: Serialize + DeserializeOwned + Clone> JsonlStore<T> {
             fs::create_dir_all(dir).map_err(|e| CoreError::io(dir, e))?;
         }
         let records: Vec<T> = if path.exists() {
-            let text = fs::read_to_string(&path).map_err(|e| CoreError::io(&path, e))?;
+            // A tail cut inside a UTF-8 sequence is torn like any other (dropped below).
+            let (text, torn_utf8) = read_jsonl_text(&path)?;
             let (recs, valid) = parse_jsonl(&path, &text)?;
-            if valid < text.len() {
+            if valid < text.len() || torn_utf8 {
                 let f = OpenOptions::new()
                     .write(true)
                     .open(&path)
@@ -328,6 +355,26 @@ mod tests {
     struct R {
         id: String,
         v: u32,
+    }
+
+    #[test]
+    fn store_opens_after_a_cut_inside_a_utf8_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.jsonl");
+        let whole = "{\"id\":\"a\",\"v\":1}\n{\"id\":\"é\",\"v\":2}\n";
+        // Cut in the middle of the two-byte 'é' of the second record.
+        let cut = whole.find('é').unwrap() + 1;
+        std::fs::write(&p, &whole.as_bytes()[..cut]).unwrap();
+        let s: JsonlStore<R> = JsonlStore::open(&p, |r: &R| r.id.clone()).unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "{\"id\":\"a\",\"v\":1}\n"
+        );
+        // Invalid UTF-8 before the last line is an error naming the line.
+        std::fs::write(&p, b"{\"id\":\"\xff\",\"v\":1}\n{}\n").unwrap();
+        let e = read_jsonl_text(&p).unwrap_err().to_string();
+        assert!(e.contains("line 1: not valid UTF-8"), "{e}");
     }
 
     #[test]
