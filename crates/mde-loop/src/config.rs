@@ -338,6 +338,11 @@ pub struct TrainSection {
     /// Not written at its default, so the fingerprints of earlier run folders still match.
     #[serde(skip_serializing_if = "LossScaleSettings::is_default")]
     pub loss_scale: LossScaleSettings,
+    /// Activation checkpointing per decoder layer (`mde_train::TrainConfig::checkpointing`):
+    /// the same gradients with one layer's activations in memory; for the LoRA and projector
+    /// modes. Not written when off (fingerprints of earlier runs unchanged).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub checkpointing: bool,
 }
 
 impl Default for TrainSection {
@@ -358,6 +363,7 @@ impl Default for TrainSection {
             max_txt_len: 160,
             shards: 1,
             loss_scale: LossScaleSettings::default(),
+            checkpointing: false,
         }
     }
 }
@@ -584,6 +590,12 @@ impl LoopConfig {
         }
         if let Err(m) = self.train.loss_scale.check() {
             return bad(format!("[train] {m}"));
+        }
+        if self.train.checkpointing && self.train.mode.needs_varmap() {
+            return bad(format!(
+                "[train] checkpointing = true supports mode = \"lora+fc\", \"lora\" or \"fc\", not {:?}",
+                self.train.mode.name()
+            ));
         }
         if let ModelSection::Checkpoint { cfg, .. } = &self.model {
             cfg.validate()

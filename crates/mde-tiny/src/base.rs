@@ -194,6 +194,7 @@ pub fn base_train_config(base: &BaseSection, seed: u64) -> TrainConfig {
         merge_at_end: false,
         shards: base.shards.max(1),
         loss_scale: Default::default(),
+        checkpointing: false,
         lora: Default::default(),
     }
 }

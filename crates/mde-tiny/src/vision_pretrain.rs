@@ -401,13 +401,13 @@ where
     };
     let n = ids.len();
     let parts: Vec<&[u64]> = ids.chunks(n.div_ceil(shards.len())).collect();
-    let results = shards.run(|i| -> Result<Option<(f32, GradStore)>> {
+    let results = shards.run(|i| -> Result<Option<(f32, [GradStore; 1])>> {
         let Some(part) = parts.get(i) else {
             return Ok(None);
         };
         let w = part.len() as f64 / n as f64;
         let l = (shard_loss(part)? * w)?;
-        Ok(Some((l.to_scalar::<f32>()?, l.backward()?)))
+        Ok(Some((l.to_scalar::<f32>()?, [l.backward()?])))
     });
     let (loss, mut stores) = mde_train::shards::gather(results)?;
     let mut sums = vec![None; params.len()];

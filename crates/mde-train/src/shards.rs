@@ -79,15 +79,15 @@ impl ShardPools {
 
 /// Sums the losses of the shards that had rows (`Ok(None)`: no rows) and keeps their gradient
 /// stores in shard order; the first error wins.
-pub fn gather<E>(
-    results: Vec<std::result::Result<Option<(f32, GradStore)>, E>>,
+pub fn gather<E, S: IntoIterator<Item = GradStore>>(
+    results: Vec<std::result::Result<Option<(f32, S)>, E>>,
 ) -> std::result::Result<(f32, Vec<GradStore>), E> {
     let mut loss = 0f32;
     let mut stores = Vec::with_capacity(results.len());
     for r in results {
         if let Some((l, g)) = r? {
             loss += l;
-            stores.push(g);
+            stores.extend(g);
         }
     }
     Ok((loss, stores))

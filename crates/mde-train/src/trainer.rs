@@ -225,6 +225,12 @@ pub struct TrainConfig {
     /// of earlier versions stay the same.
     #[serde(skip_serializing_if = "LossScaleSettings::is_default")]
     pub loss_scale: LossScaleSettings,
+    /// Activation checkpointing per decoder layer: the forward keeps only each layer's input
+    /// and the backward recomputes the layer ([`Llama::train_loss_checkpointed`]): the same
+    /// gradients with one layer's activations alive instead of all of them. LoRA and projector
+    /// modes (`lora+fc`, `lora`, `fc`); not written when off.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub checkpointing: bool,
 }
 
 impl Default for TrainConfig {
@@ -247,6 +253,7 @@ impl Default for TrainConfig {
             merge_at_end: false,
             shards: 1,
             loss_scale: LossScaleSettings::default(),
+            checkpointing: false,
         }
     }
 }
@@ -303,6 +310,11 @@ impl TrainConfig {
         }
         if let Err(m) = self.loss_scale.check() {
             return Err(TrainError::Invalid(m));
+        }
+        if self.checkpointing && self.mode.needs_varmap() {
+            return bad(
+                "checkpointing supports the LoRA and projector modes (lora+fc, lora, fc) only",
+            );
         }
         let o = &self.optim;
         for (key, v) in [
@@ -559,7 +571,51 @@ fn shard_loss(
     mode: TrainMode,
     b: &BatchTensors,
 ) -> Result<Tensor> {
-    let qf = match visual {
+    let qf = shard_features(model, visual, mode)?;
+    let Some(llama) = llama else {
+        return crate::step::loss(model, &qf, b);
+    };
+    let img = model.project(&qf, true)?;
+    let embeds = model.embed_layout(&b.token_ids, &img)?;
+    Ok(llama.train_loss(&embeds, &b.position_ids, Some(&b.attention_mask), &b.labels)?)
+}
+
+/// A shard's loss and its gradient stores.
+type ShardGrads = (f32, Vec<GradStore>);
+
+/// The loss of one shard (unscaled) and its gradients for `loss * scale`: the plain backward,
+/// or with `checkpointing` one backward per decoder layer ([`Llama::train_loss_checkpointed`]).
+fn shard_grads(
+    model: &MiniGpt4,
+    llama: Option<&Llama>,
+    visual: &Visual,
+    mode: TrainMode,
+    b: &BatchTensors,
+    scale: f64,
+    checkpointing: bool,
+) -> Result<(f32, Vec<GradStore>)> {
+    if checkpointing {
+        let qf = shard_features(model, visual, mode)?;
+        let img = model.project(&qf, true)?;
+        let embeds = model.embed_layout(&b.token_ids, &img)?;
+        let llama = llama.unwrap_or(&model.llama);
+        return Ok(llama.train_loss_checkpointed(
+            &embeds,
+            &b.position_ids,
+            Some(&b.attention_mask),
+            &b.labels,
+            scale,
+        )?);
+    }
+    let l = shard_loss(model, llama, visual, mode, b)?;
+    let v = l.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+    let l = if scale != 1.0 { (l * scale)? } else { l };
+    Ok((v, vec![l.backward()?]))
+}
+
+/// Q-Former features of a shard: through the vision tower when it trains, else constant.
+fn shard_features(model: &MiniGpt4, visual: &Visual, mode: TrainMode) -> Result<Tensor> {
+    Ok(match visual {
         Visual::Features(f) => f.clone(),
         // Full training: gradients flow through the Q-Former and the vision tower.
         Visual::Pixels(px) if mode.trains_vision() => model.qformer_features_t(px, true)?,
@@ -569,13 +625,7 @@ fn shard_loss(
             model.qformer.forward_t(&v, true)?
         }
         Visual::Pixels(px) => model.qformer_features(px)?.detach(),
-    };
-    let Some(llama) = llama else {
-        return crate::step::loss(model, &qf, b);
-    };
-    let img = model.project(&qf, true)?;
-    let embeds = model.embed_layout(&b.token_ids, &img)?;
-    Ok(llama.train_loss(&embeds, &b.position_ids, Some(&b.attention_mask), &b.labels)?)
+    })
 }
 
 /// A LLaMA sharing every tensor of `src` (weights, and the LoRA Vars) with fresh adapter
@@ -1140,23 +1190,21 @@ impl Trainer {
                 self.cfg.max_txt_len
             )));
         }
+        let ckpt = self.cfg.checkpointing;
         if n_shards < 2 || n_rows < 2 {
-            let mut l = shard_loss(&self.model, None, &mb.visual, mode, &mb.batch)?;
-            let v = l.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+            let (v, stores) =
+                shard_grads(&self.model, None, &mb.visual, mode, &mb.batch, scale, ckpt)?;
             if !v.is_finite() {
                 return Err(TrainError::Invalid(format!(
                     "non-finite loss {v} at step {}",
                     self.step
                 )));
             }
-            if scale != 1.0 {
-                l = (l * scale)?;
-            }
-            return Ok((v, vec![l.backward()?]));
+            return Ok((v, stores));
         }
         let ranges = shard_ranges(n_rows, n_shards);
         let shards = self.shards.as_ref().expect("n_shards >= 2");
-        let results: Vec<Result<Option<(f32, GradStore)>>> = shards.run(|i| {
+        let results: Vec<Result<Option<ShardGrads>>> = shards.run(|i| {
             let (start, len) = ranges[i];
             let n_i: usize = mb.row_targets[start..start + len].iter().sum();
             if n_i == 0 {
@@ -1165,9 +1213,15 @@ impl Trainer {
             let w = n_i as f64 / total as f64;
             let visual = mb.visual.rows(start, len)?;
             let b = batch_rows(&mb.batch, start, len)?;
-            let l = shard_loss(&self.model, self.replicas.get(i), &visual, mode, &b)?;
-            let v = l.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-            let g = (l * (w * scale))?.backward()?;
+            let (v, g) = shard_grads(
+                &self.model,
+                self.replicas.get(i),
+                &visual,
+                mode,
+                &b,
+                w * scale,
+                ckpt,
+            )?;
             Ok(Some((v * w as f32, g)))
         });
         let (loss, stores) = crate::shards::gather(results)?;

@@ -80,6 +80,24 @@ impl LoraAdapter {
         Self::from_tensors(&a, &b, alpha, dropout, seed.wrapping_add(0x9e37_79b9))
     }
 
+    /// The dropout stream's state (activation checkpointing replays a layer's masks).
+    pub(crate) fn rng_state(&self) -> Result<ChaCha8Rng> {
+        Ok(self
+            .rng
+            .lock()
+            .map_err(|_| Error::Invalid("poisoned rng".into()))?
+            .clone())
+    }
+
+    /// Puts the dropout stream back to `state`.
+    pub(crate) fn set_rng_state(&self, state: ChaCha8Rng) -> Result<()> {
+        *self
+            .rng
+            .lock()
+            .map_err(|_| Error::Invalid("poisoned rng".into()))? = state;
+        Ok(())
+    }
+
     /// Rank r.
     pub fn rank(&self) -> usize {
         self.a.as_tensor().dim(0).unwrap_or(0)

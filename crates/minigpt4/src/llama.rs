@@ -287,6 +287,36 @@ impl DecoderLayer {
         })
     }
 
+    /// The seven linear layers, in [`LORA_TARGETS`] order.
+    fn linears(&self) -> [&Linear; 7] {
+        [
+            &self.self_attn.q_proj,
+            &self.self_attn.k_proj,
+            &self.self_attn.v_proj,
+            &self.self_attn.o_proj,
+            &self.mlp.gate_proj,
+            &self.mlp.up_proj,
+            &self.mlp.down_proj,
+        ]
+    }
+
+    /// One training or inference forward of the layer.
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        slot: Option<&mut Option<(Tensor, Tensor)>>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let r = self.input_layernorm.forward(x, train)?;
+        let a = self.self_attn.forward(&r, cos, sin, mask, slot, train)?;
+        let x = (x + a)?;
+        let r = self.post_attention_layernorm.forward(&x, train)?;
+        Ok((&x + self.mlp.forward(&r, train)?)?)
+    }
+
     /// The linear layer named `target` (one of [`LORA_TARGETS`]).
     pub fn linear_mut(&mut self, target: &str) -> Option<&mut Linear> {
         Some(match target {
@@ -609,15 +639,145 @@ impl Llama {
         let mut x = embeds.to_dtype(self.dtype())?;
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_mut().map(|c| &mut c.layers[i]);
-            let r = layer.input_layernorm.forward(&x, train)?;
-            let a = layer
-                .self_attn
-                .forward(&r, &cos, &sin, mask.as_ref(), slot, train)?;
-            x = (x + a)?;
-            let r = layer.post_attention_layernorm.forward(&x, train)?;
-            x = (&x + layer.mlp.forward(&r, train)?)?;
+            x = layer.forward(&x, &cos, &sin, mask.as_ref(), slot, train)?;
         }
         self.norm.forward(&x, train)
+    }
+
+    /// [`Llama::train_loss`] times `scale` and its gradients, with activation checkpointing per
+    /// decoder layer: the forward keeps only each layer's input (detached), and the backward
+    /// recomputes one layer at a time from its input, so the autograd graph never holds more
+    /// than one layer's activations. Each layer's LoRA dropout masks are replayed from the
+    /// adapter's stream as it was before the layer's forward, so the gradients equal the plain
+    /// backward's up to float summation order.
+    ///
+    /// Returns the unscaled loss and the gradient stores of the backward passes: the head's,
+    /// holding every layer's LoRA gradients too, and the input embeddings' (when they depend on
+    /// trainable tensors, e.g. the projector); a trainable tensor has its gradient in exactly
+    /// one of them. Only LoRA matrices inside the layers are supported as trainable layer parameters
+    /// (the full modes train the layer weights themselves: use the plain backward).
+    pub fn train_loss_checkpointed(
+        &self,
+        embeds: &Tensor,
+        position_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        labels: &Tensor,
+        scale: f64,
+    ) -> Result<(f32, Vec<candle_core::backprop::GradStore>)> {
+        let (b, t, hs) = embeds.dims3()?;
+        if hs != self.cfg.hidden_size {
+            return Err(Error::Mismatch(format!(
+                "input embeddings have width {hs} but the LLM hidden size is {}",
+                self.cfg.hidden_size
+            )));
+        }
+        for (i, l) in self.layers.iter().enumerate() {
+            if l.linears().iter().any(|lin| lin.weight.is_variable())
+                || [
+                    &l.input_layernorm.weight,
+                    &l.post_attention_layernorm.weight,
+                ]
+                .iter()
+                .any(|w| w.is_variable())
+            {
+                return Err(Error::Invalid(format!(
+                    "activation checkpointing: layer {i} trains its own weights (a full training mode); it supports LoRA and projector training only"
+                )));
+            }
+        }
+        let pos: Vec<Vec<u32>> = position_ids
+            .to_dtype(DType::I64)?
+            .to_vec2::<i64>()?
+            .into_iter()
+            .map(|r| r.into_iter().map(|p| p.max(0) as u32).collect())
+            .collect();
+        let mask = self.build_mask(b, t, 0, attention_mask)?;
+        let (cos, sin) = self.cos_sin(&pos)?;
+        // Forward: every layer from its detached input, keeping the inputs and the dropout
+        // streams as they were before each layer.
+        let mut inputs = Vec::with_capacity(self.layers.len());
+        let mut streams = Vec::with_capacity(self.layers.len());
+        let mut x = embeds.to_dtype(self.dtype())?.detach();
+        for layer in &self.layers {
+            let st: Vec<Option<rand_chacha::ChaCha8Rng>> = layer
+                .linears()
+                .iter()
+                .map(|lin| lin.lora.as_ref().map(|a| a.rng_state()).transpose())
+                .collect::<Result<_>>()?;
+            streams.push(st);
+            let y = layer
+                .forward(&x, &cos, &sin, mask.as_ref(), None, true)?
+                .detach();
+            inputs.push(x);
+            x = y;
+        }
+        // The head on the last layer's output as a leaf.
+        let last = Var::from_tensor(&x)?;
+        let h = self.norm.forward(last.as_tensor(), true)?;
+        let (rows, targets) = shifted_targets(labels, b, t)?;
+        let n = rows.len();
+        let sel = h
+            .reshape((b * t, self.cfg.hidden_size))?
+            .index_select(&Tensor::from_vec(rows, n, h.device())?, 0)?;
+        let logits = self.lm_head.forward_t(&sel, true)?;
+        let loss = mean_cross_entropy(&logits, targets)?;
+        let value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        let head = (loss * scale)?.backward()?;
+        let mut grad = head.get(last.as_tensor()).cloned().ok_or_else(|| {
+            Error::Invalid("checkpointing: no gradient reached the last layer".into())
+        })?;
+        let mut head = head;
+        // Backward, one layer at a time. Only the gradients the caller needs leave a layer's
+        // pass, detached: a gradient computed from the layer's activations still holds them
+        // through its op history, so keeping the pass's store would keep every layer alive.
+        let mut kept: Vec<(Tensor, Tensor)> = Vec::new();
+        for ((layer, x_in), st) in self.layers.iter().zip(inputs).zip(streams).rev() {
+            let mut now = Vec::with_capacity(7);
+            for (lin, s) in layer.linears().iter().zip(st) {
+                if let (Some(a), Some(s)) = (lin.lora.as_ref(), s) {
+                    now.push(a.rng_state()?);
+                    a.set_rng_state(s)?;
+                }
+            }
+            let xv = Var::from_tensor(&x_in)?;
+            let y = layer.forward(xv.as_tensor(), &cos, &sin, mask.as_ref(), None, true)?;
+            let g = (y.to_dtype(DType::F32)? * grad.to_dtype(DType::F32)?)?
+                .sum_all()?
+                .backward()?;
+            // The streams continue from where the forward left them.
+            let mut now = now.into_iter();
+            for lin in layer.linears() {
+                if let Some(a) = lin.lora.as_ref() {
+                    if let Some(s) = now.next() {
+                        a.set_rng_state(s)?;
+                    }
+                }
+            }
+            grad = g.get(xv.as_tensor()).map(|t| t.detach()).ok_or_else(|| {
+                Error::Invalid("checkpointing: no gradient reached a layer input".into())
+            })?;
+            for lin in layer.linears() {
+                if let Some(a) = lin.lora.as_ref() {
+                    for v in [&a.a, &a.b] {
+                        if let Some(gv) = g.get(v.as_tensor()) {
+                            kept.push((v.as_tensor().clone(), gv.detach()));
+                        }
+                    }
+                }
+            }
+        }
+        for (v, gv) in kept {
+            head.insert(&v, gv);
+        }
+        let mut stores = vec![head];
+        // Upstream of the LLM (the projector, in the trainer): the first layer's input gradient.
+        if embeds.track_op() {
+            let g = (embeds.to_dtype(DType::F32)? * grad.to_dtype(DType::F32)?)?
+                .sum_all()?
+                .backward()?;
+            stores.push(g);
+        }
+        Ok((value, stores))
     }
 
     /// Additive f32 mask `[B, 1, T, past+T]`: causal, plus padding columns. Uses f32::MIN (as HF)

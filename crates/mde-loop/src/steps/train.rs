@@ -113,6 +113,7 @@ pub fn round_config(t: &TrainSection, run_seed: u64, k: usize) -> TrainConfig {
         merge_at_end: false,
         shards: t.shards.max(1),
         loss_scale: t.loss_scale,
+        checkpointing: t.checkpointing,
     }
 }
 
