@@ -5,7 +5,7 @@
 //! process's (`VmHWM`):
 //!
 //! ```text
-//! cargo run --release -p mde-train --example bench_checkpointing -- plain [LAYERS] [T] [HIDDEN] [MLP] [HEADS] [VOCAB]
+//! cargo run --release -p mde-train --example bench_checkpointing -- plain [LAYERS] [T] [HIDDEN] [MLP] [HEADS] [VOCAB] [f32|bf16|f16]
 //! cargo run --release -p mde-train --example bench_checkpointing -- checkpointed [...]
 //! ```
 
@@ -50,7 +50,12 @@ fn main() -> Result<()> {
         "num_hidden_layers": layers, "num_attention_heads": heads, "rms_norm_eps": 1e-6,
     }))?;
     let dev = Device::Cpu;
-    let dtype = DType::F32;
+    let dtype = match a.get(8).map(String::as_str) {
+        None | Some("f32") => DType::F32,
+        Some("bf16") => DType::BF16,
+        Some("f16") => DType::F16,
+        Some(o) => anyhow::bail!("dtype {o:?}: f32, bf16 or f16"),
+    };
     // Names and shapes from a throwaway VarMap, then plain (frozen) seeded tensors.
     let vm = VarMap::new();
     let _ = Llama::new(&cfg, VarBuilder::from_varmap(&vm, dtype, &dev))?;
@@ -68,7 +73,7 @@ fn main() -> Result<()> {
         let t = if dims.len() == 1 {
             Tensor::ones(dims.as_slice(), dtype, &dev)?
         } else {
-            Tensor::randn(0f32, std as f32, dims.as_slice(), &dev)?
+            Tensor::randn(0f32, std as f32, dims.as_slice(), &dev)?.to_dtype(dtype)?
         };
         weights.insert(n, t);
     }
@@ -85,7 +90,7 @@ fn main() -> Result<()> {
         target_modules: minigpt4::llama::LORA_TARGETS.map(String::from).to_vec(),
         seed: 0,
     })?;
-    let embeds = Tensor::randn(0f32, 1.0, (1, t, hidden), &dev)?;
+    let embeds = Tensor::randn(0f32, 1.0, (1, t, hidden), &dev)?.to_dtype(dtype)?;
     let pos = Tensor::arange(0i64, t as i64, &dev)?.unsqueeze(0)?;
     let labels: Vec<i64> = (0..t).map(|i| (i * 7 % vocab) as i64).collect();
     let labels = Tensor::from_vec(labels, (1, t), &dev)?;
@@ -123,7 +128,8 @@ fn main() -> Result<()> {
     let secs = t0.elapsed().as_secs_f64();
     let (peak, _) = rss();
     println!(
-        "{mode}: layers {layers}, T {t}, hidden {hidden}, mlp {mlp}: loss {loss:.4} ({n_stores} stores), forward+backward {secs:.2} s; weights {weight_mib:.0} MiB f32; peak RSS {peak:.0} MiB (before the step {before:.0} MiB, step adds {:.0} MiB)",
+        "{mode}: layers {layers}, T {t}, hidden {hidden}, mlp {mlp}: loss {loss:.4} ({n_stores} stores), forward+backward {secs:.2} s; weights {weight_mib:.0} MiB {dtype:?}; peak RSS {peak:.0} MiB = {:.2} x weights (before the step {before:.0} MiB, step adds {:.0} MiB)",
+        peak / weight_mib,
         peak - before
     );
     Ok(())
