@@ -66,20 +66,7 @@ fn train_resumes_and_finishes() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     write_data(tmp.path())?;
     // The checked-in config with the model paths pointed at MDE_GOLDEN_DIR.
-    let cfg_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/train-fixture.toml");
-    let mut cfg: toml::Table = toml::from_str(&std::fs::read_to_string(&cfg_path)?)?;
-    let root = golden_dir();
-    let model = cfg
-        .get_mut("model")
-        .and_then(|m| m.as_table_mut())
-        .context("[model]")?;
-    for (k, rel) in [
-        ("blip2", "blip2"),
-        ("vicuna", "vicuna"),
-        ("projector", "minigpt4/pretrained_minigpt4.pth"),
-    ] {
-        model.insert(k.into(), root.join(rel).display().to_string().into());
-    }
+    let cfg = fixture_table("f32")?;
     let total = cfg["train"]["iters_per_epoch"]
         .as_integer()
         .context("iters")?
@@ -157,20 +144,7 @@ fn train_with_aokvqa_validation() -> Result<()> {
         std::fs::create_dir_all(&dir)?;
         std::fs::copy(&png, dir.join(format!("{id:012}.jpg")))?;
     }
-    let cfg_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/train-fixture.toml");
-    let mut cfg: toml::Table = toml::from_str(&std::fs::read_to_string(&cfg_path)?)?;
-    let root = golden_dir();
-    let model = cfg
-        .get_mut("model")
-        .and_then(|m| m.as_table_mut())
-        .context("[model]")?;
-    for (k, rel) in [
-        ("blip2", "blip2"),
-        ("vicuna", "vicuna"),
-        ("projector", "minigpt4/pretrained_minigpt4.pth"),
-    ] {
-        model.insert(k.into(), root.join(rel).display().to_string().into());
-    }
+    let mut cfg = fixture_table("f32")?;
     cfg.remove("validation");
     let mut a = toml::Table::new();
     a.insert("data".into(), data.display().to_string().into());
@@ -213,7 +187,8 @@ fn train_with_aokvqa_validation() -> Result<()> {
 
 /// The fixture config with the model at MDE_GOLDEN_DIR in `dtype`, no validation, written to
 /// `dir/train-{dtype}.toml`.
-fn fixture_config(dir: &Path, dtype: &str) -> Result<PathBuf> {
+/// `configs/train-fixture.toml` with the model paths pointed at MDE_GOLDEN_DIR, in `dtype`.
+fn fixture_table(dtype: &str) -> Result<toml::Table> {
     let cfg_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/train-fixture.toml");
     let mut cfg: toml::Table = toml::from_str(&std::fs::read_to_string(&cfg_path)?)?;
     let root = golden_dir();
@@ -229,6 +204,11 @@ fn fixture_config(dir: &Path, dtype: &str) -> Result<PathBuf> {
         model.insert(k.into(), root.join(rel).display().to_string().into());
     }
     model.insert("dtype".into(), dtype.into());
+    Ok(cfg)
+}
+
+fn fixture_config(dir: &Path, dtype: &str) -> Result<PathBuf> {
+    let mut cfg = fixture_table(dtype)?;
     cfg.remove("validation");
     let f = dir.join(format!("train-{dtype}.toml"));
     std::fs::write(&f, toml::to_string(&cfg)?)?;

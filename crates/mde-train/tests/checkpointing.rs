@@ -15,17 +15,7 @@ fn config(checkpointing: bool, shards: usize) -> TrainConfig {
             r: 4,
             alpha: 8.0,
             dropout: 0.1,
-            target_modules: [
-                "q_proj",
-                "k_proj",
-                "v_proj",
-                "o_proj",
-                "gate_proj",
-                "up_proj",
-                "down_proj",
-            ]
-            .map(String::from)
-            .to_vec(),
+            target_modules: minigpt4::llama::LORA_TARGETS.map(String::from).to_vec(),
             ..Default::default()
         },
         optim: OptimSettings {
