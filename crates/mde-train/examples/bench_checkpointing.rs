@@ -1,8 +1,9 @@
 //! Peak memory and time of one LoRA backward on a LLaMA decoder, with and without activation
 //! checkpointing (`Llama::train_loss_checkpointed`). Random frozen weights of the given widths
 //! (default: Vicuna-7B's hidden 4096, MLP 11008, 32 heads, with few layers), LoRA r=8 on all seven
-//! projections, one sequence of T tokens. Run each mode in its own process, since the peak is the
-//! process's (`VmHWM`):
+//! projections, one sequence of T tokens. Run each mode in its own process; the peak (`VmHWM`) is
+//! reset just before the step. For RSS to follow live memory, run with glibc's mmap threshold
+//! low (`MDE_MALLOC_DEFAULTS=1 MALLOC_MMAP_THRESHOLD_=65536`), else freed buffers stay resident:
 //!
 //! ```text
 //! cargo run --release -p mde-train --example bench_checkpointing -- plain [LAYERS] [T] [HIDDEN] [MLP] [HEADS] [VOCAB] [f32|bf16|f16]
@@ -94,7 +95,10 @@ fn main() -> Result<()> {
     let pos = Tensor::arange(0i64, t as i64, &dev)?.unsqueeze(0)?;
     let labels: Vec<i64> = (0..t).map(|i| (i * 7 % vocab) as i64).collect();
     let labels = Tensor::from_vec(labels, (1, t), &dev)?;
-    let (before, _) = rss();
+    // Peak of the step alone: reset VmHWM to the current RSS (Linux: `5` > clear_refs), so the
+    // setup's f32 temporaries do not count.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let (_, before) = rss();
     let t0 = Instant::now();
     let (loss, n_stores) = match mode {
         "plain" => {
