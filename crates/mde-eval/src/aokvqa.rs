@@ -88,14 +88,7 @@ impl AokvqaQuestion {
 /// naming the file ("contains no questions"): scoring it would fail later with a division by zero
 /// that looks like a problem of the prediction file.
 pub fn load_aokvqa(path: &Path) -> Result<Vec<AokvqaQuestion>, EvalError> {
-    let bytes = std::fs::read(path).map_err(|e| EvalError::Io {
-        path: path.into(),
-        source: e,
-    })?;
-    let qs: Vec<AokvqaQuestion> = serde_json::from_slice(&bytes).map_err(|e| EvalError::Json {
-        path: path.into(),
-        source: e,
-    })?;
+    let qs: Vec<AokvqaQuestion> = crate::error::read_json_file(path)?;
     if qs.is_empty() {
         return Err(EvalError::Invalid(format!(
             "{}: contains no questions",
@@ -241,14 +234,7 @@ pub type AokvqaPredictions = BTreeMap<String, AokvqaPrediction>;
 /// Reads `predictions_<split>.json`. Every value must be an object (the official script calls
 /// `.keys()` on it).
 pub fn read_predictions(path: &Path) -> Result<AokvqaPredictions, EvalError> {
-    let bytes = std::fs::read(path).map_err(|e| EvalError::Io {
-        path: path.into(),
-        source: e,
-    })?;
-    serde_json::from_slice(&bytes).map_err(|e| EvalError::Json {
-        path: path.into(),
-        source: e,
-    })
+    crate::error::read_json_file(path)
 }
 
 /// Writes `predictions_<split>.json` atomically.

@@ -84,3 +84,15 @@ pub enum EvalError {
 
 /// Result alias of this crate.
 pub type Result<T, E = EvalError> = std::result::Result<T, E>;
+
+/// Reads and parses a JSON file, naming it in the error (`Io` or `Json`).
+pub(crate) fn read_json_file<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T> {
+    let bytes = std::fs::read(path).map_err(|e| EvalError::Io {
+        path: path.into(),
+        source: e,
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| EvalError::Json {
+        path: path.into(),
+        source: e,
+    })
+}

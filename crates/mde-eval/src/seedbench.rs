@@ -66,14 +66,7 @@ impl SeedAnnotations {
 /// Reads `SEED-Bench.json`: `{"questions": [...], "question_type": {...}}`; a bare list of
 /// questions is accepted too.
 pub fn load_seed_json(path: &Path) -> Result<SeedAnnotations, EvalError> {
-    let bytes = std::fs::read(path).map_err(|e| EvalError::Io {
-        path: path.into(),
-        source: e,
-    })?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| EvalError::Json {
-        path: path.into(),
-        source: e,
-    })?;
+    let v: serde_json::Value = crate::error::read_json_file(path)?;
     let parsed = if v.is_array() {
         serde_json::from_value(v).map(|questions| SeedAnnotations {
             questions,

@@ -328,7 +328,7 @@ impl VqaAnnotation {
 /// Reads a VQA annotation file (`{"annotations": [{question_id, question_type, answer_type,
 /// answers: [{answer, ...}]}]}`), naming the file and entry in errors.
 pub fn read_annotations(path: &Path) -> Result<Vec<VqaAnnotation>, EvalError> {
-    let v: Value = read_json_value(path)?;
+    let v: Value = crate::error::read_json_file::<Value>(path)?;
     let anns = v
         .get("annotations")
         .and_then(Value::as_array)
@@ -394,21 +394,10 @@ pub struct VqaResult {
 
 /// Reads a VQA results file.
 pub fn read_results(path: &Path) -> Result<Vec<VqaResult>, EvalError> {
-    let v = read_json_value(path)?;
+    let v = crate::error::read_json_file::<Value>(path)?;
     serde_json::from_value(v).map_err(|e| EvalError::File {
         path: path.into(),
         msg: format!("expected a JSON array of {{question_id, answer}}: {e}"),
-    })
-}
-
-fn read_json_value(path: &Path) -> Result<Value, EvalError> {
-    let bytes = std::fs::read(path).map_err(|e| EvalError::Io {
-        path: path.into(),
-        source: e,
-    })?;
-    serde_json::from_slice(&bytes).map_err(|e| EvalError::Json {
-        path: path.into(),
-        source: e,
     })
 }
 
