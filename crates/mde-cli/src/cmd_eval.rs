@@ -170,11 +170,7 @@ pub fn run(args: Args) -> Result<()> {
 
     let selected: Vec<BenchItem> = select_items(&items, &cfg).into_iter().cloned().collect();
     // The batch size the run uses (the runner's rule), which the shard slices align to.
-    let batch = cfg
-        .batch_size
-        .unwrap_or(usize::MAX)
-        .min(model_cfg.max_batch)
-        .max(1);
+    let batch = cfg.batch_for(model_cfg.max_batch);
     if let Some(spec) = &args.shard {
         let shard = crate::eval_shard::Shard::parse(spec)?;
         let range = shard.range(selected.len(), batch);

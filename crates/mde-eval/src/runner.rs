@@ -149,6 +149,12 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
+    /// Items per model call for a model that takes `max_batch`: `batch_size` capped by it, at
+    /// least 1. Sharded evaluation aligns its slices to this.
+    pub fn batch_for(&self, max_batch: usize) -> usize {
+        self.batch_size.unwrap_or(usize::MAX).min(max_batch).max(1)
+    }
+
     /// The faithful defaults for `benchmark`.
     pub fn new(benchmark: Benchmark) -> Self {
         RunConfig {
@@ -393,11 +399,7 @@ pub fn run_predictions<M: EvalModel + ?Sized>(
         .filter(|it| !store.contains(&it.id))
         .collect();
     let resumed = selected.len() - pending.len();
-    let batch = cfg
-        .batch_size
-        .unwrap_or(usize::MAX)
-        .min(model.max_batch())
-        .max(1);
+    let batch = cfg.batch_for(model.max_batch());
     let style = cfg.style();
 
     let pb = if cfg.progress {
