@@ -555,6 +555,12 @@ impl Llama {
         labels: &Tensor,
     ) -> Result<Tensor> {
         let h = self.hidden_states(embeds, position_ids, attention_mask, None, true)?;
+        self.head_loss(&h, labels)
+    }
+
+    /// The shifted mean cross-entropy of final hidden states `h` `[B, T, hidden]` (after the
+    /// last norm): the LM head only on the positions that predict a target.
+    fn head_loss(&self, h: &Tensor, labels: &Tensor) -> Result<Tensor> {
         let (b, t, d) = h.dims3()?;
         let (rows, targets) = shifted_targets(labels, b, t)?;
         let n = rows.len();
@@ -563,6 +569,32 @@ impl Llama {
             .index_select(&Tensor::from_vec(rows, n, h.device())?, 0)?;
         let logits = self.lm_head.forward_t(&sel, true)?;
         mean_cross_entropy(&logits, targets)
+    }
+
+    /// Checks `embeds` `[B, T, hidden]` against the model and `position_ids` `[B, T]` against
+    /// `embeds`; returns the positions (negative ones, left padding, as 0).
+    fn positions(&self, embeds: &Tensor, position_ids: &Tensor) -> Result<Vec<Vec<u32>>> {
+        let (b, t, hs) = embeds.dims3()?;
+        if hs != self.cfg.hidden_size {
+            return Err(Error::Mismatch(format!(
+                "input embeddings have width {hs} but the LLM hidden size is {}",
+                self.cfg.hidden_size
+            )));
+        }
+        let pos: Vec<Vec<u32>> = position_ids
+            .to_dtype(DType::I64)?
+            .to_vec2::<i64>()?
+            .into_iter()
+            .map(|r| r.into_iter().map(|p| p.max(0) as u32).collect())
+            .collect();
+        if pos.len() != b || pos.iter().any(|r| r.len() != t) {
+            return Err(Error::Invalid(format!(
+                "position_ids {:?} do not match embeddings {:?}",
+                position_ids.dims(),
+                embeds.dims()
+            )));
+        }
+        Ok(pos)
     }
 
     /// Like [`Llama::forward`] but only the last position's logits: `[B, vocab]` f32 (saves the
@@ -608,26 +640,8 @@ impl Llama {
         mut cache: Option<&mut KvCache>,
         train: bool,
     ) -> Result<Tensor> {
-        let (b, t, hs) = embeds.dims3()?;
-        if hs != self.cfg.hidden_size {
-            return Err(Error::Mismatch(format!(
-                "input embeddings have width {hs} but the LLM hidden size is {}",
-                self.cfg.hidden_size
-            )));
-        }
-        let pos: Vec<Vec<u32>> = position_ids
-            .to_dtype(DType::I64)?
-            .to_vec2::<i64>()?
-            .into_iter()
-            .map(|r| r.into_iter().map(|p| p.max(0) as u32).collect())
-            .collect();
-        if pos.len() != b || pos.iter().any(|r| r.len() != t) {
-            return Err(Error::Invalid(format!(
-                "position_ids {:?} do not match embeddings {:?}",
-                position_ids.dims(),
-                embeds.dims()
-            )));
-        }
+        let pos = self.positions(embeds, position_ids)?;
+        let (b, t, _) = embeds.dims3()?;
         let past = cache.as_ref().map(|c| c.seq_len()).unwrap_or(0);
         if let Some(c) = cache.as_mut() {
             if c.layers.len() != self.layers.len() {
@@ -664,13 +678,8 @@ impl Llama {
         labels: &Tensor,
         scale: f64,
     ) -> Result<(f32, Vec<candle_core::backprop::GradStore>)> {
-        let (b, t, hs) = embeds.dims3()?;
-        if hs != self.cfg.hidden_size {
-            return Err(Error::Mismatch(format!(
-                "input embeddings have width {hs} but the LLM hidden size is {}",
-                self.cfg.hidden_size
-            )));
-        }
+        let pos = self.positions(embeds, position_ids)?;
+        let (b, t, _) = embeds.dims3()?;
         for (i, l) in self.layers.iter().enumerate() {
             if l.linears().iter().any(|lin| lin.weight.is_variable())
                 || [
@@ -685,12 +694,6 @@ impl Llama {
                 )));
             }
         }
-        let pos: Vec<Vec<u32>> = position_ids
-            .to_dtype(DType::I64)?
-            .to_vec2::<i64>()?
-            .into_iter()
-            .map(|r| r.into_iter().map(|p| p.max(0) as u32).collect())
-            .collect();
         let mask = self.build_mask(b, t, 0, attention_mask)?;
         let (cos, sin) = self.cos_sin(&pos)?;
         // Forward: every layer from its detached input, keeping the inputs and the dropout
@@ -713,14 +716,7 @@ impl Llama {
         }
         // The head on the last layer's output as a leaf.
         let last = Var::from_tensor(&x)?;
-        let h = self.norm.forward(last.as_tensor(), true)?;
-        let (rows, targets) = shifted_targets(labels, b, t)?;
-        let n = rows.len();
-        let sel = h
-            .reshape((b * t, self.cfg.hidden_size))?
-            .index_select(&Tensor::from_vec(rows, n, h.device())?, 0)?;
-        let logits = self.lm_head.forward_t(&sel, true)?;
-        let loss = mean_cross_entropy(&logits, targets)?;
+        let loss = self.head_loss(&self.norm.forward(last.as_tensor(), true)?, labels)?;
         let value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
         let head = (loss * scale)?.backward()?;
         let mut grad = head.get(last.as_tensor()).cloned().ok_or_else(|| {
