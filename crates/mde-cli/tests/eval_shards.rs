@@ -2,7 +2,6 @@
 //! `--merge`, writes the same files as one `mde eval` into a fresh folder, byte for byte; a
 //! shard killed midway (its store cut inside a record, as a killed writer leaves it) resumes on
 //! re-run, and the merge then neither loses nor duplicates an item.
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
@@ -38,28 +37,6 @@ fn run(mut c: Command) -> Result<String> {
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     ensure!(o.status.success(), "mde eval failed: {err}");
     Ok(err)
-}
-
-/// Every file below `dir` except the shard folders (relative path -> bytes).
-fn files(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
-    fn walk(root: &Path, d: &Path, out: &mut BTreeMap<String, Vec<u8>>) -> Result<()> {
-        for e in std::fs::read_dir(d)? {
-            let p = e?.path();
-            let rel = p.strip_prefix(root)?.display().to_string();
-            if rel == "shards" {
-                continue;
-            }
-            if p.is_dir() {
-                walk(root, &p, out)?;
-            } else {
-                out.insert(rel, std::fs::read(&p)?);
-            }
-        }
-        Ok(())
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out)?;
-    Ok(out)
 }
 
 #[test]
@@ -111,7 +88,10 @@ fn four_shards_merged_equal_one_process() -> Result<()> {
     // The re-run shard resumes (only its missing items), then the merge equals one process.
     run(eval(&data, &model, &sharded, &["--shard", "2/4"]))?;
     run(eval(&data, &model, &sharded, &["--merge"]))?;
-    let (a, b) = (files(&single)?, files(&sharded)?);
+    let (a, b) = (
+        support::files(&single, &[])?,
+        support::files(&sharded, &["shards"])?,
+    );
     ensure!(
         a.keys().collect::<Vec<_>>() == b.keys().collect::<Vec<_>>(),
         "different files: {:?} vs {:?}",

@@ -6,7 +6,6 @@ use std::process::{Command, Output};
 use anyhow::{ensure, Result};
 
 mod support;
-use support::golden;
 
 fn mde(args: &[&str]) -> Result<Output> {
     Ok(Command::new(env!("CARGO_BIN_EXE_mde"))
@@ -22,25 +21,8 @@ fn s(p: &Path) -> String {
 fn index_then_sample_with_similar_images() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let d = tmp.path();
-    let g = golden();
-    let imgs = d.join("images");
-    std::fs::create_dir_all(&imgs)?;
-    let pngs = ["image.png", "image2.png"];
-    let mut images = Vec::new();
-    let mut anns = Vec::new();
-    for id in 1..=4u64 {
-        let name = format!("{id:06}.png");
-        std::fs::copy(g.join(pngs[id as usize % 2]), imgs.join(&name))?;
-        images.push(serde_json::json!({"id": id, "file_name": name, "width": 32, "height": 32}));
-        anns.push(
-            serde_json::json!({"id": id, "image_id": id, "category_id": 1,
-            "bbox": [1.0, 1.0, 10.0, 10.0], "area": 100.0}),
-        );
-    }
-    let coco = serde_json::json!({"images": images, "annotations": anns,
-        "categories": [{"id": 1, "name": "shape"}]});
-    let ann = d.join("instances.json");
-    std::fs::write(&ann, coco.to_string())?;
+    let coco = support::fixture_coco(d, 4)?;
+    let (ann, imgs) = (coco.instances, coco.images);
     let model = d.join("model.toml");
     std::fs::write(&model, support::tiny_model_toml())?;
     let index = d.join("index/pool.safetensors");

@@ -31,25 +31,8 @@ use support::eval_fx;
 #[path = "../../mde-gen/tests/support/server.rs"]
 mod server;
 
-/// Every file below `dir` (relative path -> bytes).
 fn files(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
-    fn walk(root: &Path, d: &Path, out: &mut BTreeMap<String, Vec<u8>>) -> Result<()> {
-        for e in std::fs::read_dir(d)? {
-            let p = e?.path();
-            if p.is_dir() {
-                walk(root, &p, out)?;
-            } else {
-                out.insert(
-                    p.strip_prefix(root)?.display().to_string(),
-                    std::fs::read(&p)?,
-                );
-            }
-        }
-        Ok(())
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out)?;
-    Ok(out)
+    support::files(dir, &[])
 }
 
 #[test]
@@ -424,39 +407,20 @@ fn mde_index_equals_the_index_step() -> Result<()> {
     use mde_core::records::ImageRef;
     let tmp = tempfile::tempdir()?;
     let d = tmp.path();
-    let g = support::golden();
-    let imgs = d.join("images");
-    std::fs::create_dir_all(&imgs)?;
-    let pngs: Vec<std::path::PathBuf> = std::fs::read_dir(&g)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "png"))
+    let coco = support::fixture_coco(d, 5)?;
+    let (inst, imgs) = (coco.instances, coco.images);
+    let lib_images: Vec<(u64, ImageRef)> = coco
+        .files
+        .iter()
+        .map(|(id, p)| {
+            (
+                *id,
+                ImageRef::Path {
+                    path: p.display().to_string(),
+                },
+            )
+        })
         .collect();
-    ensure!(!pngs.is_empty(), "no fixture images");
-    let mut images = Vec::new();
-    let mut anns = Vec::new();
-    let mut lib_images = Vec::new();
-    for id in 1..=5u64 {
-        let name = format!("{id:06}.png");
-        std::fs::copy(&pngs[id as usize % pngs.len()], imgs.join(&name))?;
-        images.push(serde_json::json!({"id": id, "file_name": name, "width": 32, "height": 32}));
-        anns.push(
-            serde_json::json!({"id": id, "image_id": id, "category_id": 1,
-            "bbox": [1.0, 1.0, 10.0, 10.0], "area": 100.0}),
-        );
-        lib_images.push((
-            id,
-            ImageRef::Path {
-                path: imgs.join(&name).display().to_string(),
-            },
-        ));
-    }
-    let inst = d.join("instances.json");
-    std::fs::write(
-        &inst,
-        serde_json::json!({"images": images, "annotations": anns,
-            "categories": [{"id": 1, "name": "shape"}]})
-        .to_string(),
-    )?;
     let model_toml = d.join("model.toml");
     std::fs::write(&model_toml, support::tiny_model_toml())?;
     let cli = d.join("cli/pool.safetensors");
